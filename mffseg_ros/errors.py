@@ -1,0 +1,17 @@
+"""User-facing errors: the CLI prints these as one line and exits non-zero, without a traceback."""
+
+
+class MffsegError(Exception):
+    """Base class for errors caused by user input (bad arguments, bad data, bad files)."""
+
+
+class WeightsError(MffsegError):
+    """A weights file is missing, unreadable, corrupt or of an unknown architecture."""
+
+
+class DataError(MffsegError):
+    """A data set, calibration file or bag is missing or malformed."""
+
+
+class ImageFormatError(MffsegError):
+    """An image message or buffer cannot be decoded (bad encoding, size, step, truncated data)."""
