@@ -1,0 +1,212 @@
+"""The Python API the node, the tools and outside scripts call:
+
+    seg = Segmenter.load(weights=None, device='auto')   # None: the default weights shipped in models/
+    res = seg.segment(rgb)                               # H x W x 3 uint8 RGB of any size
+    res.binary, res.parts, res.type                      # at the input's resolution
+
+Pipeline: preprocess (resize to the network size, a multiple of 32; normalise) -> forward (a backend)
+-> postprocess (logits upsampled to the input size, argmax per task).
+"""
+import logging
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mffseg_ros.errors import MffsegError
+from mffseg_ros.model.classes import TASK_CLASSES
+from mffseg_ros.model.mffnet import BRANCHES, MFFNet
+from mffseg_ros.model.weights import default_metadata, load_weights
+from mffseg_ros.paths import default_weights_path
+
+log = logging.getLogger(__name__)
+PRECISIONS = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
+
+
+@dataclass
+class SegmentationResult:
+    """Per-pixel results at the input resolution. A task the model has no head for is None."""
+    binary: np.ndarray            # H x W bool, instrument vs background
+    parts: np.ndarray | None      # H x W uint8, 0..3 (background, shaft, wrist, claspers)
+    type: np.ndarray | None       # H x W uint8, 0..7 (background + 7 instrument types)
+    confidence: np.ndarray        # H x W float32, max softmax probability of the type (else parts) head
+    class_names: dict = field(default_factory=dict)
+
+
+def resolve_device(device):
+    if device in (None, 'auto'):
+        if torch.cuda.is_available():
+            return torch.device('cuda')
+        log.warning('device=auto: no CUDA device available, running on CPU (slower)')
+        return torch.device('cpu')
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise MffsegError(f'bad device {device!r}: {e} (use auto, cpu or cuda[:N])') from None
+    if dev.type == 'cuda':
+        if not torch.cuda.is_available():
+            raise MffsegError(f'device {device!r} requested but CUDA is not available (use auto or cpu)')
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise MffsegError(f'device {device!r}: only {torch.cuda.device_count()} CUDA device(s)')
+    elif dev.type != 'cpu':
+        raise MffsegError(f'unsupported device {device!r} (use auto, cpu or cuda[:N])')
+    return dev
+
+
+def network_size(height, width, *, input_scale=None, input_size=None):
+    """The network's input size for a frame: `input_size` (H, W) as given, else the frame scaled by
+    `input_scale` and rounded to multiples of 32 (at least 32)."""
+    if input_size is not None:
+        h, w = (int(v) for v in input_size)
+        if h <= 0 or w <= 0 or h % 32 or w % 32:
+            raise MffsegError(f'input_size must be positive multiples of 32, got {h}x{w}')
+        return h, w
+    scale = 1.0 if input_scale is None else float(input_scale)
+    if not 0 < scale <= 4:
+        raise MffsegError(f'input_scale must be in (0, 4], got {scale}')
+    return (max(32, int(round(height * scale / 32)) * 32), max(32, int(round(width * scale / 32)) * 32))
+
+
+class Segmenter:
+    def __init__(self, model: MFFNet, metadata: dict, *, device='cpu', precision='fp32', branch='main',
+                 input_scale=None, input_size=None, backend='torch', weights_path=None, **backend_options):
+        self.device = resolve_device(device)
+        if precision not in PRECISIONS:
+            raise MffsegError(f'precision must be one of {sorted(PRECISIONS)}, got {precision!r}')
+        if precision == 'fp16' and self.device.type == 'cpu':
+            log.warning('precision=fp16 needs CUDA; using fp32 on the CPU')
+            precision = 'fp32'
+        if branch not in BRANCHES:
+            raise MffsegError(f'branch must be one of {BRANCHES}, got {branch!r}')
+        self.precision, self.dtype = precision, PRECISIONS[precision]
+        self.metadata = metadata
+        self.weights_path = weights_path
+        self.tasks = dict(model.tasks)
+        self.task_slices = dict(model.task_slices)
+        self.class_names = {t: list(metadata.get('class_names', {}).get(t, TASK_CLASSES.get(t, ())))
+                            for t in self.tasks}
+        self.input_scale = metadata.get('input_scale', 0.5) if input_scale is None else input_scale
+        self.input_size = input_size
+        network_size(64, 64, input_scale=self.input_scale, input_size=input_size)  # validates both
+        norm = metadata.get('normalization', default_metadata(model)['normalization'])
+        self._mean = torch.tensor(norm['mean'], device=self.device).view(1, 3, 1, 1) * 255
+        self._std = torch.tensor(norm['std'], device=self.device).view(1, 3, 1, 1) * 255
+        self.branch = branch
+        self.backend_name = backend
+
+        self.model = model.to(self.device).eval()
+        self.model.branch = branch
+        if self.dtype != torch.float32:
+            self.model = self.model.to(self.dtype)
+        if backend == 'torch':
+            self._backend = self._torch_forward
+        else:
+            from mffseg_ros.inference.backends import make_backend
+            self._backend = make_backend(backend, self.model, metadata, device=self.device,
+                                         precision=precision, branch=branch, **backend_options)
+        self._fast_path = None
+        if self.device.type == 'cuda' and backend == 'torch':
+            try:
+                from mffseg_ros.inference.fast_path import FastPath
+                self._fast_path = FastPath(self)
+            except ImportError:
+                log.info('GPU fast path not available; using the eager pipeline')
+
+    @classmethod
+    def load(cls, weights=None, *, device='auto', precision='fp32', branch='main', input_scale=None,
+             input_size=None, backend='torch', **backend_options):
+        """Loads weights (None: the shipped default; a missing default gives a random model with a
+        warning). A missing or corrupt file given explicitly raises WeightsError with path and reason."""
+        path = Path(weights) if weights else default_weights_path()
+        if weights is None and not path.exists():
+            warnings.warn(f'default weights {path} not found: using a RANDOMLY INITIALISED model '
+                          '(outputs are meaningless)', stacklevel=2)
+            model = MFFNet()
+            meta = default_metadata(model, random_init=True)
+            path = None
+        else:
+            model, meta = load_weights(path)
+        return cls(model, meta, device=device, precision=precision, branch=branch, input_scale=input_scale,
+                   input_size=input_size, backend=backend, weights_path=path, **backend_options)
+
+    def describe(self):
+        size = ('x'.join(map(str, self.input_size)) if self.input_size else f'scale {self.input_scale}')
+        src = self.weights_path.name if self.weights_path else 'random init'
+        return (f'MFFNet[{"+".join(self.tasks)}] {self.branch} branch, input {size}, {self.device.type} '
+                f'{self.precision}, backend {self.backend_name}, weights {src}')
+
+    def network_size(self, height, width):
+        return network_size(height, width, input_scale=self.input_scale, input_size=self.input_size)
+
+    # --- pipeline -------------------------------------------------------------------------------
+    @staticmethod
+    def check_frame(rgb):
+        if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+            desc = f'{rgb.dtype} {rgb.shape}' if isinstance(rgb, np.ndarray) else type(rgb).__name__
+            raise MffsegError(f'expected an H x W x 3 uint8 RGB array, got {desc}')
+        if rgb.shape[0] == 0 or rgb.shape[1] == 0:
+            raise MffsegError(f'empty image {rgb.shape}')
+
+    def preprocess(self, frames):
+        """Frames (same size) -> normalised (B, 3, h, w) tensor on the device, in the model's dtype."""
+        h, w = frames[0].shape[:2]
+        nh, nw = self.network_size(h, w)
+        interp = cv2.INTER_AREA if nh < h else cv2.INTER_LINEAR
+        batch = np.stack([f if (h, w) == (nh, nw) else cv2.resize(f, (nw, nh), interpolation=interp)
+                          for f in frames])
+        x = torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2).float()
+        return ((x - self._mean) / self._std).to(self.dtype)
+
+    def _torch_forward(self, x):
+        with torch.inference_mode():
+            return self.model(x, branch=self.branch)['out']
+
+    def forward(self, x):
+        return self._backend(x)
+
+    def postprocess(self, logits, size):
+        """Logits (B, C, h, w) -> results at `size` (H, W): logits upsampled bilinearly, then argmax."""
+        with torch.inference_mode():
+            logits = logits.float()
+            conf_task = 'type' if 'type' in self.tasks else next(iter(self.tasks))
+            s = self.task_slices[conf_task]
+            confidence = torch.softmax(logits[:, s], 1).amax(1, keepdim=True)
+            if tuple(logits.shape[-2:]) != tuple(size):
+                logits = F.interpolate(logits, size=size, mode='bilinear', align_corners=False)
+                confidence = F.interpolate(confidence, size=size, mode='bilinear', align_corners=False)
+            labels = {t: logits[:, s].argmax(1).to(torch.uint8).cpu().numpy()
+                      for t, s in self.task_slices.items()}
+            confidence = confidence[:, 0].cpu().numpy()
+        results = []
+        for i in range(logits.shape[0]):
+            parts = labels['parts'][i] if 'parts' in labels else None
+            type_ = labels['type'][i] if 'type' in labels else None
+            if type_ is not None:
+                binary = type_ > 0
+            elif parts is not None:
+                binary = parts > 0
+            else:
+                binary = labels['binary'][i] > 0
+            results.append(SegmentationResult(binary=binary, parts=parts, type=type_,
+                                              confidence=confidence[i], class_names=self.class_names))
+        return results
+
+    def segment_batch(self, frames):
+        """Segments same-size frames in ONE forward pass (e.g. a stereo pair)."""
+        if not frames:
+            return []
+        for f in frames:
+            self.check_frame(f)
+        size = frames[0].shape[:2]
+        if any(f.shape[:2] != size for f in frames):
+            raise MffsegError(f'frames of one batch must have the same size, got {[f.shape for f in frames]}')
+        if self._fast_path is not None:
+            return self._fast_path.segment_batch(frames)
+        return self.postprocess(self.forward(self.preprocess(frames)), size)
+
+    def segment(self, rgb):
+        return self.segment_batch([rgb])[0]

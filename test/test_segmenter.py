@@ -1,0 +1,99 @@
+"""The Segmenter API: any input size, results at input resolution, weights handling, errors."""
+import numpy as np
+import pytest
+import torch
+
+from mffseg_ros import Segmenter
+from mffseg_ros.errors import MffsegError, WeightsError
+from mffseg_ros.inference.segmenter import network_size
+from mffseg_ros.model import MFFNet, save_weights
+
+
+@pytest.fixture(scope='module')
+def weights(tmp_path_factory):
+    torch.manual_seed(1)
+    path = tmp_path_factory.mktemp('w') / 'w.safetensors'
+    return save_weights(path, MFFNet(), {'input_scale': 0.25})
+
+
+@pytest.fixture(scope='module')
+def seg(weights):
+    return Segmenter.load(weights, device='cpu')
+
+
+@pytest.mark.parametrize('shape', [(100, 130), (64, 64), (257, 311)])
+def test_results_at_input_resolution(seg, shape):
+    rgb = np.random.default_rng(0).integers(0, 255, (*shape, 3), dtype=np.uint8)
+    res = seg.segment(rgb)
+    assert res.binary.shape == res.parts.shape == res.type.shape == res.confidence.shape == shape
+    assert res.binary.dtype == bool and res.parts.dtype == np.uint8 and res.type.dtype == np.uint8
+    assert res.parts.max() <= 3 and res.type.max() <= 7
+    np.testing.assert_array_equal(res.binary, res.type > 0)
+    assert res.class_names['parts'] == ['background', 'shaft', 'wrist', 'claspers']
+    assert len(res.class_names['type']) == 8
+
+
+def test_batch_equals_single(seg):
+    rng = np.random.default_rng(1)
+    a, b = (rng.integers(0, 255, (96, 128, 3), dtype=np.uint8) for _ in range(2))
+    ra, rb = seg.segment_batch([a, b])
+    np.testing.assert_array_equal(ra.type, seg.segment(a).type)
+    np.testing.assert_array_equal(rb.parts, seg.segment(b).parts)
+
+
+def test_matches_model_at_network_size(seg, weights):
+    # At a frame already at network size the pipeline is exactly normalise -> model -> argmax.
+    rgb = np.random.default_rng(2).integers(0, 255, (64, 96, 3), dtype=np.uint8)
+    s = Segmenter.load(weights, device='cpu', input_scale=1.0)
+    x = (torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
+         - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        out = s.model.split(s.model(x)['out'])
+    np.testing.assert_array_equal(s.segment(rgb).type, out['type'].argmax(1)[0].numpy())
+
+
+def test_aux_branch(weights):
+    s = Segmenter.load(weights, device='cpu', branch='aux')
+    assert s.segment(np.zeros((64, 80, 3), np.uint8)).type.shape == (64, 80)
+
+
+def test_network_size_rounding():
+    assert network_size(1024, 1280, input_scale=0.5) == (512, 640)
+    assert network_size(480, 640, input_scale=1.0) == (480, 640)
+    assert network_size(10, 10, input_scale=0.5) == (32, 32)
+    assert network_size(1024, 1280, input_size=(256, 320)) == (256, 320)
+    with pytest.raises(MffsegError, match='multiples of 32'):
+        network_size(1024, 1280, input_size=(250, 320))
+
+
+@pytest.mark.parametrize('bad', [np.zeros((10, 10), np.uint8), np.zeros((10, 10, 3), np.float32),
+                                 np.zeros((0, 10, 3), np.uint8), 'image'])
+def test_bad_frames_rejected(seg, bad):
+    with pytest.raises(MffsegError):
+        seg.segment(bad)
+
+
+def test_bad_options_rejected(weights):
+    with pytest.raises(MffsegError, match='precision'):
+        Segmenter.load(weights, device='cpu', precision='int3')
+    with pytest.raises(MffsegError, match='device'):
+        Segmenter.load(weights, device='tpu')
+    with pytest.raises(MffsegError, match='branch'):
+        Segmenter.load(weights, device='cpu', branch='side')
+
+
+def test_missing_and_corrupt_weights(tmp_path):
+    with pytest.raises(WeightsError, match='missing.safetensors.*not found'):
+        Segmenter.load(tmp_path / 'missing.safetensors', device='cpu')
+    bad = tmp_path / 'bad.safetensors'
+    bad.write_bytes(b'not a safetensors file at all')
+    with pytest.raises(WeightsError, match='bad.safetensors'):
+        Segmenter.load(bad, device='cpu')
+
+
+def test_default_weights_load_or_warn(monkeypatch, tmp_path):
+    # Without the shipped file the default is a random model and a loud warning.
+    monkeypatch.setenv('MFFSEG_WEIGHTS', str(tmp_path / 'absent.safetensors'))
+    with pytest.warns(UserWarning, match='RANDOMLY INITIALISED'):
+        s = Segmenter.load(device='cpu')
+    assert 'random init' in s.describe()
