@@ -1,0 +1,158 @@
+"""Overlays of segmentations and tips on RGB frames, contact sheets and PNG writing (OpenCV, fast
+enough for the ROS node's overlay topic at 1280x1024)."""
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from mffseg_ros.errors import ImageFormatError, MffsegError
+from mffseg_ros.model.classes import PART_COLORS, TASK_CLASSES, TYPE_COLORS
+
+def _lut256(colours):
+    """256-entry colour table for cv2.LUT; ids outside the table (e.g. 255 = ignore) map to black."""
+    lut = np.zeros((256, 1, 3), np.uint8)
+    lut[:len(colours), 0] = colours
+    return lut
+
+
+_TYPE_LUT = _lut256(TYPE_COLORS)
+_PART_LUT = _lut256(PART_COLORS)
+_KERNEL = np.ones((3, 3), np.uint8)
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+# Whole-frame work goes through OpenCV (LUT, masks, copyTo): numpy boolean indexing of a
+# 1280x1024 frame costs tens of milliseconds per operation.
+
+
+def _colour_map(lut, label_map):
+    lm = np.ascontiguousarray(label_map, dtype=np.uint8)
+    return cv2.LUT(cv2.merge([lm, lm, lm]), lut)
+
+
+def _label_mask(label_map, num_classes):
+    """uint8 mask (255) of ids 1..num_classes-1."""
+    return cv2.inRange(np.ascontiguousarray(label_map, dtype=np.uint8), 1, num_classes - 1)
+
+
+def _edges(label_map):
+    """uint8 mask (255) of pixels where the label changes within 3x3 (a 2-pixel outline)."""
+    lm = np.ascontiguousarray(label_map, dtype=np.uint8)
+    return cv2.compare(cv2.dilate(lm, _KERNEL), cv2.erode(lm, _KERNEL), cv2.CMP_NE)
+
+
+def _scale(shape):
+    """Line and font scale: 1 at 640 px on the long side, never below 0.4."""
+    return max(0.4, max(shape[:2]) / 640.0)
+
+
+def overlay(rgb, type_map, parts_map=None, tips=None, alpha=0.45):
+    """RGB frame with instruments tinted by type colour, outlined, and tips marked.
+
+    rgb: HxWx3 uint8 RGB; type_map: HxW ids 0..7 (0 = background); parts_map: optional HxW ids
+    0..3, drawn as thin part outlines; tips: objects with `u`, `v`, `instance_id`, `type_id` (and
+    optionally `score`), e.g. mffseg_ros.inference.instances.Tip. Returns a new HxWx3 uint8 array."""
+    rgb = np.ascontiguousarray(rgb)
+    type_map = np.asarray(type_map)
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f'overlay needs an HxWx3 uint8 RGB image, got {rgb.shape} {rgb.dtype}')
+    if type_map.shape != rgb.shape[:2]:
+        raise ValueError(f'type map {type_map.shape} does not match the image {rgb.shape[:2]}')
+    type_map = np.ascontiguousarray(type_map, dtype=np.uint8) if type_map.dtype != np.uint8 else type_map
+    fg = _label_mask(type_map, len(TYPE_COLORS))
+    colours = _colour_map(_TYPE_LUT, type_map)
+    out = rgb.copy()
+    cv2.copyTo(cv2.addWeighted(rgb, 1.0 - alpha, colours, alpha, 0.0), fg, out)
+    if parts_map is not None:
+        parts_map = np.ascontiguousarray(parts_map, dtype=np.uint8)
+        part_edges = cv2.bitwise_and(_edges(parts_map), _label_mask(parts_map, len(PART_COLORS)))
+        cv2.copyTo(_colour_map(_PART_LUT, parts_map), part_edges, out)
+    cv2.copyTo(colours, cv2.bitwise_and(_edges(type_map), fg), out)
+    for tip in tips or ():
+        _draw_tip(out, tip)
+    return out
+
+
+def _draw_tip(img, tip):
+    s = _scale(img.shape)
+    u, v = int(round(float(tip.u))), int(round(float(tip.v)))
+    type_id = int(getattr(tip, 'type_id', 0))
+    colour = tuple(int(c) for c in TYPE_COLORS[type_id % len(TYPE_COLORS)]) if type_id else (255, 255, 255)
+    r = max(3, int(6 * s))
+    thick = max(1, int(round(s)))
+    cv2.circle(img, (u, v), r + thick, (0, 0, 0), thick + 1, cv2.LINE_AA)
+    cv2.circle(img, (u, v), r, colour, thick, cv2.LINE_AA)
+    cv2.drawMarker(img, (u, v), (255, 255, 255), cv2.MARKER_CROSS, r, 1)
+    names = TASK_CLASSES['type']
+    label = f'#{getattr(tip, "instance_id", "?")} {names[type_id] if 0 <= type_id < len(names) else type_id}'
+    _text(img, label, (u + r + 2, v - r - 2), 0.45 * s, colour)
+
+
+def _text(img, text, origin, font_scale, colour=(255, 255, 255)):
+    """Text with a dark halo so it reads on any background."""
+    thick = max(1, int(round(font_scale * 2)))
+    x, y = int(origin[0]), int(origin[1])
+    (w, h), _ = cv2.getTextSize(text, _FONT, font_scale, thick)
+    x = min(max(0, x), max(0, img.shape[1] - w))
+    y = min(max(h, y), img.shape[0] - 1)
+    cv2.putText(img, text, (x, y), _FONT, font_scale, (0, 0, 0), thick + 2, cv2.LINE_AA)
+    cv2.putText(img, text, (x, y), _FONT, font_scale, tuple(int(c) for c in colour), thick, cv2.LINE_AA)
+
+
+def colorize(label_map, task='type'):
+    """Label map -> RGB picture in the task's colour table (parts or type; binary = white)."""
+    label_map = np.asarray(label_map)
+    if task == 'parts':
+        return _colour_map(_PART_LUT, label_map)
+    if task == 'binary':
+        return np.where((label_map == 1)[..., None], np.uint8(255), np.uint8(0)).repeat(3, axis=2)
+    return _colour_map(_TYPE_LUT, label_map)
+
+
+def contact_sheet(images, cols, labels=None, pad=4):
+    """Tile RGB images into one picture, `cols` per row, each resized to the first one's size,
+    with an optional caption drawn on top of each tile."""
+    images = [np.asarray(im) for im in images]
+    if not images:
+        raise ValueError('contact_sheet needs at least one image')
+    cols = max(1, min(int(cols), len(images)))
+    h, w = images[0].shape[:2]
+    rows = (len(images) + cols - 1) // cols
+    sheet = np.full((rows * h + (rows + 1) * pad, cols * w + (cols + 1) * pad, 3), 32, np.uint8)
+    for i, im in enumerate(images):
+        if im.ndim == 2:
+            im = np.repeat(im[..., None], 3, axis=2)
+        if im.shape[:2] != (h, w):
+            im = cv2.resize(im, (w, h), interpolation=cv2.INTER_AREA)
+        tile = np.ascontiguousarray(im, dtype=np.uint8).copy()
+        if labels is not None and i < len(labels) and labels[i]:
+            _text(tile, str(labels[i]), (4, 4 + int(14 * _scale(tile.shape))), 0.4 * _scale(tile.shape))
+        r, c = divmod(i, cols)
+        y, x = pad + r * (h + pad), pad + c * (w + pad)
+        sheet[y:y + h, x:x + w] = tile
+    return sheet
+
+
+def save_png(path, rgb):
+    """Write an RGB (HxWx3) or grey/label (HxW, uint8 or uint16) image as PNG, creating folders."""
+    path = Path(path)
+    img = np.asarray(rgb)
+    if img.ndim == 3:
+        img = cv2.cvtColor(np.ascontiguousarray(img, dtype=np.uint8), cv2.COLOR_RGB2BGR)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ok = cv2.imwrite(str(path), img)
+    except (OSError, cv2.error) as e:
+        raise MffsegError(f'{path}: cannot write PNG: {e}') from e
+    if not ok:
+        raise MffsegError(f'{path}: cannot write PNG (unwritable folder or unsupported image)')
+    return path
+
+
+def load_rgb(path):
+    """Read an image file as HxWx3 uint8 RGB; an unreadable file raises ImageFormatError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageFormatError(f'{path}: no such image file')
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ImageFormatError(f'{path}: not a readable image (OpenCV could not decode it)')
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
