@@ -1,0 +1,144 @@
+"""One entry point for every data set: `build_dataset(spec)` and the CLI form `parse_data_spec(text)`.
+
+    endovis:/data/endovis17?videos=7,8          endovis:/data/endovis17?split=fold0-val
+    cholecseg8k:/path        cholec_instance:/path        synth:?frames=64&seed=3
+    folder:/images?masks=/masks&mapping=map.yaml&image_suffix=.png&mask_suffix=_mask.png
+
+Every kind also takes `stride=N` (every N-th frame) and `limit=N` (first N frames after the stride).
+"""
+import bisect
+from pathlib import Path
+from urllib.parse import parse_qsl
+
+from mffseg_ros.errors import DataError
+
+KINDS = ('endovis', 'folder', 'cholecseg8k', 'cholec_instance', 'synth')
+LIST_KEYS = ('videos',)
+
+
+class ConcatSamples:
+    """Several sample sources read as one (index ranges in order)."""
+
+    def __init__(self, parts):
+        self.parts = [p for p in parts if len(p)]
+        self.offsets = [0]
+        for p in self.parts:
+            self.offsets.append(self.offsets[-1] + len(p))
+
+    def __len__(self):
+        return self.offsets[-1]
+
+    def __getitem__(self, index):
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        k = bisect.bisect_right(self.offsets, index) - 1
+        return self.parts[k][index - self.offsets[k]]
+
+
+class Subsampled:
+    """Every `stride`-th sample, at most `limit` of them."""
+
+    def __init__(self, base, stride=1, limit=None):
+        self.base = base
+        self.indices = list(range(0, len(base), max(1, int(stride))))
+        if limit is not None:
+            self.indices = self.indices[:int(limit)]
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, index):
+        return self.base[self.indices[index]]
+
+
+def _value(text):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    low = text.lower()
+    if low in ('true', 'yes', 'on'):
+        return True
+    if low in ('false', 'no', 'off'):
+        return False
+    return text
+
+
+def parse_data_spec(text):
+    """`kind:root?key=value&...` -> {'kind': kind, 'root': root, key: value, ...} (root optional)."""
+    text = str(text).strip()
+    kind, sep, rest = text.partition(':')
+    kind = kind.strip().lower()
+    if not sep or kind not in KINDS:
+        raise DataError(f'data spec {text!r}: expected KIND:PATH[?key=value&...] with KIND one of '
+                        f'{", ".join(KINDS)}')
+    root, _, query = rest.partition('?')
+    spec = {'kind': kind}
+    if root:
+        spec['root'] = root
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        if key in LIST_KEYS:
+            spec[key] = [_value(v) for v in value.split(',') if v]
+        else:
+            spec[key] = _value(value)
+    return spec
+
+
+def _root(spec):
+    if not spec.get('root'):
+        raise DataError(f'data spec {spec}: a {spec["kind"]} data set needs a path')
+    return Path(spec['root']).expanduser()
+
+
+def _build(kind, opts, spec):
+    if kind == 'endovis':
+        from mffseg_ros.data.endovis import EndoVis2017
+        from mffseg_ros.data.splits import split_videos
+        videos = opts.pop('videos', None)
+        if 'split' in opts:
+            videos = split_videos(opts.pop('split'))
+        if isinstance(videos, int):
+            videos = [videos]
+        return EndoVis2017(_root(spec), videos, **opts)
+    if kind == 'folder':
+        from mffseg_ros.data.generic import FolderDataset
+        return FolderDataset(_root(spec), **opts)
+    if kind == 'cholecseg8k':
+        from mffseg_ros.data.cholec import cholecseg8k
+        return cholecseg8k(_root(spec), **opts)
+    if kind == 'cholec_instance':
+        from mffseg_ros.data.cholec import CholecInstanceSeg
+        return CholecInstanceSeg(_root(spec), **opts)
+    from mffseg_ros.data.synth import SynthDataset  # owned by the synthetic-scene generator
+    return SynthDataset(**opts)
+
+
+def build_dataset(spec):
+    """A sample source (len + getitem -> CONTRACTS.md sample dict) from a spec dict or spec string."""
+    if isinstance(spec, str):
+        spec = parse_data_spec(spec)
+    spec = dict(spec)
+    kind = str(spec.get('kind', '')).lower()
+    if kind not in KINDS:
+        raise DataError(f'data spec {spec}: unknown kind {kind!r} (kinds: {", ".join(KINDS)})')
+    opts = {k: v for k, v in spec.items() if k not in ('kind', 'root', 'stride', 'limit')}
+    try:
+        dataset = _build(kind, opts, spec)
+    except TypeError as e:
+        if 'argument' not in str(e):
+            raise
+        raise DataError(f'data spec {spec}: unknown option ({e})') from None
+    if spec.get('stride', 1) != 1 or spec.get('limit') is not None:
+        dataset = Subsampled(dataset, spec.get('stride', 1), spec.get('limit'))
+    if len(dataset) == 0:
+        raise DataError(f'data spec {spec}: the data set is empty')
+    return dataset
+
+
+def build_datasets(specs):
+    """Several specs read as one data set (in order)."""
+    if isinstance(specs, (str, dict)):
+        specs = [specs]
+    sets = [build_dataset(s) for s in specs]
+    return sets[0] if len(sets) == 1 else ConcatSamples(sets)

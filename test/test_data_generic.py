@@ -1,0 +1,143 @@
+"""Generic folder reader, the CholecSeg8k / CholecInstanceSeg readers and the augmentations,
+on fixtures generated here in the real sets' layouts."""
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from mffseg_ros.data.datasets import build_dataset, build_datasets
+from mffseg_ros.data.endovis import LabelWarning
+from mffseg_ros.data.transforms import Augment, normalize_image, prepare_sample
+from mffseg_ros.errors import DataError
+
+
+def _frame(h=48, w=80, seed=0):
+    return np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)
+
+
+def test_folder_reader_with_yaml_mapping(tmp_path):
+    (tmp_path / 'img').mkdir()
+    (tmp_path / 'lbl').mkdir()
+    mask = np.zeros((48, 80), np.uint8)
+    mask[:, 40:] = 7
+    mask[10:20, 50:60] = 9
+    mask[0, 0] = 99  # unlisted -> default
+    cv2.imwrite(str(tmp_path / 'img' / 'a.png'), _frame())
+    cv2.imwrite(str(tmp_path / 'lbl' / 'a_mask.png'), mask)
+    (tmp_path / 'map.yaml').write_text('type: {0: 0, 7: 6, 9: 1, default: 255}\n')
+    ds = build_dataset({'kind': 'folder', 'root': str(tmp_path / 'img'), 'masks': str(tmp_path / 'lbl'),
+                        'mapping': str(tmp_path / 'map.yaml')})
+    s = ds[0]
+    assert s['name'] == 'a.png' and s['image'].shape == (48, 80, 3)
+    assert s['type'][5, 45] == 6 and s['type'][15, 55] == 1 and s['type'][5, 5] == 0
+    assert s['type'][0, 0] == 255 and s['binary'][0, 0] == 255
+    assert s['binary'][5, 45] == 1 and s['binary'][5, 5] == 0
+    assert (s['parts'] == 255).all()  # not mapped -> ignore
+    (tmp_path / 'img' / 'b.png').write_bytes(b'')
+    with pytest.raises(DataError, match=r'b_mask\.png'):
+        build_dataset({'kind': 'folder', 'root': str(tmp_path / 'img'), 'masks': str(tmp_path / 'lbl'),
+                       'mapping': {'binary': {0: 0}}})
+    with pytest.raises(DataError, match='out of range'):
+        build_dataset({'kind': 'folder', 'root': str(tmp_path / 'img'), 'mapping': {'parts': {1: 9}}})
+
+
+def _write_cholecseg8k(root):
+    clip = root / 'clip_1_2'
+    clip.mkdir(parents=True)
+    ws = np.full((48, 80, 3), 21, np.uint8)  # liver
+    ws[10:20, 10:30] = 31                    # grasper
+    ws[30:40, 50:70] = 32                    # L-hook
+    ws[20, :] = 255                          # boundary line
+    for i in (1, 2):
+        cv2.imwrite(str(clip / f'frame_{i}_endo.png'), _frame(seed=i))
+        cv2.imwrite(str(clip / f'frame_{i}_endo_watershed_mask.png'), ws)
+    vid = root / 'video01'
+    (vid / 'frames').mkdir(parents=True)
+    (vid / 'masks').mkdir()
+    m = np.zeros((36, 64), np.uint8)
+    m[5:10, 5:10] = 255
+    cv2.imwrite(str(vid / 'frames' / 'video01_000000_frame.png'), _frame(36, 64))
+    cv2.imwrite(str(vid / 'masks' / 'video01_000000_mask.png'), m)
+
+
+def test_cholecseg8k_both_layouts(tmp_path):
+    _write_cholecseg8k(tmp_path)
+    ds = build_dataset(f'cholecseg8k:{tmp_path}')
+    assert len(ds) == 3
+    s = ds[0]
+    assert s['name'] == 'clip_1_2/frame_1_endo.png'
+    assert s['binary'][15, 15] == 1 and s['binary'][35, 60] == 1 and s['binary'][5, 5] == 0
+    assert (s['binary'][20] == 255).all()
+    assert (s['parts'] == 255).all() and (s['type'] == 255).all()
+    v = ds[2]
+    assert v['image'].shape == (36, 64, 3)
+    assert v['binary'][7, 7] == 1 and v['binary'][20, 20] == 0 and set(np.unique(v['binary'])) == {0, 1}
+    assert len(build_dataset(f'cholecseg8k:{tmp_path / "video01"}')) == 1
+    assert len(build_dataset(f'cholecseg8k:{tmp_path}?stride=2')) == 2
+
+
+def test_cholec_instance_polygons(tmp_path):
+    vid = tmp_path / 'VID01'
+    (vid / 'img_dir').mkdir(parents=True)
+    (vid / 'ann_dir').mkdir()
+    cv2.imwrite(str(vid / 'img_dir' / 'f0.png'), _frame())
+    square = lambda x, y: [[x, y], [x + 9, y], [x + 9, y + 9], [x, y + 9]]  # noqa: E731
+    shapes = [{'label': 'grasper', 'group_id': 1, 'points': square(2, 2), 'shape_type': 'polygon'},
+              {'label': 'grasper', 'group_id': 1, 'points': square(2, 30), 'shape_type': 'polygon'},
+              {'label': 'hook', 'group_id': 1, 'points': square(40, 2), 'shape_type': 'polygon'},
+              {'label': 'gauze', 'group_id': 1, 'points': square(60, 30), 'shape_type': 'polygon'}]
+    (vid / 'ann_dir' / 'f0.json').write_text(json.dumps({'shapes': shapes, 'imageHeight': 48, 'imageWidth': 80}))
+    ds = build_dataset(f'cholec_instance:{tmp_path}')
+    with pytest.warns(LabelWarning, match="f0.json: unknown label 'gauze'"):
+        s = ds[0]
+    assert s['name'] == 'VID01/f0.png'
+    assert s['instance'][5, 5] == s['instance'][35, 5] == 1  # two polygons, one grasper
+    assert s['instance'][5, 45] == 2 and s['instance'][25, 25] == 0
+    assert s['binary'][5, 5] == 1 and s['binary'][35, 65] == 255 and s['binary'][25, 25] == 0
+    assert (s['type'] == 255).all()
+
+
+def _sample(h=60, w=90):
+    parts = np.zeros((h, w), np.uint8)
+    parts[:, : w // 3] = 1
+    return dict(image=_frame(h, w), parts=parts, type=parts.copy(), binary=parts.copy(),
+                instance=parts.astype(np.uint16), name='x')
+
+
+def test_prepare_sample_resizes_and_augments_consistently():
+    s = _sample()
+    out = prepare_sample(s, (32, 64))
+    assert out['image'].shape == (32, 64, 3) and out['parts'].shape == (32, 64)
+    assert out['instance'].dtype == np.uint16
+    aug = Augment(hflip=True, vflip=True, blur=1.0, brightness=0.3, skew=0.2, scale=(1.0, 1.5))
+    flipped = 0
+    for seed in range(8):
+        a = prepare_sample(s, (32, 64), augment=aug, rng=np.random.default_rng(seed))
+        assert a['image'].shape == (32, 64, 3)
+        assert set(np.unique(a['parts'])) <= {0, 1, 255}
+        # labels move with the image: left-third label either on the left or flipped to the right
+        valid = a['parts'] != 255
+        left = a['parts'][:, :16][valid[:, :16]].mean() if valid[:, :16].any() else 0
+        right = a['parts'][:, -16:][valid[:, -16:]].mean() if valid[:, -16:].any() else 0
+        flipped += right > left
+    assert 0 < flipped < 8
+    same = [prepare_sample(s, (32, 64), augment=aug, rng=np.random.default_rng(5))['image'] for _ in range(2)]
+    assert np.array_equal(*same)
+
+
+def test_normalize_image():
+    x = normalize_image(np.full((4, 6, 3), 255, np.uint8), {'mean': [0.5, 0.5, 0.5], 'std': [0.5, 1.0, 2.0]})
+    assert x.shape == (3, 4, 6) and x.dtype == np.float32
+    assert np.allclose(x[:, 0, 0], [1.0, 0.5, 0.25])
+
+
+def test_shared_real_sets_when_present():
+    root = Path(__file__).resolve().parents[2] / 'shared' / 'data'  # ../shared/data next to the repo
+    if not (root / 'cholecseg8k').is_dir():
+        pytest.skip('shared data not present')
+    ds = build_datasets([f'cholecseg8k:{root}/cholecseg8k?stride=40', f'cholec_instance:{root}/cholec_instance_seg'])
+    assert len(ds) == 3 + 10
+    s = ds[0]
+    assert s['image'].shape == (480, 854, 3) and (s['binary'] == 1).any()
