@@ -1,0 +1,92 @@
+"""`mffseg export --onnx [--weights W] [--size HxW] [--branch main|aux] OUT.onnx`: export one branch of
+the model to ONNX (fixed shape), then check ONNX Runtime against torch."""
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mffseg_ros.errors import MffsegError
+
+log = logging.getLogger(__name__)
+# ONNX Runtime and torch sum in different orders; a pixel whose top two logits are this close may
+# flip, anything else must not.
+MIN_LABEL_AGREEMENT = 0.999
+
+
+def parse_size(text):
+    """'512x640' -> (512, 640); MffsegError with the reason otherwise."""
+    match = re.fullmatch(r'\s*(\d+)\s*[xX]\s*(\d+)\s*', str(text))
+    if not match:
+        raise MffsegError(f'size {text!r}: expected HEIGHTxWIDTH, e.g. 512x640')
+    height, width = int(match.group(1)), int(match.group(2))
+    if height <= 0 or width <= 0 or height % 32 or width % 32:
+        raise MffsegError(f'size {text!r}: height and width must be positive multiples of 32')
+    return height, width
+
+
+def add_arguments(parser):
+    parser.add_argument('output', metavar='OUT.onnx', help='ONNX file to write')
+    parser.add_argument('--onnx', action='store_true', help='export to ONNX (the only format so far)')
+    parser.add_argument('--weights', help='safetensors weights (default: the installed default model)')
+    parser.add_argument('--size', default=None,
+                        help='input HEIGHTxWIDTH, multiples of 32 (default: the weights\' train_size, '
+                             'else 512x640)')
+    parser.add_argument('--batch', type=int, default=1, help='batch size (default 1; 2 for stereo pairs)')
+    parser.add_argument('--branch', choices=('main', 'aux'), default='main',
+                        help='main decoder, or the faster aux-only branch')
+    parser.add_argument('--opset', type=int, default=17, help='ONNX opset (default 17)')
+    parser.add_argument('--no-verify', action='store_true',
+                        help='skip the ONNX Runtime vs torch check on a random input')
+
+
+def load_model(weights):
+    """(model, metadata) from `weights` or the default weights path."""
+    from mffseg_ros.model.weights import load_weights
+    from mffseg_ros.paths import default_weights_path
+    path = Path(weights) if weights else default_weights_path()
+    return load_weights(path)
+
+
+def default_size(metadata):
+    size = metadata.get('train_size')
+    if isinstance(size, (list, tuple)) and len(size) == 2 and all(int(s) % 32 == 0 for s in size):
+        return int(size[0]), int(size[1])
+    return 512, 640
+
+
+def verify(model, path, *, size, batch, branch, seed=0):
+    """(max |logit difference|, label agreement) of ONNX Runtime vs torch on one random frame."""
+    import onnxruntime as ort
+    session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+    x = torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(seed))
+    with torch.inference_mode():
+        expected = model.float().cpu().eval()(x, branch=branch)['out'].numpy()
+    (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    agreement = float((got.argmax(1) == expected.argmax(1)).mean())
+    return float(np.abs(got - expected).max()), agreement
+
+
+def run(args):
+    from mffseg_ros.inference.onnx_export import export_onnx
+    if not args.onnx:
+        raise MffsegError('choose an export format: --onnx')
+    output = Path(args.output)
+    if output.suffix.lower() != '.onnx':
+        raise MffsegError(f'{output}: output file name must end in .onnx')
+    model, metadata = load_model(args.weights)
+    size = parse_size(args.size) if args.size else default_size(metadata)
+    if args.batch < 1:
+        raise MffsegError(f'--batch {args.batch}: must be at least 1')
+    export_onnx(model, output, size=size, batch=args.batch, branch=args.branch, metadata=metadata,
+                opset=args.opset)
+    print(f'wrote {output} ({output.stat().st_size / 1e6:.1f} MB, input {args.batch}x3x{size[0]}x{size[1]}, '
+          f'branch {args.branch}, opset {args.opset})')
+    if not args.no_verify:
+        max_diff, agreement = verify(model, output, size=size, batch=args.batch, branch=args.branch)
+        print(f'ONNX Runtime vs torch: max |logit diff| {max_diff:.2e}, label agreement {agreement:.4%}')
+        if agreement < MIN_LABEL_AGREEMENT:
+            raise MffsegError(f'{output}: ONNX Runtime disagrees with torch on {1 - agreement:.2%} of '
+                              'pixels; the export is wrong (try another --opset)')
+    return 0
