@@ -1,0 +1,42 @@
+"""`mffseg evaluate`: score weights on a data set; writes metrics.json, metrics.md and worst-frame PNGs."""
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser):
+    parser.add_argument('--weights', required=True, help='safetensors weights file (from mffseg train)')
+    parser.add_argument('--data', required=True, action='append', metavar='SPEC',
+                        help='data set spec, e.g. endovis:/data/endovis17?videos=7,8, '
+                             'synth:?frames=16 or folder:/imgs?masks=/masks&mapping=map.yaml '
+                             '(repeat to concatenate sets)')
+    parser.add_argument('--task', default='all', choices=('parts', 'type', 'binary', 'all'),
+                        help='task to score (default: every task the model answers)')
+    parser.add_argument('--out', required=True, type=Path, help='output folder')
+    parser.add_argument('--worst', type=int, default=8, metavar='K',
+                        help='write overlay PNGs of the K worst frames (default 8; 0 = none)')
+    parser.add_argument('--device', default='auto', help='auto, cpu or cuda[:N] (default auto)')
+    parser.add_argument('--input-scale', type=float, default=None,
+                        help="network input scale relative to the frame (default: the weights' own)")
+
+
+def run(args):
+    from mffseg_ros.data.datasets import build_datasets
+    from mffseg_ros.errors import MffsegError
+    from mffseg_ros.evaluation.evaluate import evaluate, format_report
+    from mffseg_ros.inference.segmenter import Segmenter
+
+    if args.worst < 0:
+        raise MffsegError(f'--worst must be >= 0, got {args.worst}')
+    segmenter = Segmenter.load(args.weights, device=args.device, input_scale=args.input_scale)
+    samples = build_datasets(args.data)
+    log.info('%s; %d frames', segmenter.describe(), len(samples))
+    meta = segmenter.metadata
+    info = {'weights': str(args.weights), 'data': ' + '.join(args.data), 'model': segmenter.describe(),
+            'weights_git_revision': meta.get('git_revision'), 'train_recipe': meta.get('recipe')}
+    report = evaluate(segmenter, samples, tasks=args.task, worst=args.worst, out_dir=args.out, info=info)
+    print(format_report(report))
+    print(f'\nwrote {args.out / "metrics.json"}, {args.out / "metrics.md"}'
+          + (f' and {len(report["worst"])} worst-frame PNGs in {args.out / "worst"}' if report['worst'] else ''))
+    return 0

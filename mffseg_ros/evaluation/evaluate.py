@@ -1,0 +1,181 @@
+"""Runs a Segmenter over a data set, scores every task and writes metrics.json, metrics.md and overlay
+PNGs of the worst frames. Samples follow docs/CONTRACTS.md (label 255 = ignore)."""
+import heapq
+import json
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from mffseg_ros.errors import MffsegError
+from mffseg_ros.evaluation.metrics import TaskMeter
+from mffseg_ros.model.classes import NUM_CLASSES, TASK_CLASSES
+from mffseg_ros.visualize import contact_sheet, overlay, save_png
+
+log = logging.getLogger(__name__)
+TASKS = ('parts', 'type', 'binary')
+OTHER_TYPE = NUM_CLASSES['type'] - 1  # drawn for "instrument of unknown type" (binary-only labels)
+
+
+def _prediction(result, task):
+    if task == 'binary':
+        return np.asarray(result.binary, dtype=np.uint8)
+    return getattr(result, task)
+
+
+def _display_maps(type_map, parts_map, binary_map):
+    """Type and parts maps for an overlay: 255 -> 0, and binary-only labels shown as 'other'."""
+    def clean(m):
+        return None if m is None else np.where(m == 255, 0, m).astype(np.uint8)
+    type_map, parts_map = clean(type_map), clean(parts_map)
+    if type_map is None or not type_map.any():
+        binary = clean(binary_map)
+        if binary is not None and binary.any():
+            type_map = np.where(binary > 0, OTHER_TYPE, 0).astype(np.uint8)
+    if type_map is None:
+        type_map = np.zeros(binary_map.shape, np.uint8)
+    return type_map, parts_map
+
+
+def _predicted_tips(result):
+    if result.type is None or result.parts is None:
+        return None
+    try:
+        from mffseg_ros.inference.instances import find_tips
+    except ImportError:  # tips are decoration here; the metrics do not need them
+        return None
+    tips, _ = find_tips(result.type, result.parts)
+    return tips
+
+
+def worst_frame_picture(sample, result, score):
+    """Side by side: prediction overlay (with tips) and ground-truth overlay, captioned."""
+    image = sample['image']
+    pred_type, pred_parts = _display_maps(result.type, result.parts, np.asarray(result.binary, np.uint8))
+    gt_type, gt_parts = _display_maps(sample.get('type'), sample.get('parts'), sample.get('binary'))
+    pred = overlay(image, pred_type, pred_parts, tips=_predicted_tips(result))
+    truth = overlay(image, gt_type, gt_parts)
+    name = sample.get('name', '')
+    return contact_sheet([pred, truth], cols=2,
+                         labels=[f'prediction  {name}  IoU {score:.3f}', 'ground truth'])
+
+
+def resolve_tasks(requested, segmenter):
+    """Tasks to score: 'all' = every task the model can answer; a named task the model lacks raises."""
+    heads = set(segmenter.tasks)
+    answerable = [t for t in TASKS if t == 'binary' or t in heads]  # binary comes from any head
+    if requested in (None, 'all'):
+        return answerable
+    if requested not in TASKS:
+        raise MffsegError(f'unknown task {requested!r} (tasks: {", ".join(TASKS)}, all)')
+    if requested not in answerable:
+        where = segmenter.weights_path or 'the model'
+        raise MffsegError(f'{where}: the model has no {requested} head (heads: {", ".join(sorted(heads))})')
+    return [requested]
+
+
+def evaluate(segmenter, samples, *, tasks='all', worst=8, out_dir=None, progress=True, info=None):
+    """Scores `segmenter` on `samples` (a sequence of sample dicts). Returns the report dict; with
+    `out_dir`, also writes metrics.json, metrics.md and worst/NN_<name>.png (the `worst` lowest
+    frames by their mean paper IoU over the scored tasks)."""
+    task_list = resolve_tasks(tasks, segmenter)
+    meters = {t: TaskMeter(t, TASK_CLASSES[t]) for t in task_list}
+    worst_heap = []  # (-score, index, sample, result): a max-heap of the K lowest scores
+    frame_scores = []
+    total = len(samples)
+    if total == 0:
+        raise MffsegError('the data set is empty: nothing to evaluate')
+    for index in tqdm(range(total), desc='evaluate', unit='frame', disable=not progress):
+        sample = samples[index]
+        result = segmenter.segment(sample['image'])
+        ious = []
+        for task, meter in meters.items():
+            gt = sample.get(task)
+            if gt is None:
+                continue
+            scores = meter.add(gt, _prediction(result, task), sample.get('name', str(index)))
+            if scores is not None:
+                ious.append(scores.paper['iou'])
+        if not ious:
+            continue
+        score = float(np.mean(ious))
+        frame_scores.append({'name': sample.get('name', str(index)), 'iou': score})
+        if worst > 0:
+            item = (-score, -index, sample, result)
+            if len(worst_heap) < worst:
+                heapq.heappush(worst_heap, item)
+            elif item[:2] > worst_heap[0][:2]:
+                heapq.heapreplace(worst_heap, item)
+
+    report = dict(info or {})
+    report['frames'] = total
+    report['scored_frames'] = len(frame_scores)
+    report['tasks'] = {t: m.summary() for t, m in meters.items()}
+    unlabelled = [t for t, m in meters.items() if not m.images]
+    if unlabelled:
+        log.warning('the data set labels no frame for task(s) %s: not scored', ', '.join(unlabelled))
+    ranked = sorted(worst_heap, key=lambda it: (-it[0], -it[1]))
+    report['worst'] = [{'name': s.get('name', str(-i)), 'iou': -neg} for neg, i, s, _ in ranked]
+    if out_dir is not None:
+        write_outputs(Path(out_dir), report, ranked)
+    return report
+
+
+def _safe_name(name):
+    return ''.join(c if c.isalnum() or c in '-_.' else '_' for c in str(name))[:80] or 'frame'
+
+
+def write_outputs(out_dir, report, ranked):
+    """worst/NN_<name>.png per worst frame (its path added to report['worst']), then the JSON and
+    markdown reports."""
+    for rank, (neg_score, _, sample, result) in enumerate(ranked, 1):
+        picture = worst_frame_picture(sample, result, -neg_score)
+        stem = Path(str(sample.get('name', rank))).stem
+        path = save_png(out_dir / 'worst' / f'{rank:02d}_{_safe_name(stem)}.png', picture)
+        report['worst'][rank - 1]['png'] = str(path.relative_to(out_dir))
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / 'metrics.json').write_text(json.dumps(report, indent=2, allow_nan=False) + '\n')
+        (out_dir / 'metrics.md').write_text(format_report(report) + '\n')
+    except OSError as e:
+        raise MffsegError(f'{out_dir}: cannot write the evaluation results ({e})') from e
+
+
+def _fmt(value, digits=3):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return '–'
+    return f'{value:.{digits}f}' if digits else f'{value:.1f}'
+
+
+def format_task(summary):
+    """One task's markdown table: a row per class, the foreground mean and the paper averaging."""
+    lines = [f'### {summary["task"]} ({summary["images"]} frames)', '',
+             '| class | Dice | IoU | Hausdorff px | sensitivity | specificity | frames |',
+             '|---|---|---|---|---|---|---|']
+
+    def row(label, m, frames=''):
+        return (f'| {label} | {_fmt(m["dice"])} | {_fmt(m["iou"])} | {_fmt(m["hausdorff"], 0)} | '
+                f'{_fmt(m["sensitivity"])} | {_fmt(m["specificity"])} | {frames} |')
+    for name, m in summary['per_class'].items():
+        lines.append(row(name, m, m['images']))
+    lines.append(row('**mean (instrument classes)**', summary['mean']))
+    lines.append(row('**paper (per frame, classes present)**', summary['paper']))
+    d = summary['dataset']
+    lines += ['', f'Data-set-wide (confusion matrix): mean IoU {_fmt(d["mean_iou"])}, '
+                  f'mean Dice {_fmt(d["mean_dice"])}.']
+    return '\n'.join(lines)
+
+
+def format_report(report):
+    head = ['# Evaluation']
+    for key in ('weights', 'data', 'model'):
+        if report.get(key):
+            head.append(f'- {key}: `{report[key]}`')
+    head.append(f'- frames: {report["frames"]} ({report["scored_frames"]} with ground truth)')
+    body = [format_task(s) for s in report['tasks'].values() if s['images']]
+    if report.get('worst'):
+        body.append('### worst frames (mean paper IoU over tasks)\n\n' + '\n'.join(
+            f'{i}. {w["name"]}: {_fmt(w["iou"])}' for i, w in enumerate(report['worst'], 1)))
+    return '\n\n'.join(['\n'.join(head)] + body)

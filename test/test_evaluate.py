@@ -1,0 +1,147 @@
+"""`mffseg evaluate` end to end on tiny generated samples with real weights files and a real Segmenter."""
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from mffseg_ros.cli import main
+from mffseg_ros.errors import MffsegError
+from mffseg_ros.evaluation.evaluate import evaluate, format_report, resolve_tasks
+from mffseg_ros.evaluation.metrics import score_image
+from mffseg_ros.inference.segmenter import SegmentationResult, Segmenter
+from mffseg_ros.model import MFFNet, save_weights
+
+H, W = 64, 96
+
+
+def _sample(i, rng):
+    """A frame with one bright 'instrument' bar: shaft then claspers, type i % 7 + 1."""
+    image = rng.integers(40, 90, (H, W, 3), dtype=np.uint8)
+    parts = np.zeros((H, W), np.uint8)
+    y0 = 10 + 6 * i
+    parts[y0:y0 + 12, 8:60] = 1
+    parts[y0:y0 + 12, 60:80] = 3
+    image[parts > 0] = (220, 220, 230)
+    type_map = np.where(parts > 0, i % 7 + 1, 0).astype(np.uint8)
+    binary = (parts > 0).astype(np.uint8)
+    if i == 2:  # a frame whose type is not annotated: type must be skipped, not scored as wrong
+        type_map[:] = 255
+    return dict(image=image, parts=parts, type=type_map, binary=binary,
+                instance=binary.astype(np.uint16), name=f'vid1/frame{i:03d}.png')
+
+
+@pytest.fixture(scope='module')
+def samples():
+    rng = np.random.default_rng(7)
+    return [_sample(i, rng) for i in range(4)]
+
+
+@pytest.fixture(scope='module')
+def weights(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp('w') / 'tiny.safetensors'
+    save_weights(path, MFFNet(), {'input_scale': 1.0, 'git_revision': 'test'})
+    return path
+
+
+class GroundTruthSegmenter:
+    """An oracle with the Segmenter interface that answers each frame's own ground truth: the scores
+    must then be perfect, which checks that evaluate() compares the right maps."""
+    tasks = {'parts': 4, 'type': 8}
+    weights_path = None
+
+    def __init__(self, samples):
+        self.by_id = {id(s['image']): s for s in samples}
+
+    def segment(self, rgb):
+        s = self.by_id[id(rgb)]
+        type_map = np.where(s['type'] == 255, 1, s['type']).astype(np.uint8)
+        return SegmentationResult(binary=s['binary'] > 0, parts=s['parts'], type=type_map,
+                                  confidence=np.ones((H, W), np.float32))
+
+
+def test_perfect_predictions_score_perfectly(samples):
+    report = evaluate(GroundTruthSegmenter(samples), samples, worst=0, progress=False)
+    for task in ('parts', 'type', 'binary'):
+        s = report['tasks'][task]
+        assert s['paper']['iou'] == 1.0 and s['paper']['dice'] == 1.0 and s['paper']['hausdorff'] == 0.0
+        assert s['dataset']['mean_iou'] == 1.0
+    assert report['tasks']['type']['images'] == 3  # frame 2 has no type labels
+    assert report['tasks']['parts']['images'] == 4
+    assert report['tasks']['parts']['per_class']['wrist']['iou'] is None  # never present
+    assert report['worst'] == []
+
+
+def test_evaluate_real_segmenter_writes_json_md_and_worst_pngs(samples, weights, tmp_path):
+    seg = Segmenter.load(weights, device='cpu')
+    report = evaluate(seg, samples, tasks='all', worst=2, out_dir=tmp_path, progress=False,
+                      info={'weights': str(weights)})
+    # The report must agree with scoring the Segmenter's own outputs directly.
+    results = [seg.segment(s['image']) for s in samples]
+    expected_parts = np.mean([score_image(s['parts'], r.parts, 4).paper['iou'] for s, r in zip(samples, results)])
+    assert report['tasks']['parts']['paper']['iou'] == pytest.approx(expected_parts)
+    on_disk = json.loads((tmp_path / 'metrics.json').read_text())
+    assert on_disk['tasks']['parts']['paper']['iou'] == pytest.approx(expected_parts)
+    assert on_disk['frames'] == 4 and on_disk['weights'] == str(weights)
+    cm = np.array(on_disk['tasks']['binary']['confusion_matrix'])
+    assert cm.sum() == 4 * H * W
+    # Two worst frames, lowest first, each a PNG of prediction | ground truth side by side.
+    worst = on_disk['worst']
+    assert len(worst) == 2 and worst[0]['iou'] <= worst[1]['iou']
+    for w in worst:
+        png = cv2.imread(str(tmp_path / w['png']))
+        assert png is not None and png.shape[1] > 2 * W and png.shape[0] >= H
+    md = (tmp_path / 'metrics.md').read_text()
+    assert '| shaft |' in md and 'paper' in md and 'confusion matrix' in md
+    assert format_report(report).startswith('# Evaluation')
+
+
+def test_task_selection(weights):
+    seg = Segmenter.load(weights, device='cpu')
+    assert resolve_tasks('all', seg) == ['parts', 'type', 'binary']
+    assert resolve_tasks('type', seg) == ['type']
+    torch.manual_seed(0)
+    binary_only = Segmenter(MFFNet(tasks={'binary': 2}), {'input_scale': 1.0}, device='cpu')
+    assert resolve_tasks('all', binary_only) == ['binary']
+    with pytest.raises(MffsegError, match='no parts head'):
+        resolve_tasks('parts', binary_only)
+
+
+def _write_folder_set(root):
+    """A folder data set (images + part masks in EndoVis grey values) and its value->class mapping."""
+    rng = np.random.default_rng(1)
+    root.mkdir()
+    for i in range(2):
+        s = _sample(i, rng)
+        cv2.imwrite(str(root / f'f{i}.png'), cv2.cvtColor(s['image'], cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(root / f'f{i}_mask.png'), (s['parts'] * 10).astype(np.uint8))
+    mapping = root.parent / 'mapping.yaml'
+    mapping.write_text(yaml.safe_dump({'parts': {0: 0, 10: 1, 20: 2, 30: 3}}))
+    return f'folder:{root}?mapping={mapping}'
+
+
+def test_cli_evaluate_end_to_end(weights, tmp_path, capsys):
+    spec = _write_folder_set(tmp_path / 'set')
+    out = tmp_path / 'eval'
+    rc = main(['evaluate', '--weights', str(weights), '--data', spec, '--out', str(out),
+               '--worst', '1', '--device', 'cpu'])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert '### parts (2 frames)' in printed and '### binary (2 frames)' in printed
+    report = json.loads((out / 'metrics.json').read_text())
+    assert report['tasks']['type']['images'] == 0  # the mapping labels no types
+    assert len(list((out / 'worst').glob('*.png'))) == 1
+
+
+def test_cli_user_errors_are_one_line(weights, tmp_path, capsys):
+    spec = _write_folder_set(tmp_path / 'set')
+    missing = tmp_path / 'nope.safetensors'
+    assert main(['evaluate', '--weights', str(missing), '--data', spec, '--out', str(tmp_path / 'o')]) == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err and 'Traceback' not in err
+    assert main(['evaluate', '--weights', str(weights), '--data', 'nokind:/x', '--out', str(tmp_path / 'o'),
+                 '--device', 'cpu']) == 2
+    assert 'nokind' in capsys.readouterr().err
