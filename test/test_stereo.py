@@ -1,0 +1,170 @@
+import math
+
+import cv2
+import numpy as np
+import pytest
+
+from mffseg_ros.errors import DataError
+from mffseg_ros.inference.instances import Tip, find_tips
+from mffseg_ros.inference.stereo import (epipolar_distance, fundamental_from_projections, match_and_triangulate,
+                                         match_pairs, projection_from_camera_info, triangulate)
+
+W, H = 1280, 1024
+F_PX, BASELINE = 1050.0, 0.0044  # a da Vinci endoscope: ~1050 px focal length, 4.4 mm baseline
+
+
+def rectified_rig():
+    """camera_info P's of a rectified pair, as stereo_image_proc / camera_calibration write them."""
+    left = [F_PX, 0, 640.0, 0, 0, F_PX, 512.0, 0, 0, 0, 1, 0]
+    right = list(left)
+    right[3] = -F_PX * BASELINE
+    return projection_from_camera_info(left), projection_from_camera_info(right)
+
+
+def verged_rig():
+    """A raw (unrectified) pair: different intrinsics, 2 degrees toe-in, a small vertical offset."""
+    K_left = np.array([[1051.7, 0, 585.1], [0, 1051.5, 535.5], [0, 0, 1]])
+    K_right = np.array([[1051.3, 0, 682.7], [0, 1051.1, 535.9], [0, 0, 1]])
+    R, _ = cv2.Rodrigues(np.array([0.004, -math.radians(2.0), 0.001]))
+    t = np.array([-0.00436, 0.0003, -0.0002])
+    return K_left @ np.hstack([np.eye(3), np.zeros((3, 1))]), K_right @ np.hstack([R, t[:, None]])
+
+
+RIGS = {'rectified': rectified_rig, 'verged': verged_rig}
+
+
+def project(P, xyz):
+    x = np.column_stack([xyz, np.ones(len(xyz))]) @ P.T
+    return x[:, :2] / x[:, 2:]
+
+
+def points_in_view(n, seed=0):
+    rng = np.random.default_rng(seed)
+    z = rng.uniform(0.03, 0.15, n)  # 3..15 cm in front of the endoscope
+    return np.column_stack([rng.uniform(-0.25, 0.25, n) * z, rng.uniform(-0.2, 0.2, n) * z, z])
+
+
+@pytest.mark.parametrize('rig', RIGS)
+def test_triangulation_recovers_known_points(rig):
+    P1, P2 = RIGS[rig]()
+    xyz = points_in_view(200)
+    np.testing.assert_allclose(triangulate(P1, P2, project(P1, xyz), project(P2, xyz)), xyz, atol=1e-9)
+
+
+def test_triangulation_error_with_pixel_noise_matches_stereo_geometry():
+    P1, P2 = rectified_rig()
+    xyz = points_in_view(500, seed=1)
+    rng = np.random.default_rng(2)
+    noisy = [project(P, xyz) + rng.normal(0, 0.3, (len(xyz), 2)) for P in (P1, P2)]
+    depth_error = np.abs(triangulate(P1, P2, *noisy)[:, 2] - xyz[:, 2])
+    # dz = z^2 / (f b) * d(disparity); disparity noise sigma = 0.3 * sqrt(2) px
+    expected_sigma = xyz[:, 2] ** 2 / (F_PX * BASELINE) * 0.3 * math.sqrt(2)
+    ratio = np.sqrt(np.mean((depth_error / expected_sigma) ** 2))
+    assert 0.8 < ratio < 1.25
+
+
+@pytest.mark.parametrize('rig', RIGS)
+def test_fundamental_matrix_satisfies_the_epipolar_constraint(rig):
+    P1, P2 = RIGS[rig]()
+    F = fundamental_from_projections(P1, P2)
+    xyz = points_in_view(100, seed=3)
+    assert epipolar_distance(F, project(P1, xyz), project(P2, xyz)).max() < 1e-6
+    moved = project(P2, xyz) + [0.0, 4.0]  # 4 px down: off the epipolar line
+    assert epipolar_distance(F, project(P1, xyz), moved).min() > (3.9 if rig == 'rectified' else 3.0)
+
+
+def test_rectified_epipolar_distance_is_the_row_difference():
+    F = fundamental_from_projections(*rectified_rig())
+    d = epipolar_distance(F, [[100, 200], [900, 700]], [[40, 203.5], [850, 690]])
+    np.testing.assert_allclose(d, [3.5, 10.0], atol=1e-9)
+
+
+@pytest.mark.parametrize('bad, problem', [
+    ([1.0] * 9, '12 numbers'),
+    ([0.0] * 12, 'not calibrated'),
+    ([F_PX, 0, 640, 0, 0, F_PX, 512, 0, 0, 0, math.nan, 0], 'non-finite'),
+])
+def test_unusable_camera_info_raises_data_error(bad, problem):
+    with pytest.raises(DataError, match=problem):
+        projection_from_camera_info(bad)
+
+
+def test_a_pair_without_baseline_is_refused():
+    P1, _ = rectified_rig()
+    with pytest.raises(DataError, match='baseline'):
+        match_and_triangulate([], [], P1, P1.ravel().tolist())
+
+
+def _tip(i, type_id, uv, area=500, source='claspers'):
+    return Tip(i, type_id, float(uv[0]), float(uv[1]), area, 1.0, source)
+
+
+def test_matching_by_type_epipolar_line_area_and_depth():
+    P1, P2 = rectified_rig()
+    xyz = np.array([[0.01, 0.0, 0.06], [-0.01, 0.002, 0.08], [0.0, 0.004, 0.05], [0.005, -0.01, 0.07]])
+    uv1, uv2 = project(P1, xyz), project(P2, xyz)
+    left = [_tip(1, 3, uv1[0]), _tip(2, 6, uv1[1]), _tip(3, 6, uv1[2]), _tip(4, 1, uv1[3]), _tip(5, 2, (300, 300))]
+    right = [_tip(1, 6, uv2[2]), _tip(2, 6, uv2[1]), _tip(3, 3, uv2[0]),
+             _tip(4, 1, uv2[3] + [0, 25]),  # 25 px off its epipolar line: no match
+             _tip(5, 2, (320, 300))]  # right of the left tip: negative disparity, behind the cameras
+    out = match_and_triangulate(left, right, P1, P2)
+    assert [t.instance_id for t in out] == [1, 2, 3, 4, 5]
+    for k in range(3):  # the two type-6 tools are assigned crosswise correctly
+        np.testing.assert_allclose(out[k].xyz, xyz[k], atol=1e-9)
+    assert all(math.isnan(c) for t in out[3:] for c in t.xyz)
+    assert all(math.isnan(c) for t in left for c in t.xyz)  # inputs untouched
+
+    pairs = match_pairs(left, right, P1, P2)
+    assert [(i, j) for i, j, _, _ in pairs] == [(0, 2), (1, 1), (2, 0)]
+    assert match_pairs(left, right, P1, P2, max_epipolar_px=30)[-1][:2] == (3, 3)
+    assert match_pairs(left, right, P1, P2, max_depth=0.055) == [(2, 0, pytest.approx(0.0, abs=1e-6),
+                                                                 pytest.approx(tuple(xyz[2])))]
+
+
+def test_area_and_source_mismatches_are_not_matched():
+    P1, P2 = rectified_rig()
+    xyz = np.array([[0.0, 0.0, 0.06]])
+    uv1, uv2 = project(P1, xyz)[0], project(P2, xyz)[0]
+    assert match_pairs([_tip(1, 3, uv1, area=500)], [_tip(1, 3, uv2, area=2000)], P1, P2) == []
+    assert match_pairs([_tip(1, 3, uv1)], [_tip(1, 3, uv2, source='wrist')], P1, P2) == []
+    assert len(match_pairs([_tip(1, 3, uv1)], [_tip(1, 3, uv2, source='wrist')], P1, P2, same_source=False)) == 1
+
+
+# Instruments as 3-D points: (type id, jaw centre, a point on the shaft far behind it).
+TOOLS = [(3, (0.008, 0.004, 0.06), (0.06, 0.05, 0.10)),
+         (6, (-0.010, 0.002, 0.075), (-0.08, -0.04, 0.12)),
+         (1, (0.001, -0.008, 0.05), (0.01, -0.09, 0.09))]
+
+
+def render(P, tools):
+    """Type and parts label maps of one view: a thick shaft, a wrist and a jaw disc per tool."""
+    types, parts = np.zeros((H, W), np.uint8), np.zeros((H, W), np.uint8)
+    for type_id, tip, shaft in tools:
+        (tu, tv), (su, sv) = project(P, np.array([tip, shaft]))
+        depth = tip[2]
+        centre, back = (round(tu * 16), round(tv * 16)), (round(su * 16), round(sv * 16))  # 1/16 px
+
+        def draw(part, radius_m, shape):
+            radius = round(radius_m * F_PX / depth * 16)
+            for image, value in ((types, type_id), (parts, part)):
+                if shape == 'line':
+                    cv2.line(image, back, centre, value, max(1, radius // 8), cv2.LINE_8, 4)
+                else:
+                    cv2.circle(image, centre, radius, value, -1, cv2.LINE_8, 4)
+        draw(1, 0.004, 'line')  # 8 mm shaft
+        draw(2, 0.004, 'disc')
+        draw(3, 0.002, 'disc')
+    return types, parts
+
+
+@pytest.mark.parametrize('rig', RIGS)
+def test_tips_from_label_maps_triangulate_within_a_fifth_of_a_millimetre(rig):
+    P1, P2 = RIGS[rig]()
+    tips_left, _ = find_tips(*render(P1, TOOLS))
+    tips_right, _ = find_tips(*render(P2, TOOLS[:2]))  # the third tool is hidden from the right camera
+    out = match_and_triangulate(tips_left, tips_right, P1, P2)
+    assert [(t.type_id, t.source) for t in out] == [(1, 'claspers'), (3, 'claspers'), (6, 'claspers')]
+    truth = {type_id: np.array(tip) for type_id, tip, _ in TOOLS}
+    for t in out[1:]:
+        assert np.linalg.norm(np.array(t.xyz) - truth[t.type_id]) < 0.0002, t
+    assert all(math.isnan(c) for c in out[0].xyz)
