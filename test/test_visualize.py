@@ -104,3 +104,59 @@ def test_save_png_round_trip_and_errors(tmp_path):
         load_rgb(tmp_path / 'bad.png')
     with pytest.raises(ImageFormatError, match='no such'):
         load_rgb(tmp_path / 'missing.png')
+
+
+# --- `mffseg segment`: real weights file, real Segmenter, PNGs read back ---------------------------
+
+@pytest.fixture(scope='module')
+def tiny_weights(tmp_path_factory):
+    import torch
+
+    from mffseg_ros.model import MFFNet, save_weights
+    torch.manual_seed(0)
+    return save_weights(tmp_path_factory.mktemp('w') / 'tiny.safetensors', MFFNet(), {'input_scale': 0.25})
+
+
+def test_segment_cli_images_and_folders(tiny_weights, tmp_path, capsys):
+    from mffseg_ros.cli import main
+    rng = np.random.default_rng(3)
+    (tmp_path / 'imgs').mkdir()
+    for name, (h, w) in {'a.png': (70, 100), 'b.jpg': (64, 64)}.items():  # odd size: not a multiple of 32
+        cv2.imwrite(str(tmp_path / 'imgs' / name), rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+    single = tmp_path / 'c.png'
+    cv2.imwrite(str(single), rng.integers(0, 255, (48, 80, 3), dtype=np.uint8))
+    out = tmp_path / 'out'
+    rc = main(['segment', str(tmp_path / 'imgs'), str(single), '--weights', str(tiny_weights),
+               '--out', str(out), '--device', 'cpu'])
+    assert rc == 0
+    for stem, (h, w) in {'a': (70, 100), 'b': (64, 64), 'c': (48, 80)}.items():
+        assert load_rgb(out / f'{stem}_overlay.png').shape == (h, w, 3)
+        parts = cv2.imread(str(out / f'{stem}_parts.png'), cv2.IMREAD_UNCHANGED)
+        types = cv2.imread(str(out / f'{stem}_type.png'), cv2.IMREAD_UNCHANGED)
+        assert parts.shape == types.shape == (h, w) and parts.max() <= 3 and types.max() <= 7
+
+
+def test_segment_cli_generated_frame(tiny_weights, tmp_path, capsys):
+    from mffseg_ros.cli import main
+    from mffseg_ros.tools.segment_image import generated_sample
+    sample = generated_sample(seed=1)
+    assert sample['image'].dtype == np.uint8 and sample['type'].max() > 0 and sample['parts'].max() == 3
+    assert main(['segment', '--weights', str(tiny_weights), '--out', str(tmp_path), '--device', 'cpu']) == 0
+    assert 'generated frame' in capsys.readouterr().out
+    (overlay_png,) = tmp_path.glob('*_overlay.png')
+    sheet = load_rgb(overlay_png)
+    h, w = generated_sample(seed=0)['image'].shape[:2]
+    assert sheet.shape[0] > h and sheet.shape[1] > 2 * w  # prediction | ground truth
+
+
+def test_segment_cli_errors_name_the_path(tiny_weights, tmp_path, capsys):
+    from mffseg_ros.cli import main
+    missing = tmp_path / 'missing.png'
+    assert main(['segment', str(missing), '--weights', str(tiny_weights), '--out', str(tmp_path)]) == 2
+    assert str(missing) in capsys.readouterr().err
+    broken = tmp_path / 'broken.png'
+    broken.write_bytes(b'\x89PNG but not really')
+    assert main(['segment', str(broken), '--weights', str(tiny_weights), '--out', str(tmp_path),
+                 '--device', 'cpu']) == 2
+    err = capsys.readouterr().err
+    assert str(broken) in err and 'Traceback' not in err

@@ -1,0 +1,143 @@
+"""`mffseg segment`: segment image files (or, with none given, a generated endoscope frame) and write
+overlay PNGs with tips plus the parts/type label images."""
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+log = logging.getLogger(__name__)
+IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff')
+GENERATED_TYPE = 3  # large needle driver: the generated frame's one instrument
+
+
+def add_arguments(parser):
+    parser.add_argument('images', nargs='*', type=Path, metavar='IMAGE',
+                        help='image files or folders of images (none: segment a generated frame)')
+    parser.add_argument('--weights', default=None,
+                        help='safetensors weights (default: the shipped models/ weights, or $MFFSEG_WEIGHTS)')
+    parser.add_argument('--out', type=Path, default=Path('mffseg_out'), help='output folder (default mffseg_out)')
+    parser.add_argument('--device', default='auto', help='auto, cpu or cuda[:N] (default auto)')
+    parser.add_argument('--input-scale', type=float, default=None,
+                        help="network input scale relative to the frame (default: the weights' own)")
+    parser.add_argument('--min-area', type=int, default=None,
+                        help='smallest instrument instance in pixels that gets a tip')
+    parser.add_argument('--seed', type=int, default=0, help='seed of the generated frame')
+
+
+def expand_images(paths):
+    """Files as given; folders -> their image files, sorted. Missing paths raise DataError."""
+    from mffseg_ros.errors import DataError
+    files = []
+    for p in paths:
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise DataError(f'{p}: folder holds no images ({", ".join(IMAGE_SUFFIXES)})')
+            files += found
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise DataError(f'{p}: no such image file or folder')
+    return files
+
+
+def generated_sample(seed=0, height=512, width=640):
+    """A frame from the synthetic-scene generator when it is installed, else a simple drawn scene:
+    tissue-like texture and one instrument (shaft from the border, wrist, claspers) with labels."""
+    try:
+        from mffseg_ros.data.synth import SynthDataset
+        return SynthDataset(frames=1, seed=seed)[0]
+    except (ImportError, TypeError) as e:  # generator not there (yet) or a different signature
+        log.debug('synthetic generator unavailable (%s); drawing a simple frame', e)
+    rng = np.random.default_rng(seed)
+    noise = cv2.GaussianBlur(rng.random((height, width), dtype=np.float32), (0, 0), width / 40)
+    noise = (noise - noise.min()) / max(float(np.ptp(noise)), 1e-6)
+    tissue = np.stack([150 + 80 * noise, 60 + 40 * noise, 55 + 30 * noise], axis=2)
+    image = np.clip(tissue + rng.normal(0, 6, tissue.shape), 0, 255).astype(np.uint8)
+    parts = np.zeros((height, width), np.uint8)
+    start = np.array([width * 0.05, height * (0.75 + 0.15 * rng.random())])
+    end = np.array([width * (0.5 + 0.15 * rng.random()), height * (0.35 + 0.15 * rng.random())])
+    direction = (end - start) / np.linalg.norm(end - start)
+    thick = max(4, int(width / 28))
+    wrist = end + direction * thick * 1.2
+    claspers = wrist + direction * thick * 1.6
+
+    def segment(a, b, value, t):
+        cv2.line(parts, tuple(int(v) for v in a), tuple(int(v) for v in b), value, t)
+    segment(start - direction * width, end, 1, thick)
+    segment(end, wrist, 2, int(thick * 0.9))
+    normal = np.array([-direction[1], direction[0]]) * thick * 0.35
+    for side in (1, -1):  # two open jaws
+        segment(wrist, claspers + side * normal, 3, max(2, thick // 3))
+    shade = {1: (70, 72, 78), 2: (150, 150, 158), 3: (200, 200, 205)}
+    for value, colour in shade.items():
+        image[parts == value] = colour
+    image = cv2.GaussianBlur(image, (3, 3), 0)
+    type_map = np.where(parts > 0, GENERATED_TYPE, 0).astype(np.uint8)
+    binary = (parts > 0).astype(np.uint8)
+    return dict(image=image, parts=parts, type=type_map, binary=binary, instance=binary.astype(np.uint16),
+                name=f'generated_seed{seed}')
+
+
+def _tips(result, min_area):
+    if result.type is None or result.parts is None:
+        return []
+    from mffseg_ros.inference.instances import DEFAULT_MIN_AREA, find_tips
+    tips, _ = find_tips(result.type, result.parts, confidence=result.confidence,
+                        min_area=DEFAULT_MIN_AREA if min_area is None else min_area)
+    return tips
+
+
+def write_result(out_dir, stem, rgb, result, tips, ground_truth=None):
+    """<stem>_overlay.png (prediction | ground truth when given), <stem>_parts.png, <stem>_type.png
+    (uint8 label images, ids as in model.classes). Returns the written paths."""
+    from mffseg_ros.visualize import contact_sheet, overlay, save_png
+    type_map = result.type if result.type is not None else np.asarray(result.binary, np.uint8) * 7
+    picture = overlay(rgb, type_map, result.parts, tips=tips)
+    if ground_truth is not None:
+        gt_type = np.where(ground_truth['type'] == 255, 0, ground_truth['type']).astype(np.uint8)
+        gt_parts = np.where(ground_truth['parts'] == 255, 0, ground_truth['parts']).astype(np.uint8)
+        picture = contact_sheet([picture, overlay(rgb, gt_type, gt_parts)], cols=2,
+                                labels=['prediction', 'ground truth'])
+    paths = [save_png(out_dir / f'{stem}_overlay.png', picture)]
+    for task in ('parts', 'type'):
+        labels = getattr(result, task)
+        if labels is not None:
+            paths.append(save_png(out_dir / f'{stem}_{task}.png', labels))
+    return paths
+
+
+def _describe_tips(tips):
+    from mffseg_ros.model.classes import TASK_CLASSES
+    return ', '.join(f'#{t.instance_id} {TASK_CLASSES["type"][t.type_id]} at ({t.u:.0f}, {t.v:.0f})'
+                     for t in tips) or 'no instrument found'
+
+
+def run(args):
+    from tqdm import tqdm
+
+    from mffseg_ros.inference.segmenter import Segmenter
+    from mffseg_ros.visualize import load_rgb
+
+    files = expand_images(args.images)
+    segmenter = Segmenter.load(args.weights, device=args.device, input_scale=args.input_scale)
+    log.info('%s', segmenter.describe())
+    if not files:
+        sample = generated_sample(args.seed)
+        result = segmenter.segment(sample['image'])
+        tips = _tips(result, args.min_area)
+        paths = write_result(args.out, sample['name'], sample['image'], result, tips, ground_truth=sample)
+        print(f'generated frame {sample["image"].shape[1]}x{sample["image"].shape[0]}: {_describe_tips(tips)}')
+        print('wrote ' + ', '.join(map(str, paths)))
+        return 0
+    stems = {}
+    for path in tqdm(files, desc='segment', unit='image', disable=len(files) < 2):
+        rgb = load_rgb(path)
+        result = segmenter.segment(rgb)
+        tips = _tips(result, args.min_area)
+        stem = path.stem if path.stem not in stems else f'{path.parent.name}_{path.stem}'
+        stems[stem] = path
+        paths = write_result(args.out, stem, rgb, result, tips)
+        tqdm.write(f'{path}: {_describe_tips(tips)} -> {paths[0]}')
+    return 0
