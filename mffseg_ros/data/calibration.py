@@ -54,6 +54,10 @@ class StereoCalibration:
     R: np.ndarray        # 3x3, left camera frame -> right camera frame
     T: np.ndarray        # 3, metres
     source: str = ''
+    # Pixel (0, 0) of these images in the calibrated image, and that image's size: rectification is
+    # computed there and shifted, so a crop or padding never changes the rectified optics.
+    origin: tuple = (0.0, 0.0)
+    native_size: tuple = None
 
     @property
     def baseline(self):
@@ -69,7 +73,9 @@ class StereoCalibration:
             K[1, 2] -= y
             return K
         return replace(self, width=int(width), height=int(height),
-                       K_left=shift(self.K_left), K_right=shift(self.K_right))
+                       K_left=shift(self.K_left), K_right=shift(self.K_right),
+                       origin=(self.origin[0] + x, self.origin[1] + y),
+                       native_size=self.native_size or (self.width, self.height))
 
     def endovis_full_frame(self):
         """Calibration of the uncropped 1920x1080 EndoVis 2017 frames (the file is for the 1280x1024 crop)."""
@@ -77,11 +83,18 @@ class StereoCalibration:
         return self.with_origin(-x, -y, *ENDOVIS_FULL_SIZE)
 
     def rectify(self, alpha=0.0):
-        """Stereo rectification (cv2.stereoRectify, zero disparity at infinity).
-        alpha=0 keeps only valid pixels, 1 keeps all source pixels."""
+        """Stereo rectification (cv2.stereoRectify, zero disparity at infinity) computed on the
+        calibrated image; alpha=0 keeps only valid pixels, 1 keeps all source pixels."""
+        x, y = self.origin
+        native = self.with_origin(-x, -y, *(self.native_size or (self.width, self.height)))
         R1, R2, P1, P2, Q, _, _ = cv2.stereoRectify(
-            self.K_left, self.D_left, self.K_right, self.D_right, (self.width, self.height),
-            self.R, self.T.reshape(3, 1), flags=cv2.CALIB_ZERO_DISPARITY, alpha=alpha)
+            native.K_left, native.D_left, native.K_right, native.D_right, (native.width, native.height),
+            native.R, native.T.reshape(3, 1), flags=cv2.CALIB_ZERO_DISPARITY, alpha=alpha)
+        for P in (P1, P2):  # back to this image's pixel grid
+            P[0, 2] -= x
+            P[1, 2] -= y
+        Q[0, 3] += x
+        Q[1, 3] += y
         return Rectification(R1, R2, P1, P2, Q)
 
     def camera_info(self, side, rectification=None):
