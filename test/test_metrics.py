@@ -25,6 +25,7 @@ def test_shifted_square_dice_iou_sensitivity_specificity_hausdorff():
     assert s.sensitivity[1] == pytest.approx(2 / 4)
     assert s.specificity[1] == pytest.approx(10 / 12)
     assert s.hausdorff[1] == pytest.approx(1.0)  # every pixel is one column from the other set
+    assert math.isnan(s.hausdorff[0])  # background has no Hausdorff distance (documented)
     # Background: tp = 10, fp = 2 (gt 1 -> pred 0), fn = 2 -> Dice 20/24.
     assert s.dice[0] == pytest.approx(20 / 24)
     assert s.confusion.tolist() == [[10, 2], [2, 2]]
@@ -56,6 +57,17 @@ def test_hausdorff_is_exact_far_from_the_crop():
     b[30:33, 50:52] = True
     # Farthest pixel: b's (32, 51), whose nearest pixel of a is (3, 4).
     assert hausdorff_distance(a, b) == pytest.approx(math.hypot(32 - 3, 51 - 4))
+
+
+def test_hausdorff_matches_brute_force_on_random_blobs():
+    from scipy.spatial.distance import directed_hausdorff
+    rng = np.random.default_rng(5)
+    for _ in range(5):
+        a = rng.random((30, 40)) > 0.97
+        b = rng.random((30, 40)) > 0.9
+        pa, pb = np.argwhere(a), np.argwhere(b)
+        brute = max(directed_hausdorff(pa, pb)[0], directed_hausdorff(pb, pa)[0])
+        assert hausdorff_distance(a, b) == pytest.approx(brute, abs=1e-3)
 
 
 def test_empty_ground_truth_image():

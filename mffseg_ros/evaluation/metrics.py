@@ -1,11 +1,12 @@
-"""Segmentation metrics (pure numpy/scipy): Dice, IoU, Hausdorff, sensitivity, specificity.
+"""Segmentation metrics (numpy, OpenCV distance transform): Dice, IoU, Hausdorff, sensitivity, specificity.
 
 Conventions (also in docs/EVALUATION.md):
 - Label 255 in the ground truth is ignored: those pixels count for no class, in no metric.
 - Per image and class, a metric that is undefined is NaN and excluded from every mean:
   Dice/IoU when the class is in neither mask, sensitivity when it is absent from the ground truth,
   specificity when every pixel is that class.
-- Hausdorff (pixels) is the symmetric Hausdorff distance between the two pixel sets. Both empty:
+- Hausdorff (pixels) is the symmetric Hausdorff distance between the two pixel sets, for the
+  instrument classes (background: NaN). Both empty:
   NaN (excluded). Exactly one empty: the image diagonal, the worst possible distance, so that a
   missed or hallucinated instrument is penalised rather than silently dropped.
 - "mean" = mean over the foreground classes (ids >= 1) of each class's mean over images.
@@ -18,8 +19,8 @@ Conventions (also in docs/EVALUATION.md):
 import math
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
-from scipy import ndimage
 
 IGNORE_INDEX = 255
 METRICS = ('dice', 'iou', 'hausdorff', 'sensitivity', 'specificity')
@@ -66,9 +67,13 @@ def hausdorff_distance(a, b, *, empty_distance=None):
     cols = np.flatnonzero((a | b).any(axis=0))
     box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
     a, b = a[box], b[box]
-    a_to_b = ndimage.distance_transform_edt(~b)[a].max()
-    b_to_a = ndimage.distance_transform_edt(~a)[b].max()
-    return float(max(a_to_b, b_to_a))
+    return float(max(_distance_to(b)[a].max(), _distance_to(a)[b].max()))
+
+
+def _distance_to(mask):
+    """Exact Euclidean distance of every pixel to the nearest True pixel of `mask` (OpenCV's
+    precise mode is an exact EDT, ~3x faster than scipy's)."""
+    return cv2.distanceTransform((~mask).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
 
 
 @dataclass
@@ -94,8 +99,9 @@ def score_image(gt, pred, num_classes, ignore_index=IGNORE_INDEX):
     tn = cm.sum() - tp - fn - fp
     valid = gt != ignore_index
     diagonal = math.hypot(*gt.shape)
-    hd = np.array([hausdorff_distance((gt == c) & valid, (pred == c) & valid, empty_distance=diagonal)
-                   for c in range(num_classes)])
+    # Background's Hausdorff says nothing about instruments and costs a full-frame transform: NaN.
+    hd = np.array([math.nan] + [hausdorff_distance((gt == c) & valid, (pred == c) & valid,
+                                                   empty_distance=diagonal) for c in range(1, num_classes)])
     scores = ImageScores(dice=_safe_ratio(2 * tp, 2 * tp + fp + fn), iou=_safe_ratio(tp, tp + fp + fn),
                          hausdorff=hd, sensitivity=_safe_ratio(tp, tp + fn),
                          specificity=_safe_ratio(tn, tn + fp), paper={}, confusion=cm)
