@@ -1,0 +1,108 @@
+"""rclpy messages <-> numpy: images in, label images / tip clouds / markers out.
+
+The decoding rules themselves live in `mffseg_ros.inference.image_codec`; this module only
+unpacks message fields, so the same rules serve the node, the bag tools and offline scripts.
+"""
+import array
+
+import numpy as np
+from geometry_msgs.msg import Point
+from sensor_msgs.msg import Image, PointCloud2, PointField
+from std_msgs.msg import ColorRGBA
+from visualization_msgs.msg import Marker, MarkerArray
+
+# The ~/tips point layout is defined once, next to the Tip type (36 bytes a point, little endian):
+# a numpy-only consumer reads np.frombuffer(msg.data, dtype=TIP_DTYPE, count=msg.width * msg.height).
+from mffseg_ros.inference.instances import TIP_DTYPE, TIP_POINT_FIELDS, tips_to_records
+from mffseg_ros.model.classes import TASK_CLASSES, TYPE_COLORS
+
+
+def stamp_ns(header):
+    return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+
+
+def decode_image_msg(msg):
+    """sensor_msgs/Image -> HxWx3 RGB uint8 (raises ImageFormatError)."""
+    from mffseg_ros.inference.image_codec import decode_image
+    return decode_image(msg.encoding, msg.height, msg.width, msg.step, msg.data, msg.is_bigendian)
+
+
+def decode_compressed_msg(msg):
+    """sensor_msgs/CompressedImage -> HxWx3 RGB uint8 (raises ImageFormatError)."""
+    from mffseg_ros.inference.image_codec import decode_compressed
+    return decode_compressed(msg.format, msg.data)
+
+
+def _uint8_array(pixels):
+    """rclpy stores uint8[] as array.array('B'); assigning one skips a per-element check."""
+    out = array.array('B')
+    out.frombytes(memoryview(np.ascontiguousarray(pixels)).cast('B'))
+    return out
+
+
+def image_msg(pixels, header, encoding):
+    """HxW (mono8) or HxWx3 (rgb8/bgr8) uint8 array -> sensor_msgs/Image with `header`."""
+    pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
+    msg = Image(header=header, height=pixels.shape[0], width=pixels.shape[1], encoding=encoding,
+                is_bigendian=0)
+    msg.step = pixels.shape[1] * (pixels.shape[2] if pixels.ndim == 3 else 1)
+    msg.data = _uint8_array(pixels)
+    return msg
+
+
+def image_to_array(msg):
+    """A mono8/rgb8/bgr8 Image this node published -> numpy (for consumers and tests)."""
+    channels = msg.step // msg.width if msg.width else 1
+    flat = np.frombuffer(msg.data, dtype=np.uint8)
+    shape = (msg.height, msg.width, channels) if channels > 1 else (msg.height, msg.width)
+    return flat.reshape(shape)
+
+
+def projection_matrix(info_msg):
+    """sensor_msgs/CameraInfo -> 3x4 float P, or None when the camera is uncalibrated (P all zero)."""
+    P = np.asarray(info_msg.p, dtype=np.float64).reshape(3, 4)
+    return None if not P.any() else P
+
+
+def tips_cloud(tips, header):
+    """Tips -> sensor_msgs/PointCloud2 (one point per instance, layout TIP_DTYPE)."""
+    points = tips_to_records(tips)
+    cloud = PointCloud2(header=header, height=1, width=len(points), is_bigendian=False,
+                        point_step=TIP_DTYPE.itemsize, row_step=TIP_DTYPE.itemsize * len(points),
+                        is_dense=False)
+    cloud.fields = [PointField(name=name, offset=offset, datatype=datatype, count=count)
+                    for name, offset, datatype, count in TIP_POINT_FIELDS]
+    cloud.data = _uint8_array(points.view(np.uint8))
+    return cloud
+
+
+def cloud_to_tips(cloud):
+    """sensor_msgs/PointCloud2 from ~/tips -> structured array of TIP_DTYPE."""
+    return np.frombuffer(bytes(cloud.data), dtype=TIP_DTYPE, count=cloud.width * cloud.height)
+
+
+def tip_markers(tips, header, scale=0.004, namespace='mffseg_tips'):
+    """A DELETEALL then a sphere and a text label per tip with a 3-D position (RViz needs 3-D)."""
+    markers = [Marker(header=header, ns=namespace, action=Marker.DELETEALL)]
+    type_names = TASK_CLASSES['type']
+    for tip in tips:
+        if tip.xyz is None or not np.all(np.isfinite(tip.xyz)):
+            continue
+        position = Point(x=float(tip.xyz[0]), y=float(tip.xyz[1]), z=float(tip.xyz[2]))
+        r, g, b = (c / 255.0 for c in TYPE_COLORS[tip.type_id % len(TYPE_COLORS)])
+        sphere = Marker(header=header, ns=namespace, id=2 * int(tip.instance_id), type=Marker.SPHERE,
+                        action=Marker.ADD, color=ColorRGBA(r=r, g=g, b=b, a=1.0))
+        sphere.pose.position = position
+        sphere.pose.orientation.w = 1.0
+        sphere.scale.x = sphere.scale.y = sphere.scale.z = float(scale)
+        text = Marker(header=header, ns=namespace, id=2 * int(tip.instance_id) + 1,
+                      type=Marker.TEXT_VIEW_FACING, action=Marker.ADD,
+                      color=ColorRGBA(r=1.0, g=1.0, b=1.0, a=1.0))
+        text.pose.position = Point(x=position.x, y=position.y - 2 * float(scale), z=position.z)
+        text.pose.orientation.w = 1.0
+        text.scale.z = 2 * float(scale)
+        name = type_names[tip.type_id] if tip.type_id < len(type_names) else str(tip.type_id)
+        text.text = f'{name} #{tip.instance_id}'
+        markers.append(sphere)
+        markers.append(text)
+    return MarkerArray(markers=markers)

@@ -1,0 +1,120 @@
+"""Node health: counters, rates and receive->publish latency, reported as a DiagnosticArray."""
+import threading
+import time
+from collections import Counter, deque
+
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+RATE_WINDOW_S = 5.0
+
+
+class NodeStats:
+    """Thread-safe counters shared by the callbacks, the worker and the diagnostics timer."""
+
+    def __init__(self, latency_window=300):
+        self._lock = threading.Lock()
+        self.counts = Counter()     # received, processed, rejected, errors, rendered.<output>, ...
+        self.rejected_by_reason = Counter()
+        self.last_error = ''
+        self._latencies = deque(maxlen=latency_window)
+        self._received_times = deque()
+        self._processed_times = deque()
+
+    def received(self, side='left'):
+        """One input image; the input rate counts left (or mono) frames, i.e. the camera rate."""
+        with self._lock:
+            self.counts['received'] += 1
+            self.counts[f'received.{side}'] += 1
+            if side == 'left':
+                self._received_times.append(time.monotonic())
+
+    def processed(self, latency_s):
+        with self._lock:
+            self.counts['processed'] += 1
+            self._processed_times.append(time.monotonic())
+            self._latencies.append(latency_s)
+
+    def rejected(self, reason, message):
+        with self._lock:
+            self.counts['rejected'] += 1
+            self.rejected_by_reason[reason] += 1
+            self.last_error = message
+
+    def error(self, message):
+        with self._lock:
+            self.counts['errors'] += 1
+            self.last_error = message
+
+    def add(self, key, n=1):
+        with self._lock:
+            self.counts[key] += n
+
+    def snapshot(self):
+        """A plain dict of everything, for diagnostics and tests."""
+        now = time.monotonic()
+        with self._lock:
+            for times in (self._received_times, self._processed_times):
+                while times and now - times[0] > RATE_WINDOW_S:
+                    times.popleft()
+            lat = np.asarray(self._latencies, dtype=np.float64)
+            return {
+                'counts': dict(self.counts),
+                'rejected_by_reason': dict(self.rejected_by_reason),
+                'input_rate_hz': _rate(self._received_times, now),
+                'processed_rate_hz': _rate(self._processed_times, now),
+                'latency_p50_ms': float(np.percentile(lat, 50) * 1e3) if lat.size else float('nan'),
+                'latency_p99_ms': float(np.percentile(lat, 99) * 1e3) if lat.size else float('nan'),
+                'last_error': self.last_error,
+            }
+
+
+def _rate(times, now):
+    if len(times) < 2:
+        return 0.0
+    span = max(now - times[0], 1e-6)
+    return (len(times) - 1) / span if span < RATE_WINDOW_S else len(times) / RATE_WINDOW_S
+
+
+def diagnostic_array(stamp, node_name, snapshot, info, previous_counts=None):
+    """One DiagnosticStatus for the node. `info` adds static fields (device, precision, model...).
+    Level: ERROR after processing errors since the last report, WARN after rejected frames or with
+    no input, OK otherwise."""
+    counts = snapshot['counts']
+    previous_counts = previous_counts or {}
+    new_errors = counts.get('errors', 0) - previous_counts.get('errors', 0)
+    new_rejected = counts.get('rejected', 0) - previous_counts.get('rejected', 0)
+    if new_errors:
+        level, message = DiagnosticStatus.ERROR, f'{new_errors} processing error(s): {snapshot["last_error"]}'
+    elif new_rejected:
+        level, message = DiagnosticStatus.WARN, f'{new_rejected} frame(s) rejected: {snapshot["last_error"]}'
+    elif not counts.get('received'):
+        level, message = DiagnosticStatus.WARN, 'no input images yet'
+    else:
+        level, message = DiagnosticStatus.OK, f'{snapshot["processed_rate_hz"]:.1f} Hz'
+    values = {
+        'input_rate_hz': f'{snapshot["input_rate_hz"]:.2f}',
+        'processed_rate_hz': f'{snapshot["processed_rate_hz"]:.2f}',
+        'latency_p50_ms': f'{snapshot["latency_p50_ms"]:.1f}',
+        'latency_p99_ms': f'{snapshot["latency_p99_ms"]:.1f}',
+        'last_error': snapshot['last_error'],
+    }
+    for key in ('received', 'processed', 'dropped', 'unmatched', 'rejected', 'errors', 'skipped_idle'):
+        values[key] = str(counts.get(key, 0))
+    for reason, n in sorted(snapshot['rejected_by_reason'].items()):
+        values[f'rejected.{reason}'] = str(n)
+    values.update({k: str(v) for k, v in info.items()})
+    status = DiagnosticStatus(level=level, name=f'{node_name}: segmentation', message=message,
+                              hardware_id=str(info.get('device', '')),
+                              values=[KeyValue(key=k, value=v) for k, v in values.items()])
+    return DiagnosticArray(header=_header(stamp), status=[status])
+
+
+def _header(stamp):
+    from std_msgs.msg import Header
+    return Header(stamp=stamp)
+
+
+def diagnostic_values(array_msg):
+    """{key: value} of the first status (for consumers and tests)."""
+    return {kv.key: kv.value for kv in array_msg.status[0].values}

@@ -1,0 +1,179 @@
+"""The node's parameters: one table of names, defaults, descriptors and ranges, plus validation.
+
+Model and wiring parameters are read-only (changing them needs a restart: a new model or new
+subscriptions); the rest can be changed at run time and are validated as a whole before use.
+"""
+import re
+from dataclasses import dataclass, fields, replace
+
+from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
+                                ParameterType)
+
+from mffseg_ros import topics
+from mffseg_ros.errors import MffsegError
+from mffseg_ros.model.classes import TASK_CLASSES
+
+
+class ParameterError(MffsegError):
+    """A node parameter has a bad value (names the parameter and the reason)."""
+
+
+DEVICE_PATTERN = re.compile(r'^(auto|cpu|cuda(:\d+)?)$')
+CHOICES = {
+    'precision': ('fp32', 'fp16'),
+    'branch': ('main', 'aux'),
+    'input_reliability': ('best_effort', 'reliable'),
+}
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    # Model (read-only)
+    weights: str = ''
+    device: str = 'auto'
+    precision: str = 'fp32'
+    branch: str = 'main'
+    input_scale: float = 0.0
+    input_height: int = 0
+    input_width: int = 0
+    # Wiring (read-only)
+    stereo: bool = True
+    use_compressed: bool = False
+    input_reliability: str = 'best_effort'
+    left_image_topic: str = topics.LEFT_IMAGE.lstrip('/')
+    right_image_topic: str = topics.RIGHT_IMAGE.lstrip('/')
+    left_info_topic: str = topics.LEFT_INFO.lstrip('/')
+    right_info_topic: str = topics.RIGHT_INFO.lstrip('/')
+    sync_queue_size: int = 10
+    # Run time
+    sync_slop: float = 0.01
+    min_instance_area: int = 200
+    frame_id: str = ''
+    publish_labels: bool = True
+    publish_parts: bool = True
+    publish_masks: bool = True
+    publish_tips: bool = True
+    publish_tip_markers: bool = True
+    publish_overlay: bool = True
+    marker_scale: float = 0.004
+    diagnostics_period: float = 1.0
+
+    @property
+    def input_size(self):
+        return (self.input_height, self.input_width) if self.input_height else None
+
+    @property
+    def scale(self):
+        return self.input_scale or None
+
+
+READ_ONLY = {'weights', 'device', 'precision', 'branch', 'input_scale', 'input_height', 'input_width',
+             'stereo', 'use_compressed', 'input_reliability', 'left_image_topic', 'right_image_topic',
+             'left_info_topic', 'right_info_topic', 'sync_queue_size', 'diagnostics_period'}
+
+DESCRIPTIONS = {
+    'weights': 'safetensors weights file; empty = the shipped default model',
+    'device': 'auto | cpu | cuda | cuda:N (auto falls back to CPU with a warning)',
+    'precision': 'fp32 | fp16 (fp16 needs CUDA; on the CPU it falls back to fp32 with a warning)',
+    'branch': 'main | aux (aux skips the main decoder: faster, coarser)',
+    'input_scale': 'resize factor before the network; 0 = the value stored in the weights',
+    'input_height': 'network input height in px (multiple of 32); 0 = use input_scale',
+    'input_width': 'network input width in px (multiple of 32); 0 = use input_scale',
+    'stereo': 'pair left/right by stamp; with both camera_infos, triangulate tips in 3-D',
+    'use_compressed': 'subscribe to <image topic>/compressed (sensor_msgs/CompressedImage)',
+    'input_reliability': 'best_effort (sensor data QoS, receives from any publisher) | reliable',
+    'left_image_topic': 'left (or mono) image topic; relative names follow the namespace',
+    'right_image_topic': 'right image topic (stereo only)',
+    'left_info_topic': 'left sensor_msgs/CameraInfo topic',
+    'right_info_topic': 'right sensor_msgs/CameraInfo topic',
+    'sync_queue_size': 'frames buffered per camera while waiting for the partner image',
+    'sync_slop': 'largest left/right stamp difference (s) still paired; 0 = exact stamps only',
+    'min_instance_area': 'connected components smaller than this (px) are not instruments',
+    'frame_id': 'frame_id for outputs whose input header has an empty one',
+    'publish_labels': 'publish ~/labels (mono8 type ids)',
+    'publish_parts': 'publish ~/parts (mono8 part ids)',
+    'publish_masks': 'publish ~/masks/<type> (mono8 0/255) for the types present',
+    'publish_tips': 'publish ~/tips (sensor_msgs/PointCloud2)',
+    'publish_tip_markers': 'publish ~/tip_markers (visualization_msgs/MarkerArray)',
+    'publish_overlay': 'publish ~/overlay (bgr8)',
+    'marker_scale': 'tip sphere diameter in metres',
+    'diagnostics_period': 'seconds between /diagnostics messages',
+}
+
+RANGES = {
+    'input_scale': FloatingPointRange(from_value=0.0, to_value=4.0),
+    'input_height': IntegerRange(from_value=0, to_value=4096),
+    'input_width': IntegerRange(from_value=0, to_value=4096),
+    'sync_queue_size': IntegerRange(from_value=1, to_value=100),
+    'sync_slop': FloatingPointRange(from_value=0.0, to_value=1.0),
+    'min_instance_area': IntegerRange(from_value=1, to_value=10_000_000),
+    'marker_scale': FloatingPointRange(from_value=0.0001, to_value=1.0),
+    'diagnostics_period': FloatingPointRange(from_value=0.1, to_value=60.0),
+}
+
+
+def descriptor(name):
+    d = ParameterDescriptor(name=name, description=DESCRIPTIONS[name], read_only=name in READ_ONLY)
+    rng = RANGES.get(name)
+    if isinstance(rng, FloatingPointRange):
+        d.floating_point_range = [rng]
+    elif isinstance(rng, IntegerRange):
+        d.integer_range = [rng]
+    if name in CHOICES:
+        d.additional_constraints = 'one of: ' + ', '.join(CHOICES[name])
+    elif name == 'device':
+        d.additional_constraints = 'auto, cpu, cuda or cuda:N'
+    return d
+
+
+def declarations():
+    """(name, default, descriptor) for every parameter, in NodeConfig order."""
+    defaults = NodeConfig()
+    return [(f.name, getattr(defaults, f.name), descriptor(f.name)) for f in fields(NodeConfig)]
+
+
+def class_name_declarations(class_names=None):
+    """Read-only `classes.<task>` string arrays: the label id is the index (LabelInfo idea)."""
+    names = dict(TASK_CLASSES, **(class_names or {}))
+    return [(f'classes.{task}', list(names[task]),
+             ParameterDescriptor(name=f'classes.{task}', read_only=True,
+                                 type=ParameterType.PARAMETER_STRING_ARRAY,
+                                 description=f'{task} class names; the published label value is the index'))
+            for task in ('type', 'parts')]
+
+
+def validate(cfg):
+    """Reasons `cfg` is unusable (empty list = fine). Ranges and types are checked by rclpy too;
+    this covers enumerations and combinations, and catches ranges when values come from elsewhere."""
+    problems = []
+    if not DEVICE_PATTERN.match(cfg.device):
+        problems.append(f"device: '{cfg.device}' is not auto, cpu, cuda or cuda:N")
+    for name, choices in CHOICES.items():
+        value = getattr(cfg, name)
+        if value not in choices:
+            problems.append(f"{name}: '{value}' is not one of {', '.join(choices)}")
+    for name, rng in RANGES.items():
+        value = getattr(cfg, name)
+        if not rng.from_value <= value <= rng.to_value:
+            problems.append(f'{name}: {value} is outside [{rng.from_value}, {rng.to_value}]')
+    if bool(cfg.input_height) != bool(cfg.input_width):
+        problems.append('input_height/input_width: set both or neither')
+    for name in ('input_height', 'input_width'):
+        if getattr(cfg, name) % 32:
+            problems.append(f'{name}: {getattr(cfg, name)} is not a multiple of 32')
+    if cfg.input_height and cfg.input_scale:
+        problems.append('input_scale: give input_scale or input_height/input_width, not both')
+    for name in ('left_image_topic', 'right_image_topic', 'left_info_topic', 'right_info_topic'):
+        if not getattr(cfg, name).strip():
+            problems.append(f'{name}: empty topic name')
+    return problems
+
+
+def config_from(values):
+    """NodeConfig from a {name: value} dict (unknown names ignored); raises ParameterError."""
+    known = {f.name for f in fields(NodeConfig)}
+    cfg = replace(NodeConfig(), **{k: v for k, v in values.items() if k in known})
+    problems = validate(cfg)
+    if problems:
+        raise ParameterError('; '.join(problems))
+    return cfg
