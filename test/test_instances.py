@@ -142,3 +142,12 @@ def test_tip_records_read_back_with_numpy_from_the_field_table():
     assert points['source'].tolist() == [3, 1]  # the part id that gave the tip
     np.testing.assert_allclose(points['x'][0], 0.01) and np.testing.assert_allclose(points['u'], [70.25, 10.0])
     assert np.isnan(points['z'][1]) and points['area_px'].tolist() == [431, 120]
+
+
+def test_equal_areas_are_ordered_top_to_bottom_then_left_to_right():
+    t, p = _canvas()
+    for x, y in ((120, 90), (20, 90), (70, 10)):  # three identical 10x10 squares of one type
+        t[y:y + 10, x:x + 10] = 7
+    tips, instance_map = find_tips(t, p, min_area=50)
+    assert [(tip.u, tip.v) for tip in tips] == [(74.5, 14.5), (24.5, 94.5), (124.5, 94.5)]
+    assert instance_map[12, 72] == 1 and instance_map[92, 22] == 2 and instance_map[92, 122] == 3

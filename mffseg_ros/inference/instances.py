@@ -81,32 +81,32 @@ def find_tips(type_map, parts_map, *, min_area=DEFAULT_MIN_AREA, confidence=None
 
     type_map, parts_map: HxW labels (type 0..7, parts 0..3; 255 = ignore, treated as background).
     confidence: optional HxW float map (max softmax of the type head).
-    Returns (tips, instance_map): tips ordered by type id, then area (largest first), then position;
+    Returns (tips, instance_map): tips ordered by type id, then area (largest first), then raster order;
     instance_map is HxW uint16 with each instance's pixels set to its instance_id (0 elsewhere).
     """
     type_map, parts_map, confidence = _check_maps(type_map, parts_map, confidence)
     height, width = type_map.shape
     histogram = cv2.calcHist([type_map], [0], None, [256], [0, 256]).ravel()
     present = np.flatnonzero(histogram[1:NUM_CLASSES['type']]) + 1
-    found = []  # (type_id, area, -cy, -cx, labels of the type's bounding box, box origin, component)
+    found = []  # (type_id, area, first pixel (row, col), component mask in the type's box, box origin)
     for type_id in present:
         mask = cv2.compare(type_map, int(type_id), cv2.CMP_EQ)
-        # Label only the type's bounding box: a full-frame int32 label image costs ~10 ms alone.
+        # Label only the type's bounding box (a full-frame int32 label image costs ~10 ms alone), and
+        # count areas with bincount: connectedComponentsWithStats is 3-4x slower than this here.
         bx, by, bw, bh = cv2.boundingRect(mask)
-        count, labels, stats, centroids = cv2.connectedComponentsWithStats(
-            mask[by:by + bh, bx:bx + bw], connectivity=8, ltype=cv2.CV_32S)
-        for k in range(1, count):
-            area = int(stats[k, cv2.CC_STAT_AREA])
-            if area >= min_area:
-                found.append((int(type_id), area, centroids[k][1] + by, centroids[k][0] + bx, labels, bx, by, k,
-                              stats[k]))
-    found.sort(key=lambda f: (f[0], -f[1], f[2], f[3]))
+        count, labels = cv2.connectedComponents(mask[by:by + bh, bx:bx + bw], connectivity=8, ltype=cv2.CV_32S)
+        areas = np.bincount(labels.ravel(), minlength=count)
+        for k in np.flatnonzero(areas[1:] >= min_area) + 1:
+            component = labels == k
+            row, col = divmod(int(component.argmax()), bw)  # tie-break: label numbers vary with threads
+            found.append((int(type_id), int(areas[k]), (by + row, bx + col), component, bx, by))
+    found.sort(key=lambda f: (f[0], -f[1], f[2]))
 
     instance_map = np.zeros((height, width), np.uint16)
     tips = []
-    for instance_id, (type_id, area, _, _, labels, bx, by, k, stat) in enumerate(found, start=1):
-        x, y, w, h = (int(s) for s in stat[:4])
-        inst_mask = labels[y:y + h, x:x + w] == k
+    for instance_id, (type_id, area, _, component, bx, by) in enumerate(found, start=1):
+        x, y, w, h = cv2.boundingRect(component.view(np.uint8))
+        inst_mask = component[y:y + h, x:x + w]
         x0, y0 = bx + x, by + y  # the instance's box in image coordinates
         box = np.s_[y0:y0 + h, x0:x0 + w]
         instance_map[box][inst_mask] = instance_id
