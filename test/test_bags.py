@@ -231,3 +231,50 @@ def test_reading_a_non_bag_is_a_data_error(tmp_path):
     (tmp_path / 'metadata.yaml').write_text('not: a bag\n')
     with pytest.raises(DataError, match='cannot open bag'):
         bag_info(tmp_path)
+
+
+def test_synth_bag_round_trip(tmp_path):
+    from mffseg_ros.data.synth.rig import StereoRig
+    from mffseg_ros.data.synth.scene import SceneGenerator
+    out = tmp_path / 'synth'
+    assert main(['bag', 'synth', str(out), '--frames', '3', '--size', '96x128', '--seed', '5',
+                 '--rate', '20', '--storage', 'sqlite3']) == 0
+    msgs = messages_by_topic(out)
+    stamps = [START_NS + i * 50_000_000 for i in range(3)]
+    for topic in (topics.LEFT_IMAGE, topics.RIGHT_IMAGE, topics.LEFT_INFO, topics.RIGHT_INFO, topics.GT_PARTS,
+                  topics.GT_TYPE, topics.GT_INSTANCE, topics.GT_RIGHT_PREFIX + '/parts', topics.GT_TIPS):
+        assert [s for s, _ in msgs[topic]] == stamps, topic
+    generator = SceneGenerator(StereoRig.endovis_like().resized(128, 96), seed=5)
+    for i in range(3):
+        frame = generator.frame(i)  # deterministic: the same frame again
+        np.testing.assert_array_equal(image_array(msgs[topics.LEFT_IMAGE][i][1]), frame.left)
+        np.testing.assert_array_equal(image_array(msgs[topics.RIGHT_IMAGE][i][1]), frame.right)
+        np.testing.assert_array_equal(image_array(msgs[topics.GT_PARTS][i][1]), frame.labels_left['parts'])
+        np.testing.assert_array_equal(image_array(msgs[topics.GT_INSTANCE][i][1]), frame.labels_left['instance'])
+        np.testing.assert_array_equal(image_array(msgs[topics.GT_RIGHT_PREFIX + '/type'][i][1]),
+                                      frame.labels_right['type'])
+        tips = cloud_points(msgs[topics.GT_TIPS][i][1])
+        assert len(tips) == len(frame.tips) > 0
+        np.testing.assert_allclose(np.column_stack([tips['x'], tips['y'], tips['z']]),
+                                   [t['xyz'] for t in frame.tips], rtol=1e-6)
+        assert tips['instance_id'].tolist() == [t['instance_id'] for t in frame.tips]
+        assert tips['score'].tolist() == [float(t['visible']) for t in frame.tips]
+        # The true tips project through the bag's P matrices onto their recorded pixels.
+        for side, topic in (('left', topics.LEFT_INFO), ('right', topics.RIGHT_INFO)):
+            P = camera_info_dict(msgs[topic][i][1])['p']
+            xyz1 = np.column_stack([tips['x'], tips['y'], tips['z'], np.ones(len(tips))]).astype(np.float64)
+            uvw = xyz1 @ P.T
+            np.testing.assert_allclose(uvw[:, :2] / uvw[:, 2:], [t[f'uv_{side}'] for t in frame.tips], atol=1e-3)
+
+
+def test_synth_bad_arguments(tmp_path, capsys):
+    assert main(['bag', 'synth', str(tmp_path / 'a'), '--frames', '0']) == 2
+    assert '--frames must be at least 1' in capsys.readouterr().err
+    assert main(['bag', 'synth', str(tmp_path / 'b'), '--frames', '1', '--rate', '0']) == 2
+    assert '--rate must be a positive number' in capsys.readouterr().err
+    assert main(['bag', 'synth', str(tmp_path / 'missing' / 'c'), '--frames', '1']) == 2
+    assert 'output folder does not exist' in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(['bag', 'synth', str(tmp_path / 'd'), '--frames', '1', '--size', '64by80'])
+    assert exit_info.value.code == 2
+    assert list(tmp_path.iterdir()) == []  # nothing half-written

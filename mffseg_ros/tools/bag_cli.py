@@ -91,16 +91,19 @@ def write_endovis_bag(dataset_dir, out, *, crop=True, rate=1.0, storage='mcap', 
 
 
 # ---------------------------------------------------------------- synthetic scenes
-def write_synth_bag(out, *, frames, size=(256, 320), seed=0, rate=10.0, storage='mcap', overwrite=False):
-    """Synthetic stereo scenes -> a bag, with ground-truth labels and 3-D tips; returns frames written."""
-    from mffseg_ros.data.synth import SceneGenerator, StereoRig
+def write_synth_bag(out, *, frames, size=(256, 320), seed=0, rate=10.0, storage='mcap', overwrite=False,
+                    **generator_options):
+    """Synthetic stereo scenes -> a bag with left and right ground truth and the true 3-D tips;
+    returns the number of frames written. `generator_options` go to SceneGenerator."""
+    from mffseg_ros.data.synth.rig import StereoRig
+    from mffseg_ros.data.synth.scene import SceneGenerator
 
     _check_rate(rate)
     if frames < 1:
         raise DataError(f'{out}: --frames must be at least 1, got {frames}')
     height, width = size
-    rig = StereoRig.endovis_like().resized(width, height)
-    generator = SceneGenerator(rig, seed=seed)
+    rig = StereoRig.endovis_like().resized(width, height)  # EndoVis field of view at this size
+    generator = SceneGenerator(rig, seed=seed, **generator_options)
     with BagWriter(out, storage=storage, overwrite=overwrite) as bag:
         for i in tqdm(range(frames), desc='bag synth', unit='frame'):
             frame = generator.frame(i)
@@ -108,17 +111,24 @@ def write_synth_bag(out, *, frames, size=(256, 320), seed=0, rate=10.0, storage=
             _write_stereo(bag, stamp, frame.left, frame.right, frame.rig.camera_info('left'),
                           frame.rig.camera_info('right'))
             _write_labels(bag, stamp, frame.labels_left, topics.GT_PREFIX, LEFT_FRAME_ID)
-            if getattr(frame, 'labels_right', None) is not None:
-                _write_labels(bag, stamp, frame.labels_right, topics.GT_RIGHT_PREFIX, RIGHT_FRAME_ID)
-            xyz, channels = _tip_points(frame.tips)
-            bag.write_points(topics.GT_TIPS, stamp, xyz, LEFT_FRAME_ID, channels)
+            _write_labels(bag, stamp, frame.labels_right, topics.GT_RIGHT_PREFIX, RIGHT_FRAME_ID)
+            bag.write_points(topics.GT_TIPS, stamp, tip_records(frame.tips, frame.labels_left['instance']),
+                             LEFT_FRAME_ID)
     return frames
 
 
-def _tip_points(tips):
-    """Generator tips -> (N x 3 metres in the left optical frame, {'instance': ids, 'type': ids})."""
-    xyz = np.array([t.xyz for t in tips], dtype=np.float32).reshape(-1, 3)
-    return xyz, {'instance': [int(t.instance_id) for t in tips], 'type': [int(t.type_id) for t in tips]}
+def tip_records(tips, instance_left):
+    """Generator tips -> records in the node's ~/tips layout (inference.instances.TIP_DTYPE):
+    x y z in the left optical frame, u v in the left image, area_px of the instance in the left image,
+    score 1 if the tip lies on its own clasper pixels in both eyes (observable) else 0."""
+    from mffseg_ros.inference.instances import SOURCE_CODES, TIP_DTYPE
+
+    records = np.zeros(len(tips), TIP_DTYPE)
+    areas = np.bincount(instance_left.ravel(), minlength=max([t['instance_id'] for t in tips], default=0) + 1)
+    for i, tip in enumerate(tips):
+        records[i] = (*tip['xyz'], *tip['uv_left'], areas[tip['instance_id']], float(tip['visible']),
+                      tip['instance_id'], tip['type_id'], SOURCE_CODES['claspers'])
+    return records
 
 
 # ---------------------------------------------------------------- command line
