@@ -1,0 +1,117 @@
+"""Training configs: YAML files merged over the defaults, with `key.sub=value` overrides.
+
+Data specs (`data.train`, `data.val`) are `parse_data_spec` strings or dicts; a relative `root` is
+taken relative to `data.root` (default ../shared/data). A spec may carry `repeat: N` to oversample it.
+"""
+import copy
+from pathlib import Path
+
+import yaml
+
+from mffseg_ros.data.datasets import parse_data_spec
+from mffseg_ros.errors import DataError, MffsegError
+from mffseg_ros.model.weights import DEFAULT_NORMALIZATION
+
+DEFAULTS = {
+    'name': 'run',
+    'tasks': {'parts': 4, 'type': 8},
+    'data': {'root': '../shared/data', 'train': [], 'val': []},
+    'train_size': [256, 320],   # (H, W), multiples of 32
+    'input_scale': 0.25,        # frame scale the inference applies before the network (metadata)
+    'normalization': DEFAULT_NORMALIZATION,
+    'augment': {'hflip': True, 'vflip': True, 'blur': 0.0, 'brightness': 0.0, 'skew': 0.0, 'scale': [1.0, 1.0]},
+    'recipe': {
+        'iters': 1000, 'batch_size': 8,
+        'lr': 1.0e-3, 'disc_lr': 1.5e-4, 'poly_power': 0.9, 'weight_decay': 5.0e-4,
+        'aux': True, 'aux_weight': 0.4, 'adversarial': True, 'adv_weight': 0.01,
+        'amp': True,  # CUDA only
+    },
+    'seed': 0,
+    'workers': 2,
+    'checkpoint_every': 200,
+    'log_every': 10,
+    'val_every': 0,   # 0: validate only at the end (when data.val is set)
+}
+
+
+class ConfigError(MffsegError):
+    """A training config is missing, unreadable or has a bad value."""
+
+
+def _merge(base, update):
+    out = copy.deepcopy(base)
+    for key, value in (update or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def apply_override(cfg, text):
+    """`recipe.iters=5` -> cfg['recipe']['iters'] = 5 (the value is parsed as YAML)."""
+    key, sep, raw = text.partition('=')
+    if not sep or not key:
+        raise ConfigError(f'override {text!r}: expected key.sub=value')
+    value = yaml.safe_load(raw) if raw else None
+    node = cfg
+    parts = key.strip().split('.')
+    for p in parts[:-1]:
+        if not isinstance(node.get(p), dict):
+            raise ConfigError(f'override {text!r}: {p!r} is not a section of the config')
+        node = node[p]
+    if parts[-1] not in node and node is not cfg.get('data'):
+        raise ConfigError(f'override {text!r}: unknown key {key!r}')
+    node[parts[-1]] = value
+    return cfg
+
+
+def load_config(path=None, overrides=(), *, validated=True):
+    """Defaults <- YAML file <- overrides; validated unless more changes are to come."""
+    cfg = copy.deepcopy(DEFAULTS)
+    if path is not None:
+        path = Path(path)
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as e:
+            raise ConfigError(f'{path}: cannot read the training config ({e})') from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f'{path}: a training config is a YAML mapping')
+        unknown = sorted(set(loaded) - set(DEFAULTS))
+        if unknown:
+            raise ConfigError(f'{path}: unknown keys {unknown} (known: {sorted(DEFAULTS)})')
+        cfg = _merge(cfg, loaded)
+    for text in overrides:
+        apply_override(cfg, text)
+    if validated:
+        validate(cfg, path or 'defaults')
+    return cfg
+
+
+def validate(cfg, where='config'):
+    h, w = (int(v) for v in cfg['train_size'])
+    if h % 32 or w % 32 or h <= 0 or w <= 0:
+        raise ConfigError(f'{where}: train_size {h}x{w} must be positive multiples of 32')
+    r = cfg['recipe']
+    if int(r['iters']) < 1 or int(r['batch_size']) < 1:
+        raise ConfigError(f'{where}: recipe.iters and recipe.batch_size must be >= 1')
+    if not cfg['tasks']:
+        raise ConfigError(f'{where}: no tasks')
+    if not cfg['data']['train']:
+        raise ConfigError(f'{where}: data.train is empty (give a data spec, e.g. --data synth:?frames=64)')
+
+
+def resolve_specs(specs, data_root):
+    """Spec strings/dicts -> dicts with roots resolved against `data_root`."""
+    out = []
+    for spec in specs or []:
+        spec = parse_data_spec(spec) if isinstance(spec, str) else dict(spec)
+        if spec.get('root'):
+            root = Path(str(spec['root'])).expanduser()
+            if not root.is_absolute():
+                root = Path(data_root).expanduser() / root
+            spec['root'] = str(root)
+        if 'kind' not in spec:
+            raise DataError(f'data spec {spec}: no kind')
+        out.append(spec)
+    return out

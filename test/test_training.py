@@ -1,0 +1,146 @@
+"""Training: the losses, one optimisation step per loss configuration, checkpoint resume, and
+`mffseg train` end to end on a data set generated here (tiny images, a few iterations, CPU)."""
+import argparse
+import copy
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from mffseg_ros.cli import main
+from mffseg_ros.model import load_weights, read_metadata
+from mffseg_ros.training import losses
+from mffseg_ros.training.config import DEFAULTS, ConfigError, load_config, resolve_specs
+from mffseg_ros.training.cli import add_arguments, build_config
+from mffseg_ros.training.loader import training_samples
+from mffseg_ros.training.logs import read_csv
+from mffseg_ros.training.trainer import Trainer
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope='module')
+def tiny_set(tmp_path_factory):
+    """Six 72x96 frames with one bright bar: shaft/wrist/claspers rows, all of type 2; plus the mapping."""
+    root = tmp_path_factory.mktemp('tiny')
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        img = rng.integers(0, 60, (72, 96, 3), dtype=np.uint8)
+        mask = np.zeros((72, 96), np.uint8)
+        x = int(rng.integers(5, 50))
+        img[20:50, x:x + 30] = 200
+        mask[20:50, x:x + 30] = 1
+        mask[28:34, x:x + 30] = 2
+        mask[20:28, x:x + 30] = 3
+        cv2.imwrite(str(root / f'f{i}.png'), img)
+        cv2.imwrite(str(root / f'f{i}_mask.png'), mask)
+    (root / 'map.yaml').write_text('parts: {0: 0, 1: 1, 2: 2, 3: 3}\ntype: {0: 0, 1: 2, 2: 2, 3: 2}\n')
+    return f'folder:{root}?mapping={root / "map.yaml"}'
+
+
+def tiny_config(spec, **recipe):
+    cfg = copy.deepcopy(DEFAULTS)
+    cfg['data']['train'] = [spec]
+    cfg['train_size'] = [64, 64]
+    cfg['workers'] = 0
+    cfg['recipe'].update(iters=3, batch_size=2, **recipe)
+    return cfg
+
+
+def test_task_loss_values_by_hand():
+    logits = torch.tensor([[[[2.0, 0.0, 1.0]], [[0.0, 1.0, 1.0]], [[0.0, 0.0, -1.0]]]])  # (1, 3, 1, 3)
+    target = torch.tensor([[[1, 255, 255]]])
+    binary = torch.tensor([[[1, 1, 255]]])
+    p = torch.softmax(logits[0, :, 0], dim=0)  # (3 classes, 3 pixels)
+    expected = (-torch.log(p[1, 0]) - torch.log(1 - p[0, 1])) / 2  # CE at px0, binary BCE at px1, px2 ignored
+    assert torch.allclose(losses.task_loss(logits, target, binary), expected)
+    assert losses.task_loss(logits, torch.full((1, 1, 3), 255), None) == 0  # nothing supervised
+    # aux ground truth: nearest downsampling of the label map
+    small = losses.downsample_labels(torch.arange(16).reshape(1, 4, 4), (2, 2))
+    assert small.tolist() == [[[0, 2], [8, 10]]]
+    # discriminator targets: one-hot where labelled, the prediction where not
+    gt = losses.ground_truth_probs({'parts': logits}, {'parts': target})
+    assert gt[0, :, 0, 0].tolist() == [0, 1, 0]
+    assert torch.allclose(gt[0, :, 0, 1], p[:, 1])
+
+
+@pytest.mark.parametrize('aux,adversarial', [(False, False), (True, False), (False, True), (True, True)])
+def test_one_step_lowers_the_loss(tiny_set, tmp_path, aux, adversarial):
+    cfg = tiny_config(tiny_set, aux=aux, adversarial=adversarial)
+    trainer = Trainer(cfg, tmp_path, device='cpu')
+    samples = training_samples(cfg, resolve_specs([tiny_set], '.'))
+    batch = torch.utils.data.default_collate([samples[0], samples[1]])
+    disc_before = copy.deepcopy(trainer.disc)
+    with torch.no_grad():
+        before, terms, main, targets = trainer.seg_losses(batch, disc=disc_before)
+        d_before = trainer.disc_loss(main, targets)
+    assert set(terms) == {'main'} | ({'aux'} if aux else set()) | ({'adv'} if adversarial else set())
+    row = trainer.step(batch)
+    assert math.isclose(row['loss'], float(before), rel_tol=1e-4)
+    with torch.no_grad():
+        after = trainer.seg_losses(batch, disc=disc_before)[0]
+        d_after = trainer.disc_loss(main, targets)
+    assert float(after) < float(before)
+    if adversarial:  # the discriminator's own step lowers its loss on the same inputs
+        assert float(d_after) < float(d_before)
+    else:
+        assert 'disc' not in row and float(d_after) == float(d_before)
+
+
+def test_train_cli_writes_weights_csv_png_and_resume_is_exact(tiny_set, tmp_path, capsys):
+    common = ['train', '--data', tiny_set, '--iters', '3', '--batch-size', '2', '--train-size', '64', '64',
+              '--workers', '0', '--set', 'log_every=1', '--set', 'checkpoint_every=100']
+    straight = tmp_path / 'straight'
+    assert main(common + ['--out', str(straight)]) == 0
+    weights = straight / 'weights.safetensors'
+    meta = read_metadata(weights)
+    assert meta['tasks'] == {'parts': 4, 'type': 8}
+    assert meta['class_names']['parts'] == ['background', 'shaft', 'wrist', 'claspers']
+    assert meta['train_size'] == [64, 64] and meta['normalization']['mean'][0] == pytest.approx(0.485)
+    assert meta['recipe']['lr'] == 1e-3 and meta['recipe']['aux_weight'] == 0.4
+    assert meta['metrics']['iterations'] == 3 and meta['git_revision']
+    rows = read_csv(straight / 'train_log.csv')
+    assert [int(r['iteration']) for r in rows] == [1, 2, 3]
+    assert (straight / 'train_curves.png').read_bytes()[:4] == b'\x89PNG'
+    assert (straight / 'config.yaml').is_file() and (straight / 'run.json').is_file()
+    model, _ = load_weights(weights)
+
+    # An interrupted run (stopped at iteration 2) resumed from its checkpoint ends bit-identical.
+    resumed = tmp_path / 'resumed'
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    cfg = build_config(parser.parse_args(common[1:]))
+    assert Trainer(cfg, resumed, device='cpu').run(until=2) is None
+    assert not (resumed / 'weights.safetensors').exists()
+    assert main(common + ['--out', str(resumed)]) == 2  # refuses to overwrite without --resume
+    assert 'pass --resume' in capsys.readouterr().err
+    assert main(common + ['--out', str(resumed), '--resume']) == 0
+    again, _ = load_weights(resumed / 'weights.safetensors')
+    for (name, a), b in zip(model.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert [int(r['iteration']) for r in read_csv(resumed / 'train_log.csv')] == [1, 2, 3]
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert main(['train', '--config', str(tmp_path / 'nope.yaml')]) == 2
+    err = capsys.readouterr().err
+    assert 'nope.yaml' in err and 'Traceback' not in err
+    assert main(['train', '--data', f'endovis:{tmp_path}', '--out', str(tmp_path / 'r'), '--iters', '1']) == 2
+    assert 'instrument_dataset_N' in capsys.readouterr().err
+    assert main(['train', '--data', 'synth:?frames=2', '--train-size', '60', '64']) == 2
+    assert 'multiples of 32' in capsys.readouterr().err
+
+
+def test_committed_configs_load():
+    configs = sorted((REPO / 'configs').glob('*.yaml'))
+    assert any(c.name == 'default_multitask.yaml' for c in configs)
+    for path in configs:
+        cfg = load_config(path)
+        assert cfg['recipe']['lr'] == 1e-3 and cfg['recipe']['disc_lr'] == 1.5e-4
+        assert cfg['recipe']['poly_power'] == 0.9 and cfg['recipe']['weight_decay'] == 5e-4
+    with pytest.raises(ConfigError, match='unknown key'):
+        load_config(configs[0], overrides=['recipe.itres=5'])
+    assert load_config(configs[0], overrides=['recipe.iters=5'])['recipe']['iters'] == 5
