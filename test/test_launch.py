@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-launch = pytest.importorskip('launch', reason='launch (ROS 2) is not installed: it has no pip wheel')
+# launch_ros first: it imports launch, and the repo's own launch/ folder would otherwise pass for it.
 launch_ros = pytest.importorskip('launch_ros', reason='launch_ros (ROS 2) is not installed: it has no pip wheel')
+launch = pytest.importorskip('launch', reason='launch (ROS 2) is not installed: it has no pip wheel')
 
 import rclpy  # noqa: E402
 from launch.actions import IncludeLaunchDescription, RegisterEventHandler  # noqa: E402

@@ -59,9 +59,9 @@ def image_to_array(msg):
 
 
 def projection_matrix(info_msg):
-    """sensor_msgs/CameraInfo -> 3x4 float P, or None when the camera is uncalibrated (P all zero)."""
-    P = np.asarray(info_msg.p, dtype=np.float64).reshape(3, 4)
-    return None if not P.any() else P
+    """sensor_msgs/CameraInfo -> 3x4 float P; DataError when uncalibrated (P all zero) or unusable."""
+    from mffseg_ros.inference.stereo import projection_from_camera_info
+    return projection_from_camera_info(info_msg.p)
 
 
 def tips_cloud(tips, header):

@@ -7,6 +7,7 @@ import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
 RATE_WINDOW_S = 5.0
+STANDARD_COUNTS = ('received', 'processed', 'rejected', 'errors', 'skipped_idle')
 
 
 class NodeStats:
@@ -59,7 +60,7 @@ class NodeStats:
                     times.popleft()
             lat = np.asarray(self._latencies, dtype=np.float64)
             return {
-                'counts': dict(self.counts),
+                'counts': {**dict.fromkeys(STANDARD_COUNTS, 0), **self.counts},
                 'rejected_by_reason': dict(self.rejected_by_reason),
                 'input_rate_hz': _rate(self._received_times, now),
                 'processed_rate_hz': _rate(self._processed_times, now),
@@ -99,7 +100,7 @@ def diagnostic_array(stamp, node_name, snapshot, info, previous_counts=None):
         'latency_p99_ms': f'{snapshot["latency_p99_ms"]:.1f}',
         'last_error': snapshot['last_error'],
     }
-    for key in ('received', 'processed', 'dropped', 'unmatched', 'rejected', 'errors', 'skipped_idle'):
+    for key in (*STANDARD_COUNTS, 'dropped', 'unmatched'):
         values[key] = str(counts.get(key, 0))
     for reason, n in sorted(snapshot['rejected_by_reason'].items()):
         values[f'rejected.{reason}'] = str(n)

@@ -23,7 +23,7 @@ from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityP
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from visualization_msgs.msg import MarkerArray
 
-from mffseg_ros.errors import ImageFormatError, MffsegError
+from mffseg_ros.errors import DataError, ImageFormatError, MffsegError
 from mffseg_ros.ros import conversions, params, pipeline
 from mffseg_ros.ros.diagnostics import NodeStats, diagnostic_array
 from mffseg_ros.ros.sync import Frame, StereoPairer
@@ -130,7 +130,12 @@ class SegmentNode(Node):
         self.pairer.push(side, Frame(conversions.stamp_ns(msg.header), time.monotonic(), msg))
 
     def _on_camera_info(self, side, msg):
-        self._projections[side] = conversions.projection_matrix(msg)
+        try:
+            self._projections[side] = conversions.projection_matrix(msg)
+        except DataError as e:  # e.g. an uncalibrated camera: 2-D tips only
+            self._projections[side] = None
+            self.get_logger().warning(f'{side} camera_info unusable, no 3-D tips: {e}',
+                                      throttle_duration_sec=10.0)
 
     # --- parameters at run time -------------------------------------------------------------------
     def _candidate(self, parameters):
@@ -192,6 +197,7 @@ class SegmentNode(Node):
         rgb_right = self._decode('right', right) if want_3d else None
         if rgb_right is not None and rgb_right.shape == rgb_left.shape:
             res_left, res_right = self.segmenter.segment_batch([rgb_left, rgb_right])
+            self.stats.add('segmented_pairs')
         else:
             res_left = self.segmenter.segment_batch([rgb_left])[0]
             res_right = self.segmenter.segment_batch([rgb_right])[0] if rgb_right is not None else None

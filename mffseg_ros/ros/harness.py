@@ -1,0 +1,106 @@
+"""Run segmentation nodes and a probe node in one process over real DDS: publish frames, collect
+what the node publishes. Used by the node tests and handy for benchmarks and scripted checks.
+
+    with RosHarness() as ros:
+        node = ros.start_node(namespace='/cam', parameters={'stereo': False})
+        labels = ros.collect('/cam/mffseg/labels', Image)
+        pub = ros.publisher('/cam/stereo/left/image_raw', Image)
+        pub.publish(...); ros.wait_for(lambda: len(labels))
+"""
+import threading
+import time
+
+import rclpy
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.parameter import Parameter
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+from mffseg_ros.ros.segment_node import SegmentNode
+
+
+def qos(reliability='reliable', depth=10):
+    policy = ReliabilityPolicy.RELIABLE if reliability == 'reliable' else ReliabilityPolicy.BEST_EFFORT
+    return QoSProfile(depth=depth, reliability=policy, history=HistoryPolicy.KEEP_LAST,
+                      durability=DurabilityPolicy.VOLATILE)
+
+
+class RosHarness:
+    """Its own rclpy Context (so it coexists with others in a process) and an executor thread."""
+
+    def __init__(self, probe_name='mffseg_probe'):
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.executor = MultiThreadedExecutor(num_threads=2, context=self.context)
+        self.probe = rclpy.create_node(probe_name, context=self.context)
+        self.executor.add_node(self.probe)
+        self.nodes = []
+        self._thread = threading.Thread(target=self.executor.spin, name='harness-executor', daemon=True)
+        self._thread.start()
+
+    def start_node(self, *, namespace='', parameters=None, segmenter=None, cli_args=None):
+        overrides = [Parameter(name, value=value) for name, value in (parameters or {}).items()]
+        node = SegmentNode(segmenter=segmenter, namespace=namespace, context=self.context,
+                           parameter_overrides=overrides, cli_args=cli_args)
+        self.nodes.append(node)
+        self.executor.add_node(node)
+        return node
+
+    def stop_node(self, node):
+        self.executor.remove_node(node)
+        self.nodes.remove(node)
+        node.destroy_node()
+
+    def publisher(self, topic, msg_type, reliability='reliable', depth=10):
+        return self.probe.create_publisher(msg_type, topic, qos(reliability, depth))
+
+    def collect(self, topic, msg_type, reliability='reliable', depth=50):
+        """A Collector that stores every message received on `topic` from now on."""
+        collector = Collector()
+        collector.subscription = self.probe.create_subscription(
+            msg_type, topic, collector.messages.append, qos(reliability, depth))
+        return collector
+
+    def unsubscribe(self, collector):
+        self.probe.destroy_subscription(collector.subscription)
+
+    @staticmethod
+    def wait_for(predicate, timeout=10.0, period=0.01):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return True
+            time.sleep(period)
+        return bool(predicate())
+
+    def wait_matched(self, publisher, count=1, timeout=10.0):
+        return self.wait_for(lambda: publisher.get_subscription_count() >= count, timeout)
+
+    def close(self):
+        for node in list(self.nodes):
+            self.stop_node(node)
+        self.executor.shutdown()
+        self._thread.join(timeout=5.0)
+        self.probe.destroy_node()
+        rclpy.shutdown(context=self.context)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Collector:
+    """Messages received on one topic, in arrival order."""
+
+    def __init__(self):
+        self.messages = []  # list.append is atomic: safe from the executor thread
+        self.subscription = None
+
+    def __len__(self):
+        return len(self.messages)
+
+    def stamped(self, stamp_ns):
+        """Messages whose header stamp equals `stamp_ns`."""
+        return [m for m in list(self.messages)
+                if m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec == stamp_ns]
