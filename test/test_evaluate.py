@@ -36,14 +36,14 @@ def _sample(i, rng):
 @pytest.fixture(scope='module')
 def samples():
     rng = np.random.default_rng(7)
-    return [_sample(i, rng) for i in range(4)]
+    return [_sample(i, rng) for i in range(3)]
 
 
 @pytest.fixture(scope='module')
 def weights(tmp_path_factory):
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp('w') / 'tiny.safetensors'
-    save_weights(path, MFFNet(), {'input_scale': 1.0, 'git_revision': 'test'})
+    save_weights(path, MFFNet(), {'input_scale': 0.5, 'git_revision': 'test'})  # 32x64 network input
     return path
 
 
@@ -69,8 +69,8 @@ def test_perfect_predictions_score_perfectly(samples):
         s = report['tasks'][task]
         assert s['paper']['iou'] == 1.0 and s['paper']['dice'] == 1.0 and s['paper']['hausdorff'] == 0.0
         assert s['dataset']['mean_iou'] == 1.0
-    assert report['tasks']['type']['images'] == 3  # frame 2 has no type labels
-    assert report['tasks']['parts']['images'] == 4
+    assert report['tasks']['type']['images'] == 2  # frame 2 has no type labels
+    assert report['tasks']['parts']['images'] == 3
     assert report['tasks']['parts']['per_class']['wrist']['iou'] is None  # never present
     assert report['worst'] == []
 
@@ -85,9 +85,9 @@ def test_evaluate_real_segmenter_writes_json_md_and_worst_pngs(samples, weights,
     assert report['tasks']['parts']['paper']['iou'] == pytest.approx(expected_parts)
     on_disk = json.loads((tmp_path / 'metrics.json').read_text())
     assert on_disk['tasks']['parts']['paper']['iou'] == pytest.approx(expected_parts)
-    assert on_disk['frames'] == 4 and on_disk['weights'] == str(weights)
+    assert on_disk['frames'] == 3 and on_disk['weights'] == str(weights)
     cm = np.array(on_disk['tasks']['binary']['confusion_matrix'])
-    assert cm.sum() == 4 * H * W
+    assert cm.sum() == 3 * H * W
     # Two worst frames, lowest first, each a PNG of prediction | ground truth side by side.
     worst = on_disk['worst']
     assert len(worst) == 2 and worst[0]['iou'] <= worst[1]['iou']
