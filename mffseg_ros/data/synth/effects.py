@@ -1,0 +1,100 @@
+"""Camera and scene effects drawn once per episode and applied identically to both eyes."""
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+CANVASES = ('full', 'circle', 'box')
+
+
+@dataclass(frozen=True)
+class Effects:
+    gains: tuple = (1.0, 1.0, 1.0)  # per-channel colour jitter
+    gamma: float = 1.0
+    vignette: float = 0.0  # darkening at the corners, 0..1
+    blur_sigma: float = 0.0  # relative to a 640-px-wide image
+    haze: float = 0.0  # max smoke opacity
+    smoke_rgb: tuple = (0.85, 0.82, 0.80)
+    glare: float = 0.0  # peak added brightness of a soft saturating blob
+    glare_at: tuple = (0.5, 0.5)  # normalised image position
+    glare_size: float = 0.2  # normalised radius
+    noise: float = 0.0  # sensor noise std (0..255 units)
+    canvas: str = 'full'
+    canvas_params: tuple = ()
+
+    @classmethod
+    def random(cls, rng, *, canvas='random', strength=1.0):
+        """Episode effects; `strength` 0 gives a clean frame, 1 the training variety."""
+        on = lambda p: rng.random() < p * strength  # noqa: E731
+        if canvas == 'random':
+            canvas = str(rng.choice(CANVASES, p=(0.6, 0.2, 0.2)))
+        if canvas not in CANVASES:
+            raise ValueError(f'canvas must be one of {CANVASES} or "random", got {canvas!r}')
+        params = ()
+        if canvas == 'circle':
+            params = (rng.uniform(0.5, 0.68), rng.uniform(-0.03, 0.03), rng.uniform(-0.03, 0.03))
+        elif canvas == 'box':
+            params = tuple(rng.uniform(0.0, 0.08, 4))
+        s = strength
+        return cls(gains=tuple(1 + rng.uniform(-0.12, 0.12, 3) * s), gamma=float(1 + rng.uniform(-0.2, 0.2) * s),
+                   vignette=float(rng.uniform(0.1, 0.6)),
+                   blur_sigma=float(rng.uniform(0.5, 2.5)) if on(0.3) else 0.0,
+                   haze=float(rng.uniform(0.15, 0.6)) if on(0.2) else 0.0,
+                   smoke_rgb=tuple(rng.uniform(0.7, 0.95) * (1 + rng.uniform(-0.05, 0.05, 3))),
+                   glare=float(rng.uniform(0.3, 0.9)) if on(0.2) else 0.0,
+                   glare_at=tuple(rng.uniform(0.2, 0.8, 2)), glare_size=float(rng.uniform(0.08, 0.3)),
+                   noise=float(rng.uniform(1.0, 6.0)) if on(0.5) else 0.0,
+                   canvas=canvas, canvas_params=params)
+
+
+def canvas_mask(effects, height, width):
+    """Boolean HxW: True where the endoscope sees (black elsewhere), or None for a full frame."""
+    if effects.canvas == 'full':
+        return None
+    mask = np.zeros((height, width), np.uint8)
+    if effects.canvas == 'circle':
+        r, dx, dy = effects.canvas_params
+        centre = (int(round(width * (0.5 + dx) * 16)), int(round(height * (0.5 + dy) * 16)))
+        cv2.circle(mask, centre, int(round(r * np.hypot(width, height) * 16)), 1, -1, cv2.LINE_8, shift=4)
+    else:
+        left, right, top, bottom = effects.canvas_params
+        mask[int(top * height):height - int(bottom * height), int(left * width):width - int(right * width)] = 1
+    return mask.astype(bool)
+
+
+def vignette_map(effects, r2):
+    """HxWx3 uint8 gain (255 = 1) darkening the corners; r2 is the squared normalised radius."""
+    gain = 1 - effects.vignette * np.minimum(r2, 1.5)
+    return cv2.merge([np.clip(gain * 255 + 0.5, 0, 255).astype(np.uint8)] * 3)
+
+
+def apply_effects(image, effects, *, rng, smoke, smoke_shift, vignette, noise_tile):
+    """Return the finished uint8 frame (uint8 cv2 arithmetic: cheap enough for on-the-fly data).
+    smoke: HxW uint8 density seen by this eye; smoke_shift: this eye's disparity of the smoke (px);
+    vignette: from vignette_map or None; noise_tile: float32 >= HxWx3, std 1."""
+    h, w = image.shape[:2]
+    out = image if vignette is None else cv2.multiply(image, vignette, scale=1 / 255)
+    if effects.haze:
+        alpha = (smoke.astype(np.float32) * (effects.haze / 255))[..., None]
+        mixed = out * (1 - alpha) + np.asarray(effects.smoke_rgb, np.float32) * 255 * alpha
+        out = np.clip(mixed, 0, 255).astype(np.uint8)
+    if effects.glare:
+        gx, gy = effects.glare_at
+        small_w, small_h = max(8, w // 8), max(8, h // 8)
+        yy, xx = np.mgrid[0:small_h, 0:small_w].astype(np.float32)
+        d2 = ((xx / small_w - gx - smoke_shift / w) ** 2 + ((yy / small_h - gy) * h / w) ** 2)
+        blob = (255 * effects.glare) * np.exp(-d2 / (2 * effects.glare_size ** 2))
+        blob = np.clip(cv2.resize(blob, (w, h), interpolation=cv2.INTER_LINEAR), 0, 255).astype(np.uint8)
+        out = cv2.add(out, cv2.merge([blob] * 3))
+    if effects.blur_sigma:
+        out = cv2.GaussianBlur(out, (0, 0), effects.blur_sigma * w / 640)
+    if effects.noise:
+        oy, ox = rng.integers(0, noise_tile.shape[0] - h + 1), rng.integers(0, noise_tile.shape[1] - w + 1)
+        out = cv2.addWeighted(out, 1.0, noise_tile[oy:oy + h, ox:ox + w], effects.noise, 0.0, dtype=cv2.CV_8U)
+    return cv2.LUT(out, colour_lut(effects.gains, effects.gamma))
+
+
+def colour_lut(gains, gamma):
+    """256x1x3 uint8 table applying per-channel gains, then gamma (the colour jitter)."""
+    x = np.arange(256, dtype=np.float32)[:, None] / 255 * np.asarray(gains, np.float32)
+    return (np.clip(x, 0, 1) ** gamma * 255 + 0.5).astype(np.uint8).reshape(256, 1, 3)

@@ -1,0 +1,117 @@
+"""Ray-cast instruments into one eye with a z-buffer against the tissue depth; write labels."""
+import cv2
+import numpy as np
+
+from mffseg_ros.data.synth.geometry import intersect_capsule
+
+NEAR = 0.004  # metres; shafts are clipped here
+LIGHT_REF_DEPTH = 0.09  # instruments at this distance get the nominal brightness (light at the tip)
+TISSUE_REFLECTION = np.array([0.55, 0.18, 0.16])  # what metal mirrors: red tissue
+
+
+def _clip_planes(rig):
+    """(5, 4) half-spaces n.p + c >= 0 (camera frame of an eye): the 4 frustum sides and the near plane."""
+    x0, x1 = (-0.5 - rig.cx) / rig.fx, (rig.width - 0.5 - rig.cx) / rig.fx
+    y0, y1 = (-0.5 - rig.cy) / rig.fy, (rig.height - 0.5 - rig.cy) / rig.fy
+    normals = np.array([[1, 0, -x0], [-1, 0, x1], [0, 1, -y0], [0, -1, y1]], np.float64)
+    normals /= np.linalg.norm(normals, axis=1, keepdims=True)
+    return np.vstack([np.hstack([normals, np.zeros((4, 1))]), [0.0, 0.0, 1.0, -NEAR]])
+
+
+def clip_segment(a, b, radius, planes, origin):
+    """The part of a-b whose capsule can reach into the eye's frustum (None if none), near-clipped.
+    planes: from _clip_planes; the side planes are widened by `radius`."""
+    margin = planes[:, 3] + np.array([radius] * 4 + [0.0])
+    da = planes[:, :3] @ (a - origin) + margin
+    db = planes[:, :3] @ (b - origin) + margin
+    if np.any((da < 0) & (db < 0)):
+        return None
+    with np.errstate(divide='ignore', invalid='ignore'):
+        cross = da / (da - db)
+    t0 = max([0.0] + list(cross[da < 0]))
+    t1 = min([1.0] + list(cross[(db < 0) & (da >= 0)]))
+    if t0 >= t1:
+        return None
+    return a + t0 * (b - a), a + t1 * (b - a)
+
+
+def _candidate_pixels(rig, planes, origin, cap):
+    """Pixels whose rays may hit the capsule: its projected segment drawn with a conservative width."""
+    clipped = clip_segment(cap.a, cap.b, cap.radius, planes, origin)
+    if clipped is None:
+        return None
+    ends = np.array(clipped) - origin
+    z = np.maximum(ends[:, 2] - cap.radius, NEAR / 2)
+    uv = np.stack([rig.fx * ends[:, 0] / ends[:, 2] + rig.cx, rig.fy * ends[:, 1] / ends[:, 2] + rig.cy], 1)
+    # A sphere off the axis projects to an ellipse stretched by about 1/cos of its angle to the axis.
+    stretch = np.sqrt(1 + (ends[:, 0] / ends[:, 2]) ** 2 + (ends[:, 1] / ends[:, 2]) ** 2)
+    rad = 1.1 * stretch * max(rig.fx, rig.fy) * cap.radius / z + 1.5
+    lo = np.floor(np.min(uv - rad[:, None], 0)).astype(int)
+    hi = np.ceil(np.max(uv + rad[:, None], 0)).astype(int) + 1
+    x0, y0 = max(lo[0], 0), max(lo[1], 0)
+    x1, y1 = min(hi[0], rig.width), min(hi[1], rig.height)
+    if x0 >= x1 or y0 >= y1:
+        return None
+    mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
+    pts = np.round((uv - (x0, y0)) * 16).astype(np.int64)
+    if np.abs(pts).max() > 2 ** 28:  # degenerate projection; the clip above keeps this rare
+        return None
+    # cv2.line takes one thickness: use the larger end, the segment between them is a cone.
+    cv2.line(mask, tuple(int(v) for v in pts[0]), tuple(int(v) for v in pts[1]), 1,
+             int(2 * rad.max() + 1), cv2.LINE_8, shift=4)
+    ys, xs = np.nonzero(mask)
+    return (ys + y0).astype(np.int32), (xs + x0).astype(np.int32)
+
+
+def _shade(mat, dirs, normal, s, depth, rgb_jitter):
+    """Light at the endoscope tip: ambient + diffuse + specular, mirrored tissue, inverse-square falloff.
+    Returns Nx3 float32 display RGB (0..1)."""
+    ndl = -(normal[0] * dirs[0] + normal[1] * dirs[1] + normal[2] * dirs[2])
+    np.clip(ndl, 0.0, 1.0, out=ndl)
+    albedo = np.empty((len(ndl), 3), np.float32)
+    albedo[:] = np.asarray(mat.rgb, np.float32) * rgb_jitter
+    if mat.band is not None:
+        lo, hi, band = mat.band
+        albedo[(s >= lo) & (s <= hi)] = band
+    if mat.stripes:
+        albedo *= (1 - mat.stripe_depth * (np.sin(np.float32(2 * np.pi * mat.stripes) * s) > 0.5))[:, None]
+    falloff = np.clip((LIGHT_REF_DEPTH / depth) ** 2, 0.5, 1.7).astype(np.float32)
+    colour = albedo * ((0.18 + 0.85 * ndl) * falloff)[:, None]
+    colour += TISSUE_REFLECTION.astype(np.float32) * (mat.metal * (1 - ndl) ** 2 * falloff)[:, None]
+    colour += (mat.spec * ndl ** mat.shininess * falloff)[:, None]
+    return colour
+
+
+def render_instruments(rig, side, image, zbuf, labels, instruments, rgb_jitter=1.0):
+    """Draw `instruments` [(Instrument, capsules)] into `image` (HxWx3 uint8) in place, where nearer
+    than `zbuf` (HxW float32 depth in metres, updated). labels: dict of HxW arrays 'parts', 'type',
+    'instance'. All arrays must be C-contiguous (written through flat views)."""
+    origin = rig.eye_origin(side)
+    planes = _clip_planes(rig)
+    width = rig.width
+    zflat, rgb = zbuf.reshape(-1), image.reshape(-1, 3)
+    parts, types, instances = (labels[k].reshape(-1) for k in ('parts', 'type', 'instance'))
+    for inst, caps in instruments:
+        for cap in caps:
+            pix = _candidate_pixels(rig, planes, origin, cap)
+            if pix is None or len(pix[0]) == 0:
+                continue
+            ys, xs = pix
+            x = (xs.astype(np.float32) - np.float32(rig.cx)) * np.float32(1 / rig.fx)
+            y = (ys.astype(np.float32) - np.float32(rig.cy)) * np.float32(1 / rig.fy)
+            inv = 1 / np.sqrt(x * x + y * y + 1)
+            dirs = (x * inv, y * inv, inv)
+            t, hit, normal, s = intersect_capsule(origin, dirs, cap)
+            idx = ys * width + xs
+            win = np.flatnonzero(np.isfinite(t) & (hit[2] < zflat[idx]))
+            if not len(win):
+                continue
+            idx = idx[win]
+            depth = hit[2][win]
+            zflat[idx] = depth
+            parts[idx] = cap.part
+            types[idx] = inst.type_id
+            instances[idx] = inst.instance_id
+            colour = _shade(inst.materials[cap.look], [d[win] for d in dirs], [n[win] for n in normal],
+                            s[win], depth, rgb_jitter)
+            rgb[idx] = np.clip(colour * 255 + 0.5, 0, 255).astype(np.uint8)

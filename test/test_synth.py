@@ -1,0 +1,180 @@
+"""Synthetic stereo scenes: rig conventions, determinism, label/tip consistency, stereo geometry."""
+import pickle
+
+import numpy as np
+import pytest
+
+from mffseg_ros.data.synth import SceneGenerator, StereoRig, SynthDataset
+from mffseg_ros.errors import DataError, MffsegError
+from mffseg_ros.model.classes import NUM_CLASSES, PART_CLASPERS
+
+RIG = StereoRig.endovis_like(scale=0.15625)  # 200 x 160: small enough for CI, big enough for jaws
+
+
+@pytest.fixture(scope='module')
+def frames():
+    """Twelve clean frames, every one a new episode (new tools, poses, canvas)."""
+    gen = SceneGenerator(RIG, seed=11, episode_length=1, effects=0.0, texture_pool=3)
+    return [gen.frame(i) for i in range(12)]
+
+
+def _project(P, xyz):
+    uvw = P @ np.append(xyz, 1.0)
+    return uvw[:2] / uvw[2]
+
+
+def test_rig_is_endovis_like_and_follows_camera_info_convention():
+    full = StereoRig.endovis_like()
+    assert (full.width, full.height) == (1280, 1024)
+    assert 1030 < full.fx < 1090 and 0.0040 < full.baseline < 0.0046
+    assert abs(full.cx - 640) < 20 and abs(full.cy - 512) < 20
+    assert full.P_right[0, 3] == pytest.approx(-full.fx * full.baseline)
+    assert np.allclose(full.P_left[:, :3], full.K) and full.P_left[0, 3] == 0
+    info = full.camera_info('right')
+    assert info['width'] == 1280 and info['height'] == 1024 and info['distortion_model'] == 'plumb_bob'
+    assert len(info['K']) == 9 and len(info['R']) == 9 and len(info['P']) == 12 and info['D'] == [0.0] * 5
+    assert info['P'][3] == pytest.approx(-full.fx * full.baseline) and info['R'] == np.eye(3).ravel().tolist()
+    half = full.scaled(0.5)
+    assert (half.width, half.height) == (640, 512) and half.fx == pytest.approx(full.fx / 2)
+    # A point keeps its place in the image (pixel centres scale like cv2.resize) and its 3-D meaning.
+    point = np.array([0.01, -0.005, 0.08])
+    assert np.allclose((full.project(point) + 0.5) / 2 - 0.5, half.project(point))
+    assert np.allclose(_project(half.P_right, point), half.project(point, 'right'))
+    assert half.project(point)[0] - half.project(point, 'right')[0] == pytest.approx(half.disparity(0.08))
+
+
+def test_frames_are_deterministic_and_order_free():
+    a = SceneGenerator(RIG, seed=5, episode_length=4)
+    b = SceneGenerator(RIG, seed=5, episode_length=4)
+    later_first = b.frame(6)
+    b.frame(1)
+    for x, y in ((a.frame(6), later_first), (a.frame(6), b.frame(6))):
+        assert np.array_equal(x.left, y.left) and np.array_equal(x.right, y.right)
+        for k in ('binary', 'parts', 'type', 'instance'):
+            assert np.array_equal(x.labels_left[k], y.labels_left[k])
+            assert np.array_equal(x.labels_right[k], y.labels_right[k])
+        assert x.tips == y.tips
+    other = SceneGenerator(RIG, seed=6, episode_length=4).frame(6)
+    assert not np.array_equal(other.left, later_first.left)
+
+
+def test_labels_follow_the_sample_contract(frames):
+    for f in frames:
+        for image, lab in ((f.left, f.labels_left), (f.right, f.labels_right)):
+            assert image.shape == (RIG.height, RIG.width, 3) and image.dtype == np.uint8
+            assert lab['instance'].dtype == np.uint16 and lab['parts'].dtype == np.uint8
+            tool = lab['parts'] > 0
+            assert np.array_equal(lab['binary'], tool.astype(np.uint8))
+            assert np.array_equal(lab['type'] > 0, tool) and np.array_equal(lab['instance'] > 0, tool)
+            assert lab['parts'].max() < NUM_CLASSES['parts'] and lab['type'].max() < NUM_CLASSES['type']
+            for tip in f.tips:  # one type per instance, the tip's
+                types = np.unique(lab['type'][lab['instance'] == tip['instance_id']])
+                assert set(types) <= {tip['type_id']}
+    drawn = {tip['type_id'] for f in frames for tip in f.tips}
+    assert len(drawn) >= 4, drawn  # the type head gets several types to tell apart
+
+
+def test_tip_projects_onto_its_own_claspers_in_both_eyes(frames):
+    """The true 3-D tip (centroid of the jaws) projected through P lands on clasper pixels of its
+    instance, left and right; and that holds for most tools whose jaws are seen."""
+    seen = landed = 0
+    for f in frames:
+        for tip in f.tips:
+            xyz = np.array(tip['xyz'])
+            ok = True
+            for P, lab, uv, side in ((RIG.P_left, f.labels_left, tip['uv_left'], 'left'),
+                                     (RIG.P_right, f.labels_right, tip['uv_right'], 'right')):
+                u, v = _project(P, xyz)
+                assert np.allclose((u, v), uv, atol=1e-6)
+                jaws = (lab['parts'] == PART_CLASPERS) & (lab['instance'] == tip['instance_id'])
+                iu, iv = int(round(u)), int(round(v))
+                inside = 0 <= iu < RIG.width and 0 <= iv < RIG.height
+                on_jaws = inside and bool(jaws[iv, iu])
+                assert tip[f'visible_{side}'] == on_jaws
+                ok &= on_jaws and jaws.sum() >= 10
+            if all(((lab['parts'] == PART_CLASPERS) & (lab['instance'] == tip['instance_id'])).sum() >= 25
+                   for lab in (f.labels_left, f.labels_right)):
+                seen += 1
+                landed += ok
+            if tip['visible']:
+                assert ok
+    assert seen >= 8, seen
+    assert landed >= 0.75 * seen, (landed, seen)
+
+
+def test_disparity_matches_depth(frames):
+    """Every left pixel's surface reappears in the right image at u - f*B/z with the same depth and
+    label, and a tip's disparity is f*B/z."""
+    fb = RIG.fx * RIG.baseline
+    for f in frames:
+        for tip in f.tips:
+            d = tip['uv_left'][0] - tip['uv_right'][0]
+            assert d == pytest.approx(fb / tip['xyz'][2], rel=1e-9)
+            assert tip['uv_left'][1] == pytest.approx(tip['uv_right'][1])
+    agree_depth, agree_label, total = 0, 0, 0
+    for f in frames:
+        v, u = np.mgrid[0:RIG.height, 0:RIG.width]
+        ur = np.round(u - fb / f.depth_left).astype(int)
+        ok = (ur >= 0) & (ur < RIG.width) & (f.labels_left['binary'] == f.labels_left['binary'])
+        zl, zr = f.depth_left[ok], f.depth_right[v[ok], ur[ok]]
+        agree_depth += (np.abs(zr - zl) < 0.02 * zl).sum()
+        agree_label += (f.labels_left['instance'][ok] == f.labels_right['instance'][v[ok], ur[ok]]).sum()
+        total += ok.sum()
+    # Occlusion edges and half-occluded strips are the only disagreements.
+    assert agree_depth > 0.93 * total and agree_label > 0.95 * total
+
+
+def test_tissue_colour_is_stereo_consistent():
+    """Without effects, the right image is the left one warped by the true disparity: matching at the
+    true disparity beats matching at a disparity off by a few pixels."""
+    gen = SceneGenerator(RIG, seed=3, num_instruments=0, effects=0.0, canvas='full', episode_length=1)
+    f = gen.frame(0)
+    v, u = np.mgrid[0:RIG.height, 0:RIG.width]
+    true = RIG.fx * RIG.baseline / f.depth_left
+    errors = []
+    for offset in (0, 3, -3):
+        ur = np.round(u - true + offset).astype(int)
+        ok = (ur >= 0) & (ur < RIG.width)
+        diff = f.left[ok].astype(int) - f.right[v[ok], ur[ok]].astype(int)
+        errors.append(np.abs(diff).mean())
+    assert errors[0] < 0.6 * min(errors[1:]), errors
+
+
+def test_motion_is_smooth_and_tools_enter_and_leave():
+    gen = SceneGenerator(RIG, seed=2, episode_length=400)
+    steps, in_view = [], []
+    for i in range(0, 1200, 2):
+        tips = gen.tips_3d(i)
+        uv = [RIG.project(xyz) for _, _, xyz in tips]
+        in_view.append([0 <= a < RIG.width and 0 <= b < RIG.height for a, b in uv])
+        if i % 400:  # within an episode
+            steps += [np.linalg.norm(np.subtract(xyz, prev)) for (_, _, xyz), prev in zip(tips, last)]
+        last = [xyz for _, _, xyz in tips]
+    assert max(steps) < 0.006  # metres per 2 frames: no jumps
+    changes = sum(a != b for prev, cur in zip(in_view, in_view[1:]) if len(prev) == len(cur)
+                  for a, b in zip(prev, cur))
+    assert changes >= 2  # tips leave the view and come back within episodes
+
+
+def test_dataset_yields_contract_samples_and_batches_with_torch():
+    torch = pytest.importorskip('torch')
+    ds = SynthDataset(6, size=(64, 80), seed=4, eye='both')
+    assert len(ds) == 6 and len(pickle.dumps(ds)) < 4096
+    s = ds[1]
+    assert s['image'].shape == (64, 80, 3) and s['image'].dtype == np.uint8
+    assert s['parts'].shape == (64, 80) and s['instance'].dtype == np.uint16 and s['name'].endswith('right')
+    assert np.array_equal(ds[-5]['image'], s['image'])
+    assert np.array_equal(SynthDataset(6, size=(64, 80), seed=4, eye='both')[1]['type'], s['type'])
+    with pytest.raises(IndexError):
+        ds[6]
+    loader = torch.utils.data.DataLoader(pickle.loads(pickle.dumps(ds)), batch_size=3)
+    batch = next(iter(loader))
+    assert batch['image'].shape == (3, 64, 80, 3) and len(batch['name']) == 3
+
+
+@pytest.mark.parametrize('kwargs', [dict(eye='middle'), dict(size=(4, 4)), dict(num_instruments=(3, 1)),
+                                    dict(types=(0, 9)), dict(canvas='oval'), dict(colour=1)])
+def test_bad_settings_raise_a_user_error(kwargs):
+    with pytest.raises(DataError) as err:
+        SynthDataset(4, **kwargs)
+    assert isinstance(err.value, MffsegError) and str(err.value).startswith('synth ')
