@@ -73,6 +73,8 @@ def overlay(rgb, type_map, parts_map=None, tips=None, alpha=0.45):
 
 def _draw_tip(img, tip):
     s = _scale(img.shape)
+    if not (np.isfinite(float(tip.u)) and np.isfinite(float(tip.v))):
+        return  # a tip without an image position (e.g. only triangulated) has nothing to draw
     u, v = int(round(float(tip.u))), int(round(float(tip.v)))
     type_id = int(getattr(tip, 'type_id', 0))
     colour = tuple(int(c) for c in TYPE_COLORS[type_id % len(TYPE_COLORS)]) if type_id else (255, 255, 255)
