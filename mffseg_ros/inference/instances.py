@@ -48,12 +48,20 @@ def _end_point(ys, xs, height, width):
     return ends[int(np.argmax(border))]  # tie -> the first end, deterministic
 
 
+def _centroid(mask):
+    """(pixel count, cx, cy) of a bool mask; cv2.moments is several times faster than np.nonzero."""
+    m = cv2.moments(mask.view(np.uint8), binaryImage=True)
+    if m['m00'] == 0:
+        return 0, math.nan, math.nan
+    return int(m['m00']), m['m10'] / m['m00'], m['m01'] / m['m00']
+
+
 def _tip_of(inst_mask, parts_crop, x0, y0, shape, min_part_area):
     """(u, v, source) of one instance given its mask and the parts labels in its bounding box."""
     for part, source in ((PART_CLASPERS, 'claspers'), (PART_WRIST, 'wrist')):
-        ys, xs = np.nonzero(inst_mask & (parts_crop == part))
-        if len(xs) >= min_part_area:
-            return x0 + xs.mean(), y0 + ys.mean(), source
+        count, cx, cy = _centroid(inst_mask & (parts_crop == part))
+        if count >= min_part_area:
+            return x0 + cx, y0 + cy, source
     ys, xs = np.nonzero(inst_mask & (parts_crop == PART_SHAFT))
     source = 'shaft_end'
     if len(xs) == 0:  # the parts head saw no instrument here: use the whole instance's shape
@@ -72,6 +80,7 @@ def _check_maps(type_map, parts_map, confidence):
         confidence = np.asarray(confidence)
         if confidence.shape != type_map.shape:
             raise ValueError(f'confidence {confidence.shape} does not match the label maps {type_map.shape}')
+        confidence = confidence.astype(np.float32, copy=False)  # cv2.mean takes float32, not float16
     return type_map.astype(np.uint8, copy=False), parts_map, confidence
 
 
@@ -109,9 +118,9 @@ def find_tips(type_map, parts_map, *, min_area=DEFAULT_MIN_AREA, confidence=None
         inst_mask = component[y:y + h, x:x + w]
         x0, y0 = bx + x, by + y  # the instance's box in image coordinates
         box = np.s_[y0:y0 + h, x0:x0 + w]
-        instance_map[box][inst_mask] = instance_id
+        np.copyto(instance_map[box], instance_id, where=inst_mask)
         u, v, source = _tip_of(inst_mask, parts_map[box], x0, y0, (height, width), min_part_area)
-        score = 1.0 if confidence is None else float(confidence[box][inst_mask].mean())
+        score = 1.0 if confidence is None else cv2.mean(confidence[box], mask=inst_mask.view(np.uint8))[0]
         tips.append(Tip(instance_id, type_id, float(u), float(v), area, score, source))
     return tips, instance_map
 
