@@ -93,7 +93,7 @@ def _parse_compressed_format(fmt):
         container = 'jpeg'
     elif 'png' in words:
         container = 'png'
-    elif text:
+    elif text and text not in ENCODINGS:  # a bare pixel encoding ('bgr8') names no container: sniff it
         raise ImageFormatError(f'unsupported compressed format {fmt!r} (supported: jpeg, png)')
     stored = words[words.index('compressed') + 1] if 'compressed' in words[:-1] else ''
     return container, stored
@@ -122,7 +122,7 @@ def decode_compressed(fmt, data):
     """sensor_msgs/CompressedImage (format, data) -> HxWx3 uint8 RGB. jpeg and png only.
 
     `fmt` may be image_transport's '<encoding>; <jpeg|png> compressed <stored encoding>' or a bare
-    'jpeg'/'png'; an empty format is sniffed from the data. Stored 'rgb*' means the compressed pixels
+    'jpeg'/'png'; an empty format or a bare pixel encoding ('bgr8') is sniffed from the data. Stored 'rgb*' means the compressed pixels
     are in RGB order (non-standard publishers); otherwise they are BGR, as cv2 and image_transport write.
     """
     container, stored = _parse_compressed_format(fmt)
