@@ -82,6 +82,7 @@ def test_endovis_round_trip(tmp_path, storage):
     assert (out / 'metadata.yaml').is_file()
     info = bag_info(out)
     assert info['storage'] == storage and info['message_count'] == 3 * 7
+    assert info['custom_data']['mffseg.dataset'] == 'instrument_dataset_3'
     assert info['topics'][topics.LEFT_IMAGE] == ('sensor_msgs/msg/Image', 3)
     assert info['topics'][topics.RIGHT_INFO] == ('sensor_msgs/msg/CameraInfo', 3)
 
@@ -234,8 +235,7 @@ def test_reading_a_non_bag_is_a_data_error(tmp_path):
 
 
 def test_synth_bag_round_trip(tmp_path):
-    from mffseg_ros.data.synth.rig import StereoRig
-    from mffseg_ros.data.synth.scene import SceneGenerator
+    from mffseg_ros.data.synth import SceneGenerator, StereoRig
     out = tmp_path / 'synth'
     assert main(['bag', 'synth', str(out), '--frames', '3', '--size', '96x128', '--seed', '5',
                  '--rate', '20', '--storage', 'sqlite3']) == 0

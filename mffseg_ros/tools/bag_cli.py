@@ -75,7 +75,9 @@ def write_endovis_bag(dataset_dir, out, *, crop=True, rate=1.0, storage='mcap', 
     calib = calibration_for_frames(calib, (first.shape[1], first.shape[0]))
     rectification = calib.rectify()
     count = len(data) if max_frames is None else min(len(data), max_frames)
-    with BagWriter(out, storage=storage, overwrite=overwrite) as bag:
+    provenance = {'mffseg.source': 'endovis2017', 'mffseg.dataset': dataset_dir.name, 'mffseg.crop': crop,
+                  'mffseg.calibration': calib.source, 'mffseg.rate_hz': rate}
+    with BagWriter(out, storage=storage, overwrite=overwrite, custom_data=provenance) as bag:
         for i in tqdm(range(count), desc=f'bag {dataset_dir.name}', unit='frame'):
             sample = data[i]
             left, right = sample['image'], data.right_image(i)
@@ -95,8 +97,7 @@ def write_synth_bag(out, *, frames, size=(256, 320), seed=0, rate=10.0, storage=
                     **generator_options):
     """Synthetic stereo scenes -> a bag with left and right ground truth and the true 3-D tips;
     returns the number of frames written. `generator_options` go to SceneGenerator."""
-    from mffseg_ros.data.synth.rig import StereoRig
-    from mffseg_ros.data.synth.scene import SceneGenerator
+    from mffseg_ros.data.synth import SceneGenerator, StereoRig
 
     _check_rate(rate)
     if frames < 1:
@@ -104,7 +105,9 @@ def write_synth_bag(out, *, frames, size=(256, 320), seed=0, rate=10.0, storage=
     height, width = size
     rig = StereoRig.endovis_like().resized(width, height)  # EndoVis field of view at this size
     generator = SceneGenerator(rig, seed=seed, **generator_options)
-    with BagWriter(out, storage=storage, overwrite=overwrite) as bag:
+    provenance = {'mffseg.source': 'synth', 'mffseg.seed': seed, 'mffseg.size': f'{height}x{width}',
+                  'mffseg.rate_hz': rate, **{f'mffseg.{k}': v for k, v in generator_options.items()}}
+    with BagWriter(out, storage=storage, overwrite=overwrite, custom_data=provenance) as bag:
         for i in tqdm(range(frames), desc='bag synth', unit='frame'):
             frame = generator.frame(i)
             stamp = _stamp(i, rate)

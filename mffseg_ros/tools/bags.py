@@ -55,12 +55,13 @@ class BagWriter:
             bag.write_image(topics.LEFT_IMAGE, stamp_ns, rgb, LEFT_FRAME_ID)
     """
 
-    def __init__(self, out, *, storage='mcap', overwrite=False):
+    def __init__(self, out, *, storage='mcap', overwrite=False, custom_data=None):
         if storage not in STORAGES:
             raise DataError(f'{out}: unknown bag storage {storage!r} (choose {", ".join(STORAGES)})')
         self.out = Path(out)
         self.storage = storage
         self.overwrite = overwrite
+        self.custom_data = dict(custom_data or {})  # provenance, stored in metadata.yaml
         self._connections = {}
         self._tmpdir = self._writer = None
 
@@ -73,6 +74,8 @@ class BagWriter:
         # The bag folder keeps its final name inside the temp folder: rosbags names the data file after it.
         self._writer = Writer(self._tmpdir / self.out.name, version=BAG_VERSION,
                               storage_plugin=STORAGES[self.storage])
+        for key, value in self.custom_data.items():
+            self._writer.set_custom_data(key, str(value))
         self._writer.open()
         return self
 
@@ -162,15 +165,16 @@ def _open_reader(path):
 
 
 def bag_info(path):
-    """{'topics': {topic: (msgtype, count)}, 'start_ns', 'end_ns', 'message_count', 'storage'}."""
+    """{'topics': {topic: (msgtype, count)}, 'start_ns', 'end_ns', 'message_count', 'storage',
+    'custom_data'}."""
     reader = _open_reader(path)
+    metadata = yaml.safe_load((Path(path) / 'metadata.yaml').read_text())['rosbag2_bagfile_information']
     try:
         return {'topics': {c.topic: (c.msgtype, c.msgcount) for c in reader.connections},
                 'start_ns': reader.start_time if reader.message_count else 0,
                 'end_ns': reader.end_time - 1 if reader.message_count else 0,  # rosbags: one past the last
                 'message_count': reader.message_count,
-                'storage': yaml.safe_load((Path(path) / 'metadata.yaml').read_text())
-                ['rosbag2_bagfile_information']['storage_identifier']}
+                'storage': metadata['storage_identifier'], 'custom_data': metadata.get('custom_data') or {}}
     finally:
         reader.close()
 
