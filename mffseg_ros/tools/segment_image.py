@@ -8,7 +8,6 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff')
-GENERATED_TYPE = 3  # large needle driver: the generated frame's one instrument
 
 
 def add_arguments(parser):
@@ -43,41 +42,9 @@ def expand_images(paths):
 
 
 def generated_sample(seed=0, height=512, width=640):
-    """A frame from the synthetic-scene generator when it is installed, else a simple drawn scene:
-    tissue-like texture and one instrument (shaft from the border, wrist, claspers) with labels."""
-    try:
-        from mffseg_ros.data.synth import SynthDataset
-        return SynthDataset(frames=1, seed=seed)[0]
-    except (ImportError, TypeError) as e:  # generator not there (yet) or a different signature
-        log.debug('synthetic generator unavailable (%s); drawing a simple frame', e)
-    rng = np.random.default_rng(seed)
-    noise = cv2.GaussianBlur(rng.random((height, width), dtype=np.float32), (0, 0), width / 40)
-    noise = (noise - noise.min()) / max(float(np.ptp(noise)), 1e-6)
-    tissue = np.stack([150 + 80 * noise, 60 + 40 * noise, 55 + 30 * noise], axis=2)
-    image = np.clip(tissue + rng.normal(0, 6, tissue.shape), 0, 255).astype(np.uint8)
-    parts = np.zeros((height, width), np.uint8)
-    start = np.array([width * 0.05, height * (0.75 + 0.15 * rng.random())])
-    end = np.array([width * (0.5 + 0.15 * rng.random()), height * (0.35 + 0.15 * rng.random())])
-    direction = (end - start) / np.linalg.norm(end - start)
-    thick = max(4, int(width / 28))
-    wrist = end + direction * thick * 1.2
-    claspers = wrist + direction * thick * 1.6
-
-    def segment(a, b, value, t):
-        cv2.line(parts, tuple(int(v) for v in a), tuple(int(v) for v in b), value, t)
-    segment(start - direction * width, end, 1, thick)
-    segment(end, wrist, 2, int(thick * 0.9))
-    normal = np.array([-direction[1], direction[0]]) * thick * 0.35
-    for side in (1, -1):  # two open jaws
-        segment(wrist, claspers + side * normal, 3, max(2, thick // 3))
-    shade = {1: (70, 72, 78), 2: (150, 150, 158), 3: (200, 200, 205)}
-    for value, colour in shade.items():
-        image[parts == value] = colour
-    image = cv2.GaussianBlur(image, (3, 3), 0)
-    type_map = np.where(parts > 0, GENERATED_TYPE, 0).astype(np.uint8)
-    binary = (parts > 0).astype(np.uint8)
-    return dict(image=image, parts=parts, type=type_map, binary=binary, instance=binary.astype(np.uint16),
-                name=f'generated_seed{seed}')
+    """A frame (with labels) from the synthetic stereo scene generator."""
+    from mffseg_ros.data.synth import SynthDataset
+    return SynthDataset(1, size=(height, width), seed=seed)[0]
 
 
 def _tips(result, min_area):
