@@ -3,7 +3,6 @@ overlay PNGs with tips plus the parts/type label images."""
 import logging
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 log = logging.getLogger(__name__)
