@@ -90,7 +90,8 @@ def _smooth_rgb():
     return np.dstack([x * 6, y * 10, 255 - x * 6]).astype(np.uint8)
 
 
-@pytest.mark.parametrize('fmt', ['rgb8; jpeg compressed bgr8', 'bgr8; jpeg compressed bgr8', 'jpeg', 'JPEG', '', 'bgr8'])
+@pytest.mark.parametrize('fmt', ['rgb8; jpeg compressed bgr8', 'bgr8; jpeg compressed bgr8',
+                                 'jpeg', 'JPEG', '', 'bgr8'])
 def test_jpeg_frames_decode_to_rgb(fmt):
     rgb = _smooth_rgb()
     ok, data = cv2.imencode('.jpg', cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])

@@ -122,8 +122,9 @@ def decode_compressed(fmt, data):
     """sensor_msgs/CompressedImage (format, data) -> HxWx3 uint8 RGB. jpeg and png only.
 
     `fmt` may be image_transport's '<encoding>; <jpeg|png> compressed <stored encoding>' or a bare
-    'jpeg'/'png'; an empty format or a bare pixel encoding ('bgr8') is sniffed from the data. Stored 'rgb*' means the compressed pixels
-    are in RGB order (non-standard publishers); otherwise they are BGR, as cv2 and image_transport write.
+    'jpeg'/'png'; an empty format or a bare pixel encoding ('bgr8') is sniffed from the data.
+    Stored 'rgb*' means the compressed pixels are in RGB order (non-standard publishers); otherwise
+    they are BGR, as cv2 and image_transport write.
     """
     container, stored = _parse_compressed_format(fmt)
     buf = _as_byte_array(data)

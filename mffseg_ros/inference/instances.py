@@ -75,7 +75,8 @@ def _check_maps(type_map, parts_map, confidence):
     type_map = np.asarray(type_map)
     parts_map = np.asarray(parts_map)
     if type_map.ndim != 2 or type_map.shape != parts_map.shape:
-        raise ValueError(f'type and parts maps must be HxW of one shape, got {type_map.shape} and {parts_map.shape}')
+        raise ValueError(f'type and parts maps must be HxW of one shape, '
+                         f'got {type_map.shape} and {parts_map.shape}')
     if confidence is not None:
         confidence = np.asarray(confidence)
         if confidence.shape != type_map.shape:
