@@ -183,6 +183,9 @@ def test_existing_output_is_kept_unless_overwrite(tmp_path):
         write_endovis_bag(video, out, crop=False)
     write_endovis_bag(video, out, crop=False, overwrite=True, rate=2)
     assert bag_info(out)['message_count'] == 7
+    with pytest.raises(DataError, match='is not a rosbag2 bag; not overwriting'):
+        write_endovis_bag(video, video, crop=False, overwrite=True)
+    assert (video / 'left_frames').is_dir()
 
 
 def bad_inputs(tmp_path):

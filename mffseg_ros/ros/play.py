@@ -59,7 +59,7 @@ def play_bag(node, path, *, rate=1.0, loop=False, max_loops=None, qos='reliable'
     initialised and shut down here if nobody did it before). Returns the number of messages published.
 
     rate: multiple of the recorded speed; 0 plays as fast as possible.
-    loop / max_loops: replay until interrupted, or `max_loops` times.
+    loop: replay until interrupted, or `max_loops` times when that is given.
     topics: the topics to play (None: all). wait: seconds to wait for subscribers before starting.
     on_publish(topic, bag_time_ns, msg): called right after each message is published.
     """
@@ -89,12 +89,11 @@ def play_bag(node, path, *, rate=1.0, loop=False, max_loops=None, qos='reliable'
     try:
         if wait > 0:
             _wait_for_subscribers(publishers, wait)
-        bar = tqdm(total=per_loop * loops or None, desc=f'play {path}', unit='msg', disable=not progress)
-        iteration = 0
-        while loops == 0 or iteration < loops:
-            published += _play_once(path, publishers, classes, wanted, rate, bar, on_publish)
-            iteration += 1
-        bar.close()
+        with tqdm(total=per_loop * loops or None, desc=f'play {path}', unit='msg', disable=not progress) as bar:
+            iteration = 0
+            while loops == 0 or iteration < loops:
+                published += _play_once(path, publishers, classes, wanted, rate, bar, on_publish)
+                iteration += 1
     finally:
         for pub in publishers.values():
             node.destroy_publisher(pub)

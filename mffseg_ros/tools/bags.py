@@ -68,20 +68,28 @@ class BagWriter:
     def __enter__(self):
         if self.out.exists() and not self.overwrite:
             raise DataError(f'{self.out}: already exists (remove it or pass --overwrite)')
+        if self.out.exists() and not (self.out / 'metadata.yaml').is_file():  # never delete a non-bag
+            raise DataError(f'{self.out}: exists and is not a rosbag2 bag; not overwriting it')
         if not self.out.parent.is_dir():
             raise DataError(f'{self.out.parent}: output folder does not exist')
         self._tmpdir = Path(tempfile.mkdtemp(prefix=f'.{self.out.name}.partial-', dir=self.out.parent))
-        # The bag folder keeps its final name inside the temp folder: rosbags names the data file after it.
-        self._writer = Writer(self._tmpdir / self.out.name, version=BAG_VERSION,
-                              storage_plugin=STORAGES[self.storage])
-        for key, value in self.custom_data.items():
-            self._writer.set_custom_data(key, str(value))
-        self._writer.open()
+        try:
+            # The bag folder keeps its final name inside the temp folder: rosbags names the data file after it.
+            self._writer = Writer(self._tmpdir / self.out.name, version=BAG_VERSION,
+                                  storage_plugin=STORAGES[self.storage])
+            for key, value in self.custom_data.items():
+                self._writer.set_custom_data(key, str(value))
+            self._writer.open()
+        except BaseException:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            raise
         return self
 
     def __exit__(self, exc_type, exc, tb):
         try:
-            if exc_type is None:
+            if exc_type is not None:
+                self._writer.abort()  # close the storage files; the folder goes below
+            else:
                 self._writer.close()
                 if self.out.exists():  # overwrite: only now, once the new bag is complete
                     shutil.rmtree(self.out)
