@@ -7,8 +7,14 @@ from mffseg_ros import topics
 from mffseg_ros.cli import main
 from mffseg_ros.errors import DataError
 from mffseg_ros.tools.bag_cli import START_NS, write_endovis_bag
-from mffseg_ros.tools.bags import (BagWriter, bag_info, camera_info_dict, cloud_points, image_array,
-                                   read_bag)
+from mffseg_ros.tools.bags import (
+    BagWriter,
+    bag_info,
+    camera_info_dict,
+    cloud_points,
+    image_array,
+    read_bag,
+)
 
 SMALL = (160, 128)  # width, height of the small fixture frames (calibration written for that size)
 
@@ -62,7 +68,7 @@ def make_endovis_video(root, number=3, frames=2, size=SMALL, calib_size=None, se
                           [1, 2, 3, 1, 3], 0).astype(np.uint8)
         types = np.select([prograsp > 0, needle > 0], [2, 3], 0).astype(np.uint8)
         instance = np.select([prograsp > 0, needle > 0], [1, 2], 0).astype(np.uint16)
-        expected.append(dict(left=left, right=right, parts=parts, type=types, instance=instance))
+        expected.append({'left': left, 'right': right, 'parts': parts, 'type': types, 'instance': instance})
     return video, expected
 
 
@@ -168,10 +174,9 @@ def test_writer_and_reader_helpers(tmp_path):
 
 def test_error_inside_the_writer_leaves_no_bag(tmp_path):
     out = tmp_path / 'bag'
-    with pytest.raises(RuntimeError):
-        with BagWriter(out) as bag:
-            bag.write_image('/a', 1, np.zeros((4, 4), np.uint8), 'cam')
-            raise RuntimeError('boom')
+    with pytest.raises(RuntimeError), BagWriter(out) as bag:
+        bag.write_image('/a', 1, np.zeros((4, 4), np.uint8), 'cam')
+        raise RuntimeError('boom')
     assert list(tmp_path.iterdir()) == []
 
 
@@ -183,6 +188,9 @@ def test_existing_output_is_kept_unless_overwrite(tmp_path):
         write_endovis_bag(video, out, crop=False)
     write_endovis_bag(video, out, crop=False, overwrite=True, rate=2)
     assert bag_info(out)['message_count'] == 7
+    write_endovis_bag(make_endovis_video(tmp_path / 'two', frames=2)[0], tmp_path / 'first', crop=False,
+                      max_frames=1)
+    assert bag_info(tmp_path / 'first')['message_count'] == 7
     with pytest.raises(DataError, match='is not a rosbag2 bag; not overwriting'):
         write_endovis_bag(video, video, crop=False, overwrite=True)
     assert (video / 'left_frames').is_dir()

@@ -3,8 +3,11 @@ import cv2
 import numpy as np
 import pytest
 
-from mffseg_ros.data.calibration import (ENDOVIS_CROP, load_endovis_calibration,
-                                         parse_endovis_calibration)
+from mffseg_ros.data.calibration import (
+    ENDOVIS_CROP,
+    load_endovis_calibration,
+    parse_endovis_calibration,
+)
 from mffseg_ros.errors import DataError
 
 # Written in the EndoVis format (values made up for the test, CRLF line ends like some real files).

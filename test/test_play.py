@@ -21,7 +21,7 @@ def bag(tmp_path_factory):
     path = tmp_path_factory.mktemp('play') / 'bag'
     rng = np.random.default_rng(1)
     images = [rng.integers(0, 256, (24, 32, 3), dtype=np.uint8) for _ in range(FRAMES)]
-    info = dict(width=32, height=24, d=[0.0] * 5, k=np.eye(3), r=np.eye(3), p=np.eye(3, 4))
+    info = {'width': 32, 'height': 24, 'd': [0.0] * 5, 'k': np.eye(3), 'r': np.eye(3), 'p': np.eye(3, 4)}
     with BagWriter(path, storage='mcap') as bag:
         for i, image in enumerate(images):
             stamp = START + i * PERIOD_NS

@@ -152,8 +152,8 @@ _size.__name__ = 'HxW size (at least 32x32)'
 
 def add_arguments(parser):
     sub = parser.add_subparsers(dest='bag_command', metavar='SOURCE', required=True)
-    common = dict(storage=dict(choices=sorted(STORAGES), default='mcap', help='rosbag2 storage (default mcap)'),
-                  overwrite=dict(action='store_true', help='replace an existing bag at OUT'))
+    common = {'storage': {'choices': sorted(STORAGES), 'default': 'mcap', 'help': 'rosbag2 storage (default mcap)'},
+              'overwrite': {'action': 'store_true', 'help': 'replace an existing bag at OUT'}}
 
     e = sub.add_parser('endovis', help='an EndoVis 2017 instrument_dataset_N folder -> bag',
                        description='Left/right frames, camera_info (rectified from camera_calibration.txt) '
