@@ -125,3 +125,12 @@ class TestWeights:
         save_file({'w': torch.zeros(2)}, str(path))
         with pytest.raises(WeightsError, match='not an mffseg model'):
             load_weights(path)
+
+
+def test_class_tables_and_postprocessing_load_without_torch():
+    # Post-processing and class names must work in deployments without torch (e.g. ONNX Runtime only).
+    import subprocess
+    import sys
+    code = ('import sys, mffseg_ros.model.classes, mffseg_ros.inference.instances, mffseg_ros.inference.stereo; '
+            'sys.exit("torch" in sys.modules)')
+    assert subprocess.run([sys.executable, '-c', code]).returncode == 0

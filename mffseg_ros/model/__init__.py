@@ -1,7 +1,18 @@
-"""The MFF network, its discriminator and safetensors weights (pure PyTorch)."""
-from mffseg_ros.model.discriminator import Discriminator
-from mffseg_ros.model.mffnet import MFFNet, build_mffnet, count_parameters
-from mffseg_ros.model.weights import load_weights, read_metadata, save_weights
+"""The MFF network, its discriminator and safetensors weights (pure PyTorch).
 
-__all__ = ['MFFNet', 'build_mffnet', 'count_parameters', 'Discriminator',
-           'save_weights', 'load_weights', 'read_metadata']
+Imports are lazy so that `mffseg_ros.model.classes` (class names, colours) loads without torch.
+"""
+import importlib
+
+_EXPORTS = {
+    'MFFNet': 'mffnet', 'build_mffnet': 'mffnet', 'count_parameters': 'mffnet',
+    'Discriminator': 'discriminator',
+    'save_weights': 'weights', 'load_weights': 'weights', 'read_metadata': 'weights',
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f'{__name__}.{_EXPORTS[name]}'), name)
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
