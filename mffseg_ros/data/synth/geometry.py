@@ -35,49 +35,57 @@ def clip_to_near_plane(a, b, near):
     return a + t * (b - a)
 
 
-def intersect_capsule(origin, dirs, cap):
-    """First hit of unit rays from `origin` with `cap`; dirs = (dx, dy, dz), 1-D float32 arrays.
+def intersect_capsules(origin, dirs, caps):
+    """First hit of unit rays from `origin` with the union of `caps` (all capsules at once).
 
-    Returns (t, hit, normal, s): distance along the ray (inf where missed), hit points and unit outward
-    normals as (x, y, z) array triples, and the arc length of the closest axis point (m)."""
+    dirs = (dx, dy, dz), 1-D float32 arrays of N rays. Returns (t, k, hit, normal, s): distance along
+    each ray (inf where missed), index of the capsule hit, hit points and unit outward normals as
+    (x, y, z) array triples, and the arc length (m) of the closest axis point of that capsule."""
     dx, dy, dz = dirs
-    ba = cap.b - cap.a
-    oa = origin - cap.a
-    baba = float(ba @ ba)
-    baoa = float(ba @ oa)
-    oaoa = float(oa @ oa)
-    r2 = cap.radius ** 2
-    bard = dx * np.float32(ba[0]) + dy * np.float32(ba[1]) + dz * np.float32(ba[2])
-    rdoa = dx * np.float32(oa[0]) + dy * np.float32(oa[1]) + dz * np.float32(oa[2])
-    # Infinite cylinder around the axis (|dirs| = 1), scaled by |ba|^2 to avoid a division.
-    qa = baba - bard * bard
-    qb = baba * rdoa - baoa * bard
-    disc = qb * qb - qa * np.float32(baba * oaoa - baoa * baoa - r2 * baba)
+    a = np.array([c.a for c in caps], np.float64)
+    ba = np.array([c.b for c in caps], np.float64) - a
+    oa = origin - a
+    r = np.array([c.radius for c in caps], np.float64)
+    baba = (ba * ba).sum(1)
+    baoa = (ba * oa).sum(1)
+    oaoa = (oa * oa).sum(1)
+
+    def dot(v):  # (K, 3) float64 with the rays -> (K, N) float32
+        v = v.astype(np.float32)
+        return v[:, :1] * dx + v[:, 1:2] * dy + v[:, 2:3] * dz
+
+    col = lambda x: x.astype(np.float32)[:, None]  # noqa: E731
+    bard, rdoa = dot(ba), dot(oa)
     with np.errstate(invalid='ignore', divide='ignore'):
+        # Infinite cylinder around each axis (|dirs| = 1), scaled by |ba|^2 to avoid a division.
+        qa = col(baba) - bard * bard
+        qb = col(baba) * rdoa - col(baoa) * bard
+        disc = qb * qb - qa * col(baba * oaoa - baoa * baoa - r * r * baba)
         t = (-qb - np.sqrt(disc)) / qa
-    y = baoa + t * bard
-    on_side = (y > 0) & (y < baba) & (t > 0)  # NaN (missed) compares False
-    t = np.where(on_side, t, np.float32(np.inf))
-    # Spherical caps for rays that reach the infinite cylinder beyond either end.
-    rest = np.flatnonzero(~on_side & (disc >= 0))
-    if len(rest):
-        rx, ry, rz = dx[rest], dy[rest], dz[rest]
-        best = t[rest]
-        for centre in (cap.a, cap.b):
-            oc = origin - centre
-            b = rx * np.float32(oc[0]) + ry * np.float32(oc[1]) + rz * np.float32(oc[2])
-            h = b * b - np.float32(oc @ oc - r2)
-            with np.errstate(invalid='ignore'):
-                ts = -b - np.sqrt(h)
-            best = np.where(ts > 0, np.minimum(best, ts), best)  # NaN where h < 0 -> no hit
-        t[rest] = best
+        y = col(baoa) + t * bard
+        t = np.where((y > 0) & (y < col(baba)) & (t > 0), t, np.float32(np.inf))  # NaN = missed
+        # Spherical end caps; a cap is never entered before the capsule itself, so min() is safe.
+        for end in (a, a + ba):
+            oc = origin - end
+            b = dot(oc)
+            ts = -b - np.sqrt(b * b - col((oc * oc).sum(1) - r * r))
+            np.minimum(t, np.where(ts > 0, ts, np.float32(np.inf)), out=t)
+    if len(caps) == 1:
+        k = np.zeros(len(dx), np.intp)
+        t = t[0]
+    else:
+        k = np.argmin(t, axis=0)
+        t = t[k, np.arange(len(dx))]
     tt = np.where(np.isfinite(t), t, 0)
-    hit = [np.float32(origin[k]) + d * tt for k, d in enumerate((dx, dy, dz))]
-    rel = [hit[k] - np.float32(cap.a[k]) for k in range(3)]
-    axial = np.clip((rel[0] * ba[0] + rel[1] * ba[1] + rel[2] * ba[2]) / baba, 0.0, 1.0).astype(np.float32)
-    inv_r = np.float32(1 / cap.radius)
-    normal = [(rel[k] - axial * np.float32(ba[k])) * inv_r for k in range(3)]
-    return t, hit, normal, cap.s0 + axial * np.float32(np.sqrt(baba))
+    hit = [np.float32(origin[i]) + d * tt for i, d in enumerate((dx, dy, dz))]
+    rel = [hit[i] - a[k, i].astype(np.float32) for i in range(3)]
+    bak = ba[k].astype(np.float32)
+    axial = np.clip((rel[0] * bak[:, 0] + rel[1] * bak[:, 1] + rel[2] * bak[:, 2]) / baba[k].astype(np.float32),
+                    0.0, 1.0)
+    inv_r = (1 / r[k]).astype(np.float32)
+    normal = [(rel[i] - axial * bak[:, i]) * inv_r for i in range(3)]
+    s0 = np.array([c.s0 for c in caps], np.float32)
+    return t, k, hit, normal, s0[k] + axial * np.sqrt(baba[k]).astype(np.float32)
 
 
 def rotate(v, axis, angle):

@@ -8,6 +8,7 @@ from mffseg_ros.data.synth.geometry import Capsule, orthonormal_basis, rotate
 
 MM = 1e-3
 SHAFT, WRIST, JAW = 0, 1, 2  # material slots
+JAW_SEGMENTS = 2
 
 
 @dataclass(frozen=True)
@@ -37,14 +38,14 @@ class Look:
 _DARK_SHAFT = Material((0.16, 0.16, 0.18), spec=0.7, shininess=25, metal=0.15)
 _SILVER = Material((0.62, 0.62, 0.64), spec=0.9, shininess=40, metal=0.45)
 LOOKS = {
-    1: Look(14 * MM, (1.9 * MM, 1.1 * MM), 36, 0, 0.85,  # bipolar forceps: slim blue-grey jaws
+    1: Look(14 * MM, (1.9 * MM, 1.5 * MM), 36, 0, 0.85,  # bipolar forceps: slim blue-grey jaws
             (_DARK_SHAFT, _SILVER, Material((0.35, 0.45, 0.75), spec=0.8, shininess=35, metal=0.2))),
-    2: Look(17 * MM, (2.3 * MM, 1.4 * MM), 40, 0, 0.85,  # prograsp: silver, fenestrated (dark slots)
+    2: Look(17 * MM, (2.3 * MM, 1.8 * MM), 40, 0, 0.85,  # prograsp: silver, fenestrated (dark slots)
             (_DARK_SHAFT, Material((0.62, 0.62, 0.64), spec=0.9, shininess=40, metal=0.45,
                                    band=(0.0, 2 * MM, (0.12, 0.12, 0.13))),
-             Material((0.70, 0.70, 0.72), spec=1.0, shininess=45, metal=0.5, stripes=180, stripe_depth=0.6))),
+             Material((0.58, 0.58, 0.60), spec=1.0, shininess=45, metal=0.5, stripes=180, stripe_depth=0.6))),
     3: Look(20 * MM, (1.8 * MM, 1.3 * MM), 26, 0, 0.8,  # large needle driver: long, bright, barely opens
-            (_DARK_SHAFT, _SILVER, Material((0.80, 0.80, 0.82), spec=1.1, shininess=60, metal=0.55,
+            (_DARK_SHAFT, _SILVER, Material((0.62, 0.62, 0.64), spec=1.1, shininess=60, metal=0.55,
                                             stripes=500, stripe_depth=0.25))),
     4: Look(18 * MM, (2.9 * MM, 2.2 * MM), 28, 0, 1.0,  # vessel sealer: bulky pale-gold jaws, blue band
             (Material((0.16, 0.16, 0.18), spec=0.7, shininess=25, metal=0.15,
@@ -54,9 +55,9 @@ LOOKS = {
     5: Look(23 * MM, (2.6 * MM, 2.4 * MM), 22, 0, 0.9,  # grasping retractor: long dark paddles
             (_DARK_SHAFT, _SILVER, Material((0.30, 0.30, 0.32), spec=0.6, shininess=20, metal=0.2,
                                             stripes=120, stripe_depth=0.35))),
-    6: Look(13 * MM, (1.8 * MM, 0.8 * MM), 36, 28, 0.85,  # monopolar curved scissors: curved, orange cover
+    6: Look(13 * MM, (1.8 * MM, 1.3 * MM), 36, 28, 0.85,  # monopolar curved scissors: curved, orange cover
             (_DARK_SHAFT, Material((0.85, 0.45, 0.18), spec=0.5, shininess=15, metal=0.0),
-             Material((0.72, 0.72, 0.74), spec=1.0, shininess=50, metal=0.5))),
+             Material((0.58, 0.58, 0.60), spec=1.0, shininess=50, metal=0.5))),
     7: Look(12 * MM, (2.2 * MM, 1.9 * MM), 12, 0, 0.95,  # other: a white plastic probe-like tool
             (Material((0.55, 0.58, 0.55), spec=0.4, shininess=12),
              Material((0.85, 0.86, 0.84), spec=0.4, shininess=12),
@@ -117,7 +118,7 @@ class Instrument:
                    np.array([xn * z, yn * z, z]), waves, retract_amp=rng.choice((0.0, 0.0, 0.5, 0.9)))
 
     def capsules(self, t):
-        """Shaft (part 1), two-segment wrist (part 2) and two two-segment jaws (part 3) at time t, plus
+        """Shaft (part 1), two-segment wrist (part 2) and two two-capsule jaws (part 3) at t, plus
         the 3-D tip: the volume-weighted centroid of the jaw capsules."""
         w = self.waves
         target = self.centre + np.array([w['x'](t), w['y'](t), w['z'](t)])
@@ -142,16 +143,20 @@ class Instrument:
         spread = np.cos(w['jaw_roll'](t)) * v1 + np.sin(w['jaw_roll'](t)) * v2
         hinge = np.cross(axis2, spread)
         half_open = np.radians(self.look.max_opening_deg) / 2 * (0.5 + 0.5 * np.clip(w['open'](t) * 1.6, -1, 1))
-        half_len = self.look.jaw_length / 2
         r_base, r_tip = self.look.jaw_radius
         start = wrist2 + axis2 * r_wrist * 0.3
+        # Each jaw: two capsules, base and tip (a gentle taper); curved tools bend at the joint.
+        step = self.look.jaw_length / JAW_SEGMENTS
         jaws = []
         for sign in (1.0, -1.0):
-            d1 = rotate(axis2, hinge, sign * half_open)
-            mid = start + d1 * half_len
-            d2 = rotate(d1, hinge, np.radians(self.look.curve_deg))
-            jaws += [Capsule(start, mid, r_base, PART_CLASPERS, JAW, 2 * seg),
-                     Capsule(mid, mid + d2 * half_len, r_tip, PART_CLASPERS, JAW, 2 * seg + half_len)]
+            direction = rotate(axis2, hinge, sign * half_open)
+            a = start
+            for k in range(JAW_SEGMENTS):
+                radius = r_base + (r_tip - r_base) * k / max(1, JAW_SEGMENTS - 1)
+                b = a + direction * step
+                jaws.append(Capsule(a, b, radius, PART_CLASPERS, JAW, 2 * seg + k * step))
+                direction = rotate(direction, hinge, np.radians(self.look.curve_deg) / max(1, JAW_SEGMENTS - 1))
+                a = b
         volumes = np.array([c.volume for c in jaws])
         tip = (volumes[:, None] * np.array([c.centroid for c in jaws])).sum(0) / volumes.sum()
         return caps + jaws, tip

@@ -2,7 +2,7 @@
 import cv2
 import numpy as np
 
-from mffseg_ros.data.synth.geometry import intersect_capsule
+from mffseg_ros.data.synth.geometry import intersect_capsules
 
 NEAR = 0.004  # metres; shafts are clipped here
 LIGHT_REF_DEPTH = 0.09  # instruments at this distance get the nominal brightness (light at the tip)
@@ -35,30 +35,38 @@ def clip_segment(a, b, radius, planes, origin):
     return a + t0 * (b - a), a + t1 * (b - a)
 
 
-def _candidate_pixels(rig, planes, origin, cap):
-    """Pixels whose rays may hit the capsule: its projected segment drawn with a conservative width."""
-    clipped = clip_segment(cap.a, cap.b, cap.radius, planes, origin)
-    if clipped is None:
+_UNIT_CIRCLE = np.stack([np.cos(np.arange(16) * np.pi / 8), np.sin(np.arange(16) * np.pi / 8)], 1)
+
+
+def _candidate_pixels(rig, planes, origin, caps):
+    """Pixels whose rays may hit any of `caps`: each projected segment drawn with a conservative width."""
+    strokes = []
+    for cap in caps:
+        clipped = clip_segment(cap.a, cap.b, cap.radius, planes, origin)
+        if clipped is None:
+            continue
+        ends = np.array(clipped) - origin
+        z = np.maximum(ends[:, 2] - cap.radius, NEAR / 2)
+        uv = np.stack([rig.fx * ends[:, 0] / ends[:, 2] + rig.cx, rig.fy * ends[:, 1] / ends[:, 2] + rig.cy], 1)
+        # A sphere off the axis projects to an ellipse stretched by about 1/cos of its angle to the axis.
+        stretch = np.sqrt(1 + (ends[:, 0] / ends[:, 2]) ** 2 + (ends[:, 1] / ends[:, 2]) ** 2)
+        rad = 1.1 * stretch * max(rig.fx, rig.fy) * cap.radius / z + 1.5
+        if np.abs(uv).max() < 2 ** 24:  # the frustum clip keeps projections bounded
+            strokes.append((uv, rad))
+    if not strokes:
         return None
-    ends = np.array(clipped) - origin
-    z = np.maximum(ends[:, 2] - cap.radius, NEAR / 2)
-    uv = np.stack([rig.fx * ends[:, 0] / ends[:, 2] + rig.cx, rig.fy * ends[:, 1] / ends[:, 2] + rig.cy], 1)
-    # A sphere off the axis projects to an ellipse stretched by about 1/cos of its angle to the axis.
-    stretch = np.sqrt(1 + (ends[:, 0] / ends[:, 2]) ** 2 + (ends[:, 1] / ends[:, 2]) ** 2)
-    rad = 1.1 * stretch * max(rig.fx, rig.fy) * cap.radius / z + 1.5
-    lo = np.floor(np.min(uv - rad[:, None], 0)).astype(int)
-    hi = np.ceil(np.max(uv + rad[:, None], 0)).astype(int) + 1
+    lo = np.floor(np.min([(uv - rad[:, None]).min(0) for uv, rad in strokes], 0)).astype(int)
+    hi = np.ceil(np.max([(uv + rad[:, None]).max(0) for uv, rad in strokes], 0)).astype(int) + 1
     x0, y0 = max(lo[0], 0), max(lo[1], 0)
     x1, y1 = min(hi[0], rig.width), min(hi[1], rig.height)
     if x0 >= x1 or y0 >= y1:
         return None
     mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
-    pts = np.round((uv - (x0, y0)) * 16).astype(np.int64)
-    if np.abs(pts).max() > 2 ** 28:  # degenerate projection; the clip above keeps this rare
-        return None
-    # cv2.line takes one thickness: use the larger end, the segment between them is a cone.
-    cv2.line(mask, tuple(int(v) for v in pts[0]), tuple(int(v) for v in pts[1]), 1,
-             int(2 * rad.max() + 1), cv2.LINE_8, shift=4)
+    for uv, rad in strokes:
+        # The convex hull of the two end discs (polygons circumscribing them).
+        ring = np.concatenate([uv[j] - (x0, y0) + (rad[j] / np.cos(np.pi / 16)) * _UNIT_CIRCLE for j in (0, 1)])
+        hull = cv2.convexHull(np.round(ring * 16).astype(np.int32))
+        cv2.fillConvexPoly(mask, hull, 1, cv2.LINE_8, shift=4)
     ys, xs = np.nonzero(mask)
     return (ys + y0).astype(np.int32), (xs + x0).astype(np.int32)
 
@@ -92,8 +100,9 @@ def render_instruments(rig, side, image, zbuf, labels, instruments, rgb_jitter=1
     zflat, rgb = zbuf.reshape(-1), image.reshape(-1, 3)
     parts, types, instances = (labels[k].reshape(-1) for k in ('parts', 'type', 'instance'))
     for inst, caps in instruments:
-        for cap in caps:
-            pix = _candidate_pixels(rig, planes, origin, cap)
+        # Ray-casting groups of similar size (fewer wasted ray-capsule tests): shaft, wrist, jaws.
+        for group in ([c for c in caps if c.look == look] for look in (0, 1, 2)):
+            pix = _candidate_pixels(rig, planes, origin, group) if group else None
             if pix is None or len(pix[0]) == 0:
                 continue
             ys, xs = pix
@@ -101,17 +110,20 @@ def render_instruments(rig, side, image, zbuf, labels, instruments, rgb_jitter=1
             y = (ys.astype(np.float32) - np.float32(rig.cy)) * np.float32(1 / rig.fy)
             inv = 1 / np.sqrt(x * x + y * y + 1)
             dirs = (x * inv, y * inv, inv)
-            t, hit, normal, s = intersect_capsule(origin, dirs, cap)
+            t, k, hit, normal, s = intersect_capsules(origin, dirs, group)
             idx = ys * width + xs
             win = np.flatnonzero(np.isfinite(t) & (hit[2] < zflat[idx]))
             if not len(win):
                 continue
-            idx = idx[win]
+            idx, k = idx[win], k[win]
             depth = hit[2][win]
             zflat[idx] = depth
-            parts[idx] = cap.part
+            parts[idx] = np.array([c.part for c in group], np.uint8)[k]
             types[idx] = inst.type_id
             instances[idx] = inst.instance_id
-            colour = _shade(inst.materials[cap.look], [d[win] for d in dirs], [n[win] for n in normal],
-                            s[win], depth, rgb_jitter)
-            rgb[idx] = np.clip(colour * 255 + 0.5, 0, 255).astype(np.uint8)
+            looks = np.array([c.look for c in group])[k]
+            for look in np.unique(looks):
+                sel = looks == look
+                colour = _shade(inst.materials[look], [d[win][sel] for d in dirs], [n[win][sel] for n in normal],
+                                s[win][sel], depth[sel], rgb_jitter)
+                rgb[idx[sel]] = np.clip(colour * 255 + 0.5, 0, 255).astype(np.uint8)
