@@ -97,6 +97,17 @@ def test_buffers_are_bounded():
     assert pairer.counts.max_buffered == 3
 
 
+def test_a_complete_pair_releases_older_frames_at_once():
+    """While the worker is busy, buffers hold only what is newer than the newest complete pair."""
+    pairer = StereoPairer(stereo=True, slop_ns=0, depth=10)
+    for t in range(20):
+        pairer.push('left', frame(t))
+        pairer.push('right', frame(t))
+    assert pairer.buffered() == {'left': 1, 'right': 1} and pairer.counts.max_buffered == 2
+    assert pairer.counts.dropped == 38 and pairer.counts.unmatched == 0
+    assert pairer.pop_newest(timeout=0)[0].msg == 19
+
+
 def test_mono_keeps_only_the_newest_frame():
     pairer = StereoPairer(stereo=False)
     for t in range(5):

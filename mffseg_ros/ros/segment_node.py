@@ -11,6 +11,7 @@ import re
 import sys
 import threading
 import time
+import warnings
 
 import numpy as np
 import rclpy
@@ -85,8 +86,12 @@ class SegmentNode(Node):
     def _load_segmenter(self):
         from mffseg_ros.inference.segmenter import Segmenter
         cfg = self.cfg
-        seg = Segmenter.load(cfg.weights or None, device=cfg.device, precision=cfg.precision,
-                             branch=cfg.branch, input_scale=cfg.scale, input_size=cfg.input_size)
+        with warnings.catch_warnings(record=True) as caught:  # e.g. "random model": into the ROS log
+            warnings.simplefilter('always')
+            seg = Segmenter.load(cfg.weights or None, device=cfg.device, precision=cfg.precision,
+                                 branch=cfg.branch, input_scale=cfg.scale, input_size=cfg.input_size)
+        for w in caught:
+            self.get_logger().warning(str(w.message))
         if cfg.device == 'auto' and seg.device.type == 'cpu':
             self.get_logger().warning('device=auto: no CUDA device, running on the CPU (slower)')
         return seg

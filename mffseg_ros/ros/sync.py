@@ -51,6 +51,11 @@ class StereoPairer:
                 self.counts.unmatched += 1
             buf.append(frame)
             self.counts.max_buffered = max(self.counts.max_buffered, len(buf))
+            if self.stereo:
+                # Once a newer pair is complete, everything older is useless: count it and let it go.
+                found = self._newest_pair()
+                if found is not None:
+                    self._discard_before(*found)
             self._cond.notify_all()
 
     def set_slop(self, slop_ns):
@@ -82,28 +87,34 @@ class StereoPairer:
         left, right = self._buffers['left'], self._buffers['right']
         if not self.stereo:
             return (left.pop(), None) if left else None
+        found = self._newest_pair()
+        if found is None:
+            return None
+        self._discard_before(*found)
+        return left.popleft(), right.popleft()
+
+    def _newest_pair(self):
+        """(left index, right index) of the newest left frame with a partner, or None."""
+        left, right = self._buffers['left'], self._buffers['right']
         for li in range(len(left) - 1, -1, -1):
             ri = self._partner(left[li].stamp_ns, right)
             if ri is not None:
-                pair = (left[li], right[ri])
-                self._discard_older(left, li, right, ri)
-                return pair
+                return li, ri
         return None
 
-    def _partner(self, stamp_ns, right):
+    def _partner(self, stamp_ns, frames):
         best, best_gap = None, None
-        for i, frame in enumerate(right):
+        for i, frame in enumerate(frames):
             gap = abs(frame.stamp_ns - stamp_ns)
             if gap <= self.slop_ns and (best_gap is None or gap < best_gap):
                 best, best_gap = i, gap
         return best
 
-    def _discard_older(self, left, li, right, ri):
-        """Remove the chosen pair and everything before it; count stale pairs vs. orphans."""
+    def _discard_before(self, li, ri):
+        """Remove the frames older than the pair at (li, ri); count stale pairs vs. orphans."""
+        left, right = self._buffers['left'], self._buffers['right']
         old_left = [left.popleft() for _ in range(li)]
-        left.popleft()
         old_right = [right.popleft() for _ in range(ri)]
-        right.popleft()
         paired, unpaired_right = 0, list(old_right)
         for frame in old_left:
             i = self._partner(frame.stamp_ns, unpaired_right)
