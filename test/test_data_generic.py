@@ -83,7 +83,9 @@ def test_cholec_instance_polygons(tmp_path):
     (vid / 'img_dir').mkdir(parents=True)
     (vid / 'ann_dir').mkdir()
     cv2.imwrite(str(vid / 'img_dir' / 'f0.png'), _frame())
-    square = lambda x, y: [[x, y], [x + 9, y], [x + 9, y + 9], [x, y + 9]]  # noqa: E731
+    def square(x, y):
+        return [[x, y], [x + 9, y], [x + 9, y + 9], [x, y + 9]]
+
     shapes = [{'label': 'grasper', 'group_id': 1, 'points': square(2, 2), 'shape_type': 'polygon'},
               {'label': 'grasper', 'group_id': 1, 'points': square(2, 30), 'shape_type': 'polygon'},
               {'label': 'hook', 'group_id': 1, 'points': square(40, 2), 'shape_type': 'polygon'},
@@ -102,8 +104,8 @@ def test_cholec_instance_polygons(tmp_path):
 def _sample(h=60, w=90):
     parts = np.zeros((h, w), np.uint8)
     parts[:, : w // 3] = 1
-    return dict(image=_frame(h, w), parts=parts, type=parts.copy(), binary=parts.copy(),
-                instance=parts.astype(np.uint16), name='x')
+    return {'image': _frame(h, w), 'parts': parts, 'type': parts.copy(), 'binary': parts.copy(),
+            'instance': parts.astype(np.uint16), 'name': 'x'}
 
 
 def test_prepare_sample_resizes_and_augments_consistently():
@@ -141,3 +143,14 @@ def test_shared_real_sets_when_present():
     assert len(ds) == 3 + 10
     s = ds[0]
     assert s['image'].shape == (480, 854, 3) and (s['binary'] == 1).any()
+
+
+def test_synth_spec_yields_contract_samples():
+    ds = build_dataset('synth:?frames=2&seed=3&size=64x96')
+    assert len(ds) == 2
+    s = ds[1]
+    assert s['image'].shape == (64, 96, 3) and s['image'].dtype == np.uint8
+    assert s['parts'].shape == s['type'].shape == s['binary'].shape == (64, 96)
+    assert s['instance'].dtype == np.uint16
+    with pytest.raises(DataError, match='HxW'):
+        build_dataset('synth:?frames=2&size=64')

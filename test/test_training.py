@@ -13,13 +13,24 @@ import torch
 from mffseg_ros.cli import main
 from mffseg_ros.model import load_weights, read_metadata
 from mffseg_ros.training import losses
-from mffseg_ros.training.config import DEFAULTS, ConfigError, load_config, resolve_specs
 from mffseg_ros.training.cli import add_arguments, build_config
+from mffseg_ros.training.config import DEFAULTS, ConfigError, load_config, resolve_specs
 from mffseg_ros.training.loader import training_samples
 from mffseg_ros.training.logs import read_csv
 from mffseg_ros.training.trainer import Trainer
+from mffseg_ros.training.validation import iou_summary
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope='module', autouse=True)
+def one_thread():
+    """Tiny tensors on a shared 2-core machine: one intra-op thread is several times faster than two
+    (no OpenMP spin-waiting against the other processes)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope='module')
@@ -94,7 +105,7 @@ def test_train_cli_writes_weights_csv_png_and_resume_is_exact(tiny_set, tmp_path
     common = ['train', '--data', tiny_set, '--iters', '3', '--batch-size', '2', '--train-size', '64', '64',
               '--workers', '0', '--set', 'log_every=1', '--set', 'checkpoint_every=100']
     straight = tmp_path / 'straight'
-    assert main(common + ['--out', str(straight)]) == 0
+    assert main(common + ['--out', str(straight), '--val', tiny_set]) == 0
     weights = straight / 'weights.safetensors'
     meta = read_metadata(weights)
     assert meta['tasks'] == {'parts': 4, 'type': 8}
@@ -102,6 +113,10 @@ def test_train_cli_writes_weights_csv_png_and_resume_is_exact(tiny_set, tmp_path
     assert meta['train_size'] == [64, 64] and meta['normalization']['mean'][0] == pytest.approx(0.485)
     assert meta['recipe']['lr'] == 1e-3 and meta['recipe']['aux_weight'] == 0.4
     assert meta['metrics']['iterations'] == 3 and meta['git_revision']
+    val = meta['metrics']['validation']
+    assert set(val) == {'parts', 'type', 'parts_as_binary', 'type_as_binary'}
+    assert set(val['type']['iou']) == {'background', 'prograsp_forceps'}  # only classes present
+    assert all(0 <= v['miou'] <= 1 for v in val.values())
     rows = read_csv(straight / 'train_log.csv')
     assert [int(r['iteration']) for r in rows] == [1, 2, 3]
     assert (straight / 'train_curves.png').read_bytes()[:4] == b'\x89PNG'
@@ -122,6 +137,14 @@ def test_train_cli_writes_weights_csv_png_and_resume_is_exact(tiny_set, tmp_path
     for (name, a), b in zip(model.state_dict().items(), again.state_dict().values()):
         assert torch.equal(a, b), name
     assert [int(r['iteration']) for r in read_csv(resumed / 'train_log.csv')] == [1, 2, 3]
+
+
+def test_iou_summary_by_hand():
+    cm = torch.tensor([[8, 2, 0], [1, 3, 0], [0, 0, 0]])  # rows: truth, columns: prediction
+    summary = iou_summary(cm, ['a', 'b', 'c'])
+    assert summary['iou'] == {'a': pytest.approx(8 / 11), 'b': pytest.approx(3 / 6)}  # c absent: not scored
+    assert summary['miou'] == pytest.approx((8 / 11 + 0.5) / 2)
+    assert iou_summary(torch.zeros(2, 2, dtype=torch.int64), ['a', 'b']) is None
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):

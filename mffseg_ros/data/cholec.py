@@ -104,5 +104,5 @@ class CholecInstanceSeg:
             binary[on] = 1
             instance[on] = ids[key]
         ignore = np.full((h, w), IGNORE, np.uint8)
-        return dict(image=image, parts=ignore, type=ignore.copy(), binary=binary, instance=instance,
-                    name=name)
+        return {'image': image, 'parts': ignore, 'type': ignore.copy(), 'binary': binary,
+                'instance': instance, 'name': name}

@@ -1,7 +1,7 @@
 """One entry point for every data set: `build_dataset(spec)` and the CLI form `parse_data_spec(text)`.
 
     endovis:/data/endovis17?videos=7,8          endovis:/data/endovis17?split=fold0-val
-    cholecseg8k:/path        cholec_instance:/path        synth:?frames=64&seed=3
+    cholecseg8k:/path        cholec_instance:/path        synth:?frames=64&seed=3&size=256x320
     folder:/images?masks=/masks&mapping=map.yaml&image_suffix=.png&mask_suffix=_mask.png
 
 Every kind also takes `stride=N` (every N-th frame) and `limit=N` (first N frames after the stride).
@@ -110,8 +110,22 @@ def _build(kind, opts, spec):
     if kind == 'cholec_instance':
         from mffseg_ros.data.cholec import CholecInstanceSeg
         return CholecInstanceSeg(_root(spec), **opts)
-    from mffseg_ros.data.synth import SynthDataset  # owned by the synthetic-scene generator
+    # synth: the synthetic-scene generator's data set, imported only when asked for
+    from mffseg_ros.data.synth import SynthDataset
+    if 'frames' in opts:
+        opts['length'] = opts.pop('frames')
+    if 'length' not in opts:
+        raise DataError(f'data spec {spec}: synth needs frames=N')
+    if isinstance(opts.get('size'), str):  # size=256x320 (H x W)
+        opts['size'] = _size(opts['size'], spec)
     return SynthDataset(**opts)
+
+
+def _size(text, spec):
+    h, sep, w = text.lower().partition('x')
+    if not (sep and h.isdigit() and w.isdigit()):
+        raise DataError(f'data spec {spec}: size {text!r} is not HxW, e.g. 256x320')
+    return int(h), int(w)
 
 
 def build_dataset(spec):

@@ -160,8 +160,8 @@ class EndoVis2017:
             if mask.shape != (h, w):
                 raise DataError(f'{path}: label size {mask.shape[1]}x{mask.shape[0]} != frame {w}x{h}')
             self._paint(mask, path, inst_id, tid, parts, types, binary, instance)
-        return dict(image=image, parts=parts, type=types, binary=binary, instance=instance,
-                    name=f'instrument_dataset_{video}/{name}')
+        return {'image': image, 'parts': parts, 'type': types, 'binary': binary, 'instance': instance,
+                'name': f'instrument_dataset_{video}/{name}'}
 
     @staticmethod
     def _paint(mask, path, inst_id, tid, parts, types, binary, instance):

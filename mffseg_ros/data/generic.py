@@ -93,5 +93,6 @@ class FolderDataset:
         if mask.shape != image.shape[:2]:
             raise DataError(f'{mask_path}: mask size {mask.shape[::-1]} != image size {image.shape[1::-1]}')
         labels = labels_from_mask(mask, self.luts)
-        return dict(image=image, parts=labels['parts'], type=labels['type'], binary=labels['binary'],
-                    instance=np.zeros(mask.shape, np.uint16), name=self.name_prefix + img_path.name)
+        return {'image': image, 'parts': labels['parts'], 'type': labels['type'],
+                'binary': labels['binary'], 'instance': np.zeros(mask.shape, np.uint16),
+                'name': self.name_prefix + img_path.name}

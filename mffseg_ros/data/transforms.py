@@ -9,7 +9,8 @@ import cv2
 import numpy as np
 
 from mffseg_ros.data.endovis import IGNORE
-from mffseg_ros.model.weights import DEFAULT_NORMALIZATION  # one definition for training and inference
+from mffseg_ros.model.weights import DEFAULT_NORMALIZATION  # shared with inference
+
 LABEL_KEYS = ('parts', 'type', 'binary', 'instance')
 
 

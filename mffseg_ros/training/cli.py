@@ -1,4 +1,5 @@
 """`mffseg train --config configs/X.yaml --out runs/NAME [--resume] [overrides]`."""
+import os
 from pathlib import Path
 
 from mffseg_ros.errors import MffsegError
@@ -66,5 +67,6 @@ def run(args):
         raise MffsegError(f'{out}: already holds a run; pass --resume to continue it or choose another --out')
     from mffseg_ros.training.trainer import Trainer
     path = Trainer(cfg, out, device=args.device, resume=args.resume).run()
-    print(path)
+    if int(os.environ.get('RANK', '0')) == 0:
+        print(path)
     return 0

@@ -79,7 +79,7 @@ def git_revision():
         rev = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=repo, capture_output=True, text=True,
                              timeout=10, check=True).stdout.strip()
         dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=repo,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+                               capture_output=True, text=True, timeout=10, check=False).stdout.strip()
         return rev + ('-dirty' if dirty else '')
     except (OSError, subprocess.SubprocessError):
         return 'unknown'

@@ -21,6 +21,7 @@ from mffseg_ros.training.checkpoint import load_checkpoint, save_checkpoint
 from mffseg_ros.training.config import resolve_specs
 from mffseg_ros.training.loader import evaluation_samples, training_samples
 from mffseg_ros.training.logs import CsvLog, git_revision, plot_curves
+from mffseg_ros.training.validation import validate
 
 log = logging.getLogger(__name__)
 WEIGHTS_FILE = 'weights.safetensors'
@@ -150,9 +151,10 @@ class Trainer:
         return total, terms, main, targets
 
     def disc_loss(self, main, targets):
-        with self._autocast():
-            d_real = self.disc_net(losses.ground_truth_probs(main, targets))
-            d_fake = self.disc_net(losses.prediction_probs(main).detach())
+        real = losses.ground_truth_probs(main, targets)
+        fake = losses.prediction_probs(main).detach()
+        with self._autocast():  # one forward for both halves: DDP expects one forward per backward
+            d_real, d_fake = self.disc_net(torch.cat([real, fake])).chunk(2)
         return losses.discriminator_loss(d_real, d_fake)
 
     def step(self, batch):
@@ -251,8 +253,7 @@ class Trainer:
         self.checkpoint()
         path = self.out / WEIGHTS_FILE
         if self.dist.main:
-            self._write_weights(path, train_specs, val_specs)
-            plot_curves(self.out / 'train_log.csv', self.out / 'train_curves.png', title=cfg['name'])
+            self._write_weights(path, train_specs, val_specs)  # curves were plotted by checkpoint()
             log.info('wrote %s (%d iterations)', path, self.iteration)
         self.dist.close()
         return path
@@ -266,38 +267,15 @@ class Trainer:
         if (self.out / 'train_log.csv').is_file():
             plot_curves(self.out / 'train_log.csv', self.out / 'train_curves.png', title=self.cfg['name'])
 
-    @torch.no_grad()
     def validate(self, val_specs):
-        """Data-set-wide (confusion matrix) IoU per class and mean over classes present, per task."""
         samples = evaluation_samples(self.cfg, val_specs)
         loader = torch.utils.data.DataLoader(samples, batch_size=int(self.recipe['batch_size']),
                                              num_workers=int(self.cfg['workers']))
-        self.model.eval()
-        confusion = {t: torch.zeros(c, c, dtype=torch.int64) for t, c in self.model.tasks.items()}
-        for batch in tqdm(loader, desc='validate', leave=False, disable=not self.dist.main):
-            with self._autocast():
-                out = self.model(batch['image'].to(self.device))['out']
-            for task, logits in self.model.split(out).items():
-                c = self.model.tasks[task]
-                pred = logits.argmax(1).cpu().flatten()
-                gt = batch[task].flatten()
-                keep = gt != losses.IGNORE
-                confusion[task] += torch.bincount(gt[keep] * c + pred[keep], minlength=c * c).view(c, c)
-        self.model.train()
-        result = {}
-        for task, cm in confusion.items():
-            inter = cm.diag().double()
-            union = cm.sum(0).double() + cm.sum(1).double() - inter
-            present = cm.sum(1) > 0
-            iou = torch.where(union > 0, inter / union.clamp(min=1), torch.nan)
-            if present.any():
-                names = TASK_CLASSES.get(task, [str(i) for i in range(len(iou))])
-                result[task] = {'iou': {n: float(v) for n, v, p in zip(names, iou, present) if p},
-                                'miou': float(iou[present].mean())}
+        result = validate(self.model, loader, self.device, self._autocast, progress=self.dist.main)
         self.metrics['validation'] = result
         self.metrics['validation_iteration'] = self.iteration
         if self.dist.main:
-            log.info('validation at %d: %s', self.iteration,
+            log.info('validation at %d: mIoU %s', self.iteration,
                      {t: round(v['miou'], 4) for t, v in result.items()})
         return result
 
