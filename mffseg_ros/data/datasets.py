@@ -116,15 +116,17 @@ def _build(kind, opts, spec):
         opts['length'] = opts.pop('frames')
     if 'length' not in opts:
         raise DataError(f'data spec {spec}: synth needs frames=N')
-    if isinstance(opts.get('size'), str):  # size=256x320 (H x W)
+    if 'size' in opts:  # size=256x320 (H x W) in a spec string, [H, W] in a config
         opts['size'] = _size(opts['size'], spec)
     return SynthDataset(**opts)
 
 
-def _size(text, spec):
-    h, sep, w = text.lower().partition('x')
+def _size(value, spec):
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        return int(value[0]), int(value[1])
+    h, sep, w = str(value).lower().partition('x')
     if not (sep and h.isdigit() and w.isdigit()):
-        raise DataError(f'data spec {spec}: size {text!r} is not HxW, e.g. 256x320')
+        raise DataError(f'data spec {spec}: size {value!r} is not HxW, e.g. 256x320')
     return int(h), int(w)
 
 
