@@ -38,7 +38,8 @@ class Effects:
         s = strength
         return cls(gains=tuple(1 + rng.uniform(-0.12, 0.12, 3) * s), gamma=float(1 + rng.uniform(-0.2, 0.2) * s),
                    vignette=float(rng.uniform(0.1, 0.6)),
-                   blur_sigma=float(rng.uniform(0.5, 2.5)) if on(0.3) else 0.0,
+                   # Optics are never pixel-sharp (this also anti-aliases the tool edges); sometimes defocus.
+                   blur_sigma=float(rng.uniform(1.2, 3.0) if on(0.3) else rng.uniform(0.5, 0.9) * s),
                    haze=float(rng.uniform(0.15, 0.6)) if on(0.2) else 0.0,
                    smoke_rgb=tuple(rng.uniform(0.7, 0.95) * (1 + rng.uniform(-0.05, 0.05, 3))),
                    glare=float(rng.uniform(0.3, 0.9)) if on(0.2) else 0.0,

@@ -63,29 +63,37 @@ def intersect_capsules(origin, dirs, caps):
         disc = qb * qb - qa * col(baba * oaoa - baoa * baoa - r * r * baba)
         t = (-qb - np.sqrt(disc)) / qa
         y = col(baoa) + t * bard
-        t = np.where((y > 0) & (y < col(baba)) & (t > 0), t, np.float32(np.inf))  # NaN = missed
-        # Spherical end caps; a cap is never entered before the capsule itself, so min() is safe.
-        for end in (a, a + ba):
-            oc = origin - end
-            b = dot(oc)
-            ts = -b - np.sqrt(b * b - col((oc * oc).sum(1) - r * r))
-            np.minimum(t, np.where(ts > 0, ts, np.float32(np.inf)), out=t)
-    if len(caps) == 1:
+        on_side = (y > 0) & (y < col(baba)) & (t > 0)  # NaN (missed) compares False
+        # Rays that reach an infinite cylinder beyond its ends may hit a spherical end cap: few pixels.
+        kk, nn = np.nonzero(~on_side & (disc >= 0))
+        t = np.where(on_side, t, np.float32(np.inf))
+        if len(kk):
+            rx, ry, rz = dx[nn], dy[nn], dz[nn]
+            best = t[kk, nn]
+            for end in (a, a + ba):
+                oc = (origin - end)[kk].astype(np.float32)
+                b = rx * oc[:, 0] + ry * oc[:, 1] + rz * oc[:, 2]
+                ts = -b - np.sqrt(b * b - ((oc * oc).sum(1) - (r * r)[kk].astype(np.float32)))
+                best = np.where(ts > 0, np.minimum(best, ts), best)  # NaN where the sphere is missed
+            t[kk, nn] = best
+    a32, ba32 = a.astype(np.float32), ba.astype(np.float32)
+    per_cap = np.stack([1 / baba, 1 / r, np.sqrt(baba), [c.s0 for c in caps]]).astype(np.float32)
+    if len(caps) == 1:  # scalars broadcast: no gathers
         k = np.zeros(len(dx), np.intp)
         t = t[0]
+        pick = lambda v: v[0]  # noqa: E731
     else:
         k = np.argmin(t, axis=0)
         t = t[k, np.arange(len(dx))]
-    tt = np.where(np.isfinite(t), t, 0)
+        pick = lambda v: np.take(v, k)  # noqa: E731
+    tt = np.where(np.isfinite(t), t, np.float32(0))
     hit = [np.float32(origin[i]) + d * tt for i, d in enumerate((dx, dy, dz))]
-    rel = [hit[i] - a[k, i].astype(np.float32) for i in range(3)]
-    bak = ba[k].astype(np.float32)
-    axial = np.clip((rel[0] * bak[:, 0] + rel[1] * bak[:, 1] + rel[2] * bak[:, 2]) / baba[k].astype(np.float32),
-                    0.0, 1.0)
-    inv_r = (1 / r[k]).astype(np.float32)
-    normal = [(rel[i] - axial * bak[:, i]) * inv_r for i in range(3)]
-    s0 = np.array([c.s0 for c in caps], np.float32)
-    return t, k, hit, normal, s0[k] + axial * np.sqrt(baba[k]).astype(np.float32)
+    rel = [hit[i] - pick(a32[:, i]) for i in range(3)]
+    bak = [pick(ba32[:, i]) for i in range(3)]
+    inv_baba, inv_r, length, s0 = (pick(v) for v in per_cap)
+    axial = np.clip((rel[0] * bak[0] + rel[1] * bak[1] + rel[2] * bak[2]) * inv_baba, 0.0, 1.0)
+    normal = [(rel[i] - axial * bak[i]) * inv_r for i in range(3)]
+    return t, k, hit, normal, s0 + axial * length
 
 
 def rotate(v, axis, angle):

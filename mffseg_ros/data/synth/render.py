@@ -100,8 +100,8 @@ def render_instruments(rig, side, image, zbuf, labels, instruments, rgb_jitter=1
     zflat, rgb = zbuf.reshape(-1), image.reshape(-1, 3)
     parts, types, instances = (labels[k].reshape(-1) for k in ('parts', 'type', 'instance'))
     for inst, caps in instruments:
-        # Ray-casting groups of similar size (fewer wasted ray-capsule tests): shaft, wrist, jaws.
-        for group in ([c for c in caps if c.look == look] for look in (0, 1, 2)):
+        # One ray-casting pass per material (shaft, wrist, jaws): capsules of similar size, one shading.
+        for group in ([c for c in caps if c.look == look] for look in sorted({c.look for c in caps})):
             pix = _candidate_pixels(rig, planes, origin, group) if group else None
             if pix is None or len(pix[0]) == 0:
                 continue
@@ -115,15 +115,13 @@ def render_instruments(rig, side, image, zbuf, labels, instruments, rgb_jitter=1
             win = np.flatnonzero(np.isfinite(t) & (hit[2] < zflat[idx]))
             if not len(win):
                 continue
-            idx, k = idx[win], k[win]
+            idx = idx[win]
             depth = hit[2][win]
             zflat[idx] = depth
-            parts[idx] = np.array([c.part for c in group], np.uint8)[k]
+            part_ids = {c.part for c in group}
+            parts[idx] = part_ids.pop() if len(part_ids) == 1 else np.array([c.part for c in group], np.uint8)[k[win]]
             types[idx] = inst.type_id
             instances[idx] = inst.instance_id
-            looks = np.array([c.look for c in group])[k]
-            for look in np.unique(looks):
-                sel = looks == look
-                colour = _shade(inst.materials[look], [d[win][sel] for d in dirs], [n[win][sel] for n in normal],
-                                s[win][sel], depth[sel], rgb_jitter)
-                rgb[idx[sel]] = np.clip(colour * 255 + 0.5, 0, 255).astype(np.uint8)
+            colour = _shade(inst.materials[group[0].look], [d[win] for d in dirs], [n[win] for n in normal],
+                            s[win], depth, rgb_jitter)
+            rgb[idx] = np.clip(colour * 255 + 0.5, 0, 255).astype(np.uint8)

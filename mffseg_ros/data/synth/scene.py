@@ -47,7 +47,7 @@ class StereoFrame:
 class _Episode:
     texture_id: int
     t0: float
-    pan: tuple  # (start_x, start_y, Wave x, Wave y)
+    pan: tuple  # (start_x, start_y, Wave x, Wave y, flip_x, flip_y)
     instruments: list
     effects: Effects
     smoke_id: int
@@ -62,7 +62,7 @@ class SceneGenerator:
     Bad arguments raise DataError."""
 
     def __init__(self, rig=None, *, seed=0, num_instruments=(1, 3), types=None, canvas='random',
-                 effects=1.0, episode_length=300, texture_pool=8, tissue_depth=(0.085, 0.16)):
+                 effects=1.0, episode_length=300, texture_pool=12, tissue_depth=(0.085, 0.16)):
         self.rig = rig if rig is not None else StereoRig.endovis_like(scale=0.5)
         lo, hi = (num_instruments, num_instruments) if np.isscalar(num_instruments) else num_instruments
         if not 0 <= lo <= hi:
@@ -154,7 +154,8 @@ class SceneGenerator:
                        for k in range(n)]
         pan = (rng.uniform(0, self._pan[0]), rng.uniform(0, self._pan[1]),
                Wave(rng, periods=(150, 500), amplitude=0.5 * self._pan[0]),
-               Wave(rng, periods=(150, 500), amplitude=0.5 * self._pan[1]))
+               Wave(rng, periods=(150, 500), amplitude=0.5 * self._pan[1]),
+               bool(rng.integers(2)), bool(rng.integers(2)))
         effects = Effects.random(rng, canvas=self.canvas, strength=self.effects_strength)
         t0 = float(rng.uniform(0, 1000))
         return _Episode(texture_id, t0, pan, instruments, effects, int(rng.integers(4)))
@@ -172,13 +173,21 @@ class SceneGenerator:
         """[(instance_id, type_id, xyz)] of frame i without rendering it (cheap)."""
         return [(inst.instance_id, inst.type_id, tuple(float(v) for v in tip)) for inst, _, tip in self._pose(i)[2]]
 
-    def _render_eye(self, i, side, ep, t, posed):
-        tex = self._texture(ep.texture_id)
-        sx, sy, wave_x, wave_y = ep.pan
+    def _view_to_canvas(self, ep, t):
+        """2x3 affine from left-view pixels to tissue canvas pixels: a slow pan, and the episode's flips
+        (four tissues out of each cached texture)."""
+        sx, sy, wave_x, wave_y, flip_x, flip_y = ep.pan
         ox = float(np.clip(sx + wave_x(t), 0, self._pan[0]))
         oy = float(np.clip(sy + wave_y(t), 0, self._pan[1]))
+        hc, wc = self._canvas
+        fx, fy = (-1.0 if flip_x else 1.0), (-1.0 if flip_y else 1.0)
+        return np.float32([[fx, 0, (wc - 1 if flip_x else 0) + fx * ox],
+                           [0, fy, (hc - 1 if flip_y else 0) + fy * oy]])
+
+    def _render_eye(self, i, side, ep, t, posed):
+        tex = self._texture(ep.texture_id)
         smoke = self._smoke(ep.smoke_id) if ep.effects.haze else None
-        image, depth, eye_smoke = self._tissue(tex, side, ox, oy, smoke)
+        image, depth, eye_smoke = self._tissue(tex, side, self._view_to_canvas(ep, t), smoke)
         labels = {'parts': np.zeros(self.rig.size, np.uint8), 'type': np.zeros(self.rig.size, np.uint8),
                   'instance': np.zeros(self.rig.size, np.uint16)}
         render_instruments(self.rig, side, image, depth, labels, [(inst, caps) for inst, caps, _ in posed])
@@ -212,32 +221,33 @@ class SceneGenerator:
         return dict(image=image, parts=labels['parts'], type=labels['type'], binary=labels['binary'],
                     instance=labels['instance'], name=f'synth_s{self.seed}_{i:07d}_{side}')
 
-    def _tissue(self, tex, side, ox, oy, smoke):
+    def _tissue(self, tex, side, view_to_canvas, smoke):
         """Tissue colour, depth (HxW float32 m) and smoke density seen by one eye.
 
-        The left eye sees canvas pixel (u + ox, v + oy). A right pixel u_r sees the tissue point whose
-        left pixel u_l satisfies u_l - disparity(depth(u_l)) = u_r: a fixed point, solved on the coarse
-        grid (the depth field is smooth, so it converges in a few steps) and upsampled."""
+        The left eye sees canvas point view_to_canvas @ (u, v, 1) (a pan, maybe flipped). A right pixel
+        u_r sees the tissue point whose left pixel u_l satisfies u_l - disparity(depth(u_l)) = u_r: a
+        fixed point, solved on the coarse grid (depth is smooth: a few steps converge) and upsampled."""
         h, w = self.rig.size
         k = DEPTH_DOWNSAMPLE
-        up = np.float32([[1 / k, 0, 0], [0, 1 / k, 0]])  # dst(u, v) = coarse(u / k, v / k)
-        flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+        M = view_to_canvas
+        flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP  # dst(u, v) = src(M @ (u, v, 1))
         if side == 'left':
-            shift = np.float32([[1, 0, ox], [0, 1, oy]])
-            colour = cv2.warpAffine(tex.colour, shift, (w, h), flags=flags, borderMode=cv2.BORDER_REFLECT)
-            depth = cv2.warpAffine(tex.depth_small, np.float32([[1 / k, 0, ox / k], [0, 1 / k, oy / k]]), (w, h),
-                                   flags=flags, borderMode=cv2.BORDER_REPLICATE)
-            density = None if smoke is None else cv2.warpAffine(smoke, shift, (w, h), flags=flags,
+            colour = cv2.warpAffine(tex.colour, M, (w, h), flags=flags, borderMode=cv2.BORDER_REFLECT)
+            depth = cv2.warpAffine(tex.depth_small, M / k, (w, h), flags=flags, borderMode=cv2.BORDER_REPLICATE)
+            density = None if smoke is None else cv2.warpAffine(smoke, M, (w, h), flags=flags,
                                                                 borderMode=cv2.BORDER_REFLECT)
             return colour, depth, density
         fb = self.rig.fx * self.rig.baseline
         xx, yy = self._coarse_grid
-        base_x, map_y = xx + ox, yy + oy
-        guess = base_x
+        canvas_y = M[1, 1] * yy + M[1, 2]
+        u_left = xx
         for _ in range(4):
-            z = cv2.remap(tex.depth_small, guess / k, map_y / k, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-            guess = base_x + fb / z
-        coarse_maps = cv2.merge([guess, map_y, z])
+            canvas_x = M[0, 0] * u_left + M[0, 2]
+            z = cv2.remap(tex.depth_small, canvas_x / k, canvas_y / k, cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_REPLICATE)
+            u_left = xx + fb / z
+        coarse_maps = cv2.merge([M[0, 0] * u_left + M[0, 2], canvas_y, z]).astype(np.float32)
+        up = np.float32([[1 / k, 0, 0], [0, 1 / k, 0]])  # full(u, v) = coarse(u / k, v / k)
         full = cv2.warpAffine(coarse_maps, up, (w, h), flags=flags, borderMode=cv2.BORDER_REPLICATE)
         map_x, map_y, depth = cv2.split(full)
         colour = cv2.remap(tex.colour, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
