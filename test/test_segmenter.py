@@ -57,6 +57,15 @@ def test_aux_branch(weights):
     assert s.segment(np.zeros((64, 80, 3), np.uint8)).type.shape == (64, 80)
 
 
+def test_default_size_fits_the_training_frame(tmp_path):
+    path = save_weights(tmp_path / 't.safetensors', MFFNet(tasks={'binary': 2}), {'train_size': [256, 320]})
+    s = Segmenter.load(path, device='cpu')
+    assert s.network_size(1024, 1280) == (256, 320)   # EndoVis / dVRK
+    assert s.network_size(480, 640) == (256, 320)     # AMBF: 240 rounds up to 256
+    assert s.network_size(512, 640) == (256, 320)
+    assert Segmenter.load(path, device='cpu', input_scale=0.5).network_size(1024, 1280) == (512, 640)
+
+
 def test_network_size_rounding():
     assert network_size(1024, 1280, input_scale=0.5) == (512, 640)
     assert network_size(480, 640, input_scale=1.0) == (480, 640)

@@ -89,9 +89,14 @@ class Segmenter:
         self.task_slices = dict(model.task_slices)
         self.class_names = {t: list(metadata.get('class_names', {}).get(t, TASK_CLASSES.get(t, ())))
                             for t in self.tasks}
-        self.input_scale = metadata.get('input_scale', 0.5) if input_scale is None else input_scale
+        # Without an explicit scale or size, frames are resized to about the training frame size
+        # (whatever the camera's resolution: the model was trained on whole frames of that size).
+        self.train_size = metadata.get('train_size')
+        if input_scale is None and not self.train_size:
+            input_scale = metadata.get('input_scale', 0.5)
+        self.input_scale = input_scale
         self.input_size = input_size
-        network_size(64, 64, input_scale=self.input_scale, input_size=input_size)  # validates both
+        network_size(64, 64, input_scale=input_scale, input_size=input_size)  # validates both
         norm = metadata.get('normalization', default_metadata(model)['normalization'])
         self._mean = torch.tensor(norm['mean'], device=self.device).view(1, 3, 1, 1) * 255
         self._std = torch.tensor(norm['std'], device=self.device).view(1, 3, 1, 1) * 255
@@ -134,13 +139,21 @@ class Segmenter:
                    input_size=input_size, backend=backend, weights_path=path, **backend_options)
 
     def describe(self):
-        size = ('x'.join(map(str, self.input_size)) if self.input_size else f'scale {self.input_scale}')
+        if self.input_size:
+            size = 'x'.join(map(str, self.input_size))
+        elif self.input_scale is not None:
+            size = f'scale {self.input_scale}'
+        else:
+            size = 'fit {}x{}'.format(*self.train_size)
         src = self.weights_path.name if self.weights_path else 'random init'
         return (f'MFFNet[{"+".join(self.tasks)}] {self.branch} branch, input {size}, {self.device.type} '
                 f'{self.precision}, backend {self.backend_name}, weights {src}')
 
     def network_size(self, height, width):
-        return network_size(height, width, input_scale=self.input_scale, input_size=self.input_size)
+        scale = self.input_scale
+        if scale is None and self.input_size is None:
+            scale = min(self.train_size[0] / height, self.train_size[1] / width)
+        return network_size(height, width, input_scale=scale, input_size=self.input_size)
 
     # --- pipeline -------------------------------------------------------------------------------
     @staticmethod
