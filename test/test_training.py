@@ -164,6 +164,10 @@ def test_committed_configs_load():
         cfg = load_config(path)
         assert cfg['recipe']['lr'] == 1e-3 and cfg['recipe']['disc_lr'] == 1.5e-4
         assert cfg['recipe']['poly_power'] == 0.9 and cfg['recipe']['weight_decay'] == 5e-4
+        if path.name.startswith('endovis17_'):  # paper-faithful: one task, the one in the name
+            assert list(cfg['tasks']) == [path.name.split('_')[1]]
+            assert cfg['recipe']['aux'] and cfg['recipe']['adversarial']
+    assert load_config(REPO / 'configs' / 'default_multitask.yaml')['tasks'] == {'parts': 4, 'type': 8}
     with pytest.raises(ConfigError, match='unknown key'):
         load_config(configs[0], overrides=['recipe.itres=5'])
     assert load_config(configs[0], overrides=['recipe.iters=5'])['recipe']['iters'] == 5

@@ -38,10 +38,13 @@ class ConfigError(MffsegError):
     """A training config is missing, unreadable or has a bad value."""
 
 
+MERGED_SECTIONS = ('data', 'augment', 'recipe')  # other values (tasks, normalization) are replaced whole
+
+
 def _merge(base, update):
     out = copy.deepcopy(base)
     for key, value in (update or {}).items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        if key in MERGED_SECTIONS and isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = _merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)

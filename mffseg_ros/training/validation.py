@@ -45,7 +45,10 @@ def validate(model, loader, device, autocast, progress=True):
     result = {}
     for task in model.tasks:
         names = TASK_CLASSES.get(task, [str(i) for i in range(model.tasks[task])])
-        for key, cm, n in ((task, cms[task], names), (f'{task}_as_binary', binary_cms[task], TASK_CLASSES['binary'])):
+        scored = [(task, cms[task], names)]
+        if task != 'binary':
+            scored.append((f'{task}_as_binary', binary_cms[task], TASK_CLASSES['binary']))
+        for key, cm, n in scored:
             summary = iou_summary(cm, n)
             if summary is not None:
                 result[key] = summary
