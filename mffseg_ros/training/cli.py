@@ -62,6 +62,8 @@ def build_config(args):
 
 def run(args):
     cfg = build_config(args)
+    if args.config is None and args.out:  # no config file: the run is named after its folder
+        cfg['name'] = Path(args.out).name
     out = Path(args.out or Path('runs') / cfg['name'])
     if not args.resume and (out / 'checkpoint' / 'state.json').is_file():
         raise MffsegError(f'{out}: already holds a run; pass --resume to continue it or choose another --out')
