@@ -7,10 +7,11 @@
 Parameters come from `params_file` (default: config/<preset>.yaml); the other arguments, when
 given, override the file's values.
 """
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
+
+from launch import LaunchDescription
 
 PRESETS = ('segment', 'dvrk', 'ambf', 'raven', 'endovis_bag')
 # launch argument -> (node parameter, type); an empty argument leaves the file's value alone.

@@ -16,12 +16,12 @@ import pytest
 launch_ros = pytest.importorskip('launch_ros', reason='launch_ros (ROS 2) is not installed: it has no pip wheel')
 launch = pytest.importorskip('launch', reason='launch (ROS 2) is not installed: it has no pip wheel')
 
-import rclpy  # noqa: E402
-from launch.actions import IncludeLaunchDescription, RegisterEventHandler  # noqa: E402
-from launch.event_handlers import OnProcessExit, OnProcessIO  # noqa: E402
-from launch.launch_description_sources import PythonLaunchDescriptionSource  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
-from rclpy.parameter_client import AsyncParameterClient  # noqa: E402
+import rclpy
+from launch.actions import IncludeLaunchDescription, RegisterEventHandler
+from launch.event_handlers import OnProcessExit, OnProcessIO
+from launch.launch_description_sources import PythonLaunchDescriptionSource
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.parameter_client import AsyncParameterClient
 
 LAUNCH_FILE = Path(__file__).resolve().parent.parent / 'launch' / 'segment.launch.py'
 START_TIMEOUT_S = 60.0
@@ -60,7 +60,7 @@ def _launch(arguments, watcher=None):
     """Runs the launch file until it ends or `watcher(service)` shuts it down;
     returns (exit codes, the node's output)."""
     exit_codes, output = [], []
-    collect = lambda event: output.append(event.text.decode(errors='replace'))  # noqa: E731
+    collect = lambda event: output.append(event.text.decode(errors='replace'))
     description = launch.LaunchDescription([
         IncludeLaunchDescription(PythonLaunchDescriptionSource(str(LAUNCH_FILE)),
                                  launch_arguments=list(arguments.items())),

@@ -97,7 +97,7 @@ def stereo_pubs(ros, ns, reliability='reliable'):
 
 
 def test_outputs_carry_the_input_header_at_input_resolution(ros, start):
-    node, ns = start(stereo=True)
+    _node, ns = start(stereo=True)
     labels = ros.collect(f'{ns}/mffseg/labels', Image)
     parts = ros.collect(f'{ns}/mffseg/parts', Image)
     tips = ros.collect(f'{ns}/mffseg/tips', PointCloud2)
@@ -115,7 +115,7 @@ def test_outputs_carry_the_input_header_at_input_resolution(ros, start):
 
 
 def test_mask_topics_only_for_present_types(ros, start):
-    node, ns = start(stereo=False)
+    _node, ns = start(stereo=False)
     names = TASK_CLASSES['type']
     masks = {t: ros.collect(f'{ns}/mffseg/masks/{names[t]}', Image) for t in range(1, len(names))}
     labels = ros.collect(f'{ns}/mffseg/labels', Image)
@@ -139,7 +139,7 @@ def test_mask_topics_only_for_present_types(ros, start):
 
 
 def test_frame_id_parameter_fills_an_empty_input_frame_id(ros, start):
-    node, ns = start(stereo=False, frame_id='cameraL')
+    _node, ns = start(stereo=False, frame_id='cameraL')
     labels = ros.collect(f'{ns}/mffseg/labels', Image)
     left = ros.publisher(f'{ns}/stereo/left/image_raw', Image)
     assert ros.wait_matched(left)
@@ -153,19 +153,19 @@ def test_frame_id_parameter_fills_an_empty_input_frame_id(ros, start):
 
 @pytest.mark.parametrize('fmt,ext', [('rgb8; jpeg compressed bgr8', '.jpg'), ('png', '.png')])
 def test_compressed_input(ros, start, fmt, ext):
-    node, ns = start(stereo=False, use_compressed=True)
+    _node, ns = start(stereo=False, use_compressed=True)
     labels = ros.collect(f'{ns}/mffseg/labels', Image)
     pub = ros.publisher(f'{ns}/stereo/left/image_raw/compressed', CompressedImage)
     assert ros.wait_matched(pub)
     header, stamp = stamp_header()
-    ok, data = cv2.imencode(ext, cv2.cvtColor(frame(), cv2.COLOR_RGB2BGR))
+    _, data = cv2.imencode(ext, cv2.cvtColor(frame(), cv2.COLOR_RGB2BGR))
     pub.publish(CompressedImage(header=header, format=fmt, data=data.tobytes()))
     assert ros.wait_for(lambda: labels.stamped(stamp))
     assert conversions.image_to_array(labels.stamped(stamp)[0]).shape == (H, W)
 
 
 def test_best_effort_node_receives_reliable_and_best_effort_publishers(ros, start):
-    node, ns = start(stereo=False)  # input_reliability: best_effort (the default)
+    _node, ns = start(stereo=False)  # input_reliability: best_effort (the default)
     labels = ros.collect(f'{ns}/mffseg/labels', Image)
     for reliability in ('reliable', 'best_effort'):
         pub = ros.publisher(f'{ns}/stereo/left/image_raw', Image, reliability)
@@ -176,7 +176,7 @@ def test_best_effort_node_receives_reliable_and_best_effort_publishers(ros, star
 
 
 def test_reliable_node_matches_only_reliable_publishers(ros, start):
-    node, ns = start(stereo=False, input_reliability='reliable')
+    _node, ns = start(stereo=False, input_reliability='reliable')
     labels = ros.collect(f'{ns}/mffseg/labels', Image)
     reliable = ros.publisher(f'{ns}/stereo/left/image_raw', Image, 'reliable')
     best_effort = ros.publisher(f'{ns}/stereo/left/image_raw', Image, 'best_effort')

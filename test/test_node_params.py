@@ -134,7 +134,7 @@ def test_a_rejected_change_is_never_half_applied(running):
 
 
 def test_class_names_are_read_only_parameters(running):
-    node, client, call = running
+    _node, client, call = running
     result = call(client.get_parameters(['classes.type', 'classes.parts']))
     assert list(result.values[0].string_array_value) == list(TASK_CLASSES['type'])
     assert list(result.values[1].string_array_value) == list(TASK_CLASSES['parts'])
@@ -147,7 +147,7 @@ def test_node_exits_2_with_one_line_on_missing_weights():
     """The entry point as users run it, in a fresh process (one only: importing torch is slow)."""
     proc = subprocess.run([sys.executable, '-m', 'mffseg_ros.ros.segment_node', '--ros-args',
                            '-p', 'weights:=/nonexistent/model.safetensors', '-p', 'device:=cpu'],
-                          capture_output=True, text=True, timeout=120)
+                          check=False, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if 'error' in line]
     assert len(errors) == 1 and '/nonexistent/model.safetensors' in errors[0], proc.stderr

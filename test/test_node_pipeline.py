@@ -23,7 +23,7 @@ def project(P, xyz):
 
 
 def _pt(uv):
-    return tuple(int(round(c * (1 << SHIFT))) for c in uv)
+    return tuple(round(c * (1 << SHIFT)) for c in uv)
 
 
 def draw_instrument(type_map, parts_map, type_id, tip_uv, toward_uv, parts=('shaft', 'wrist', 'claspers')):
@@ -32,9 +32,11 @@ def draw_instrument(type_map, parts_map, type_id, tip_uv, toward_uv, parts=('sha
     tip_uv, toward_uv = np.asarray(tip_uv, float), np.asarray(toward_uv, float)
     direction = (toward_uv - tip_uv) / np.linalg.norm(toward_uv - tip_uv)
     wrist_uv = tip_uv + 9 * direction
-    layers = {'shaft': (PART_SHAFT, lambda img, v: cv2.line(img, _pt(wrist_uv), _pt(toward_uv), v, 9, cv2.LINE_8, SHIFT)),
-              'wrist': (PART_WRIST, lambda img, v: cv2.circle(img, _pt(wrist_uv), 5 << SHIFT, v, -1, cv2.LINE_8, SHIFT)),
-              'claspers': (PART_CLASPERS, lambda img, v: cv2.circle(img, _pt(tip_uv), 4 << SHIFT, v, -1, cv2.LINE_8, SHIFT))}
+    layers = {
+        'shaft': (PART_SHAFT, lambda img, v: cv2.line(img, _pt(wrist_uv), _pt(toward_uv), v, 9, cv2.LINE_8, SHIFT)),
+        'wrist': (PART_WRIST, lambda img, v: cv2.circle(img, _pt(wrist_uv), 5 << SHIFT, v, -1, cv2.LINE_8, SHIFT)),
+        'claspers': (PART_CLASPERS, lambda img, v: cv2.circle(img, _pt(tip_uv), 4 << SHIFT, v, -1, cv2.LINE_8, SHIFT)),
+    }
     for name in ('shaft', 'wrist', 'claspers'):
         if name in parts:
             part_id, draw = layers[name]

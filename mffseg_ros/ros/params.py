@@ -6,8 +6,7 @@ subscriptions); the rest can be changed at run time and are validated as a whole
 import re
 from dataclasses import dataclass, fields, replace
 
-from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
-                                ParameterType)
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
 
 from mffseg_ros import topics
 from mffseg_ros.errors import MffsegError

@@ -4,11 +4,8 @@ Kept separate from the node so it can be checked on exact label maps (known tips
 stereo) while the node's own tests check the plumbing with the real network.
 """
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
-
-IGNORE = 255
 
 
 @dataclass
@@ -16,7 +13,7 @@ class LabelMaps:
     """The fields of a SegmentationResult the post-processing needs (any object with them works)."""
     type: np.ndarray
     parts: np.ndarray
-    confidence: Optional[np.ndarray] = None
+    confidence: np.ndarray | None = None
 
 
 def present_types(type_map, num_types):
