@@ -1,0 +1,368 @@
+"""`mffseg demo`: the whole pipeline on a synthetic stereo bag, the way a lab runs it next to a robot.
+
+1. generate (or reuse) a synthetic stereo bag with exact ground truth (labels, 3-D tips);
+2. start the segment node with the default configuration (its own process, like `ros2 launch`);
+3. replay the bag through it over DDS;
+4. subscribe to its outputs like a downstream tool tracker, print each frame's tips (2-D and 3-D);
+5. summarise: frames, processed rate, latency, Dice against ground truth, 3-D tip error; write a
+   contact sheet of overlays, an overlay video and summary.json into the results folder.
+"""
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mffseg_ros import topics
+from mffseg_ros.errors import MffsegError
+from mffseg_ros.model.classes import TASK_CLASSES
+from mffseg_ros.paths import share_file
+
+log = logging.getLogger(__name__)
+NODE_TOPIC = '/mffseg'
+INPUT_TOPICS = [topics.LEFT_INFO, topics.RIGHT_INFO, topics.LEFT_IMAGE, topics.RIGHT_IMAGE]
+
+
+def add_arguments(p):
+    p.add_argument('--out', type=Path, default=Path('results/demo'), help='results folder (default: %(default)s)')
+    p.add_argument('--frames', type=int, default=40, help='frames in the synthetic bag (default: %(default)s)')
+    p.add_argument('--size', default='512x640', help='frame size HxW (default: %(default)s)')
+    p.add_argument('--rate', type=float, default=5.0, help='camera frame rate in Hz (default: %(default)s)')
+    p.add_argument('--seed', type=int, default=7, help='scene seed (default: %(default)s)')
+    p.add_argument('--device', default='auto', help='auto, cpu or cuda[:N] (default: %(default)s)')
+    p.add_argument('--weights', default='', help="weights file ('' = the shipped default)")
+    p.add_argument('--in-process', action='store_true',
+                   help='run the node inside this process instead of its own (for tests and debugging)')
+    p.add_argument('--quiet', action='store_true', help='no per-frame lines')
+
+
+def run(args):
+    match = re.fullmatch(r'(\d+)[xX](\d+)', args.size)
+    if not match:
+        raise MffsegError(f'--size must be HxW, e.g. 512x640, got {args.size!r}')
+    if args.frames < 1 or not args.rate > 0:
+        raise MffsegError('--frames must be >= 1 and --rate > 0')
+    summary = run_demo(args.out, frames=args.frames, size=(int(match[1]), int(match[2])), rate=args.rate,
+                       seed=args.seed, device=args.device, weights=args.weights,
+                       in_process=args.in_process, verbose=not args.quiet)
+    return 0 if summary['frames_processed'] > 0 else 1
+
+
+# ----------------------------------------------------------------------------------- the bag
+def ensure_bag(path, *, frames, size, seed, rate):
+    """Reuses the bag at `path` when it was made with the same settings, else (re)writes it."""
+    from mffseg_ros.tools.bag_cli import write_synth_bag
+    from mffseg_ros.tools.bags import bag_info
+
+    want = {'mffseg.source': 'synth', 'mffseg.seed': seed, 'mffseg.size': f'{size[0]}x{size[1]}',
+            'mffseg.rate_hz': rate}
+    if (path / 'metadata.yaml').is_file():
+        try:
+            info = bag_info(path)
+            same = all(str(info['custom_data'].get(k)) == str(v) for k, v in want.items())
+            if same and info['topics'].get(topics.LEFT_IMAGE, (None, 0))[1] == frames:
+                print(f'[demo] reusing {path}')
+                return path
+        except MffsegError:
+            pass
+    print(f'[demo] writing a synthetic stereo bag: {frames} frames {size[0]}x{size[1]} at {rate:g} Hz -> {path}')
+    write_synth_bag(path, frames=frames, size=size, seed=seed, rate=rate, overwrite=True)
+    return path
+
+
+def ground_truth(path):
+    """{stamp_ns: {'type', 'parts', 'tips'}} of the bag's left ground truth."""
+    from mffseg_ros.tools.bags import cloud_points, image_array, read_bag
+
+    gt = {}
+    keys = {topics.GT_TYPE: 'type', topics.GT_PARTS: 'parts', topics.GT_TIPS: 'tips'}
+    for topic, stamp, msg in read_bag(path, topics=list(keys)):
+        gt.setdefault(stamp, {})[keys[topic]] = cloud_points(msg) if topic == topics.GT_TIPS else image_array(msg)
+    return gt
+
+
+# ----------------------------------------------------------------------------------- scoring
+def dice(a, b):
+    total = a.sum() + b.sum()
+    return 1.0 if total == 0 else float(2 * np.logical_and(a, b).sum() / total)
+
+
+def score_frame(labels, parts, tips, gt, match_px):
+    """Binary and parts Dice, and each ground-truth tip's nearest predicted tip of the same type."""
+    valid = gt['type'] != 255
+    scores = {'dice_binary': dice((labels > 0) & valid, (gt['type'] > 0) & valid)}
+    present = [c for c in (1, 2, 3) if (gt['parts'] == c).any()]
+    if parts is not None and present:
+        scores['dice_parts'] = float(np.mean([dice((parts == c) & valid, gt['parts'] == c) for c in present]))
+    errors = []
+    for true in gt['tips']:
+        if true['score'] < 1:  # not observable in both eyes
+            continue
+        same = [t for t in tips if t['type_id'] == true['type_id']]
+        if not same:
+            errors.append({'type_id': int(true['type_id']), 'found': False})
+            continue
+        best = min(same, key=lambda t: np.hypot(t['u'] - true['u'], t['v'] - true['v']))
+        px = float(np.hypot(best['u'] - true['u'], best['v'] - true['v']))
+        if px > match_px:
+            errors.append({'type_id': int(true['type_id']), 'found': False})
+            continue
+        xyz = np.array([best['x'], best['y'], best['z']], float)
+        true_xyz = np.array([true['x'], true['y'], true['z']], float)
+        mm = float(np.linalg.norm(xyz - true_xyz) * 1000) if np.isfinite(xyz).all() else None
+        errors.append({'type_id': int(true['type_id']), 'found': True, 'px': px, 'mm': mm})
+    scores['tips'] = errors
+    return scores
+
+
+def percentile(values, q):
+    return float(np.percentile(values, q)) if len(values) else None
+
+
+# ----------------------------------------------------------------------------------- the node
+class NodeProcess:
+    """The segment node in its own process with the default configuration (as `ros2 launch` would)."""
+
+    def __init__(self, device, weights, log_path):
+        cmd = [sys.executable, '-m', 'mffseg_ros.ros.segment_node', '--ros-args',
+               '--params-file', str(share_file('config', 'segment.yaml')),
+               '-p', f'device:={device}']
+        if weights:
+            cmd += ['-p', f'weights:={weights}']
+        self.log_path = log_path
+        self._log = open(log_path, 'w')
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=dict(os.environ))
+
+    def failed(self):
+        if self.proc.poll() is None:
+            return None
+        return f'segment node exited with code {self.proc.returncode}: {self.log_tail()}'
+
+    def log_tail(self):
+        self._log.flush()
+        return ' | '.join(Path(self.log_path).read_text().strip().splitlines()[-5:])
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self._log.close()
+
+
+class Tracker:
+    """What a downstream tool tracker does: subscribe to the node's outputs, keyed by header stamp."""
+
+    def __init__(self, node):
+        from diagnostic_msgs.msg import DiagnosticArray
+        from sensor_msgs.msg import Image, PointCloud2
+
+        from mffseg_ros.ros.harness import qos
+
+        self.received = {}  # stamp -> {'t': wall time of labels, 'labels', 'parts', 'tips', 'overlay'}
+        self.diagnostics = None
+        self.lock = threading.Lock()
+        reliable = qos('reliable', depth=20)
+        for name, msg_type in (('labels', Image), ('parts', Image), ('tips', PointCloud2), ('overlay', Image)):
+            node.create_subscription(msg_type, f'{NODE_TOPIC}/{name}',
+                                     lambda msg, name=name: self._store(name, msg), reliable)
+        node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, reliable)
+
+    def _store(self, name, msg):
+        from mffseg_ros.ros.conversions import cloud_to_tips, stamp_ns
+        from mffseg_ros.tools.bags import image_array
+
+        now = time.monotonic()
+        value = cloud_to_tips(msg) if name == 'tips' else image_array(msg)
+        with self.lock:
+            entry = self.received.setdefault(stamp_ns(msg.header), {})
+            entry[name] = value
+            entry.setdefault('t', {})[name] = now
+
+    def _on_diagnostics(self, msg):
+        for status in msg.status:
+            if 'mffseg' in status.name:
+                self.diagnostics = {kv.key: kv.value for kv in status.values}
+
+
+def start_in_process_node(context, executor, device, weights):
+    from rclpy.parameter import Parameter
+
+    from mffseg_ros.ros.segment_node import SegmentNode
+
+    overrides = [Parameter('device', value=device), Parameter('weights', value=weights)]
+    node = SegmentNode(context=context, parameter_overrides=overrides)
+    executor.add_node(node)
+    return node
+
+
+def run_demo(out, *, frames=40, size=(512, 640), rate=5.0, seed=7, device='auto', weights='',
+             in_process=False, verbose=True):
+    import rclpy
+    from rclpy.executors import MultiThreadedExecutor
+
+    from mffseg_ros.ros.play import play_bag
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')  # keep the demo off the lab network
+    bag = ensure_bag(out / 'synth_bag', frames=frames, size=size, seed=seed, rate=rate)
+    gt = ground_truth(bag)
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    executor = MultiThreadedExecutor(num_threads=2, context=context)
+    client = rclpy.create_node('mffseg_demo_tracker', context=context)
+    executor.add_node(client)
+    tracker = Tracker(client)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    node_proc = in_node = None
+    published = {}
+    try:
+        print('[demo] starting the segment node (default configuration)')
+        if in_process:
+            in_node = start_in_process_node(context, executor, device, weights)
+        else:
+            node_proc = NodeProcess(device, weights, out / 'segment_node.log')
+        deadline = time.monotonic() + 180
+        while client.count_subscribers(topics.LEFT_IMAGE) < 1 or client.count_publishers(f'{NODE_TOPIC}/tips') < 1:
+            if node_proc is not None and node_proc.failed():
+                raise MffsegError(node_proc.failed())
+            if time.monotonic() > deadline:
+                raise MffsegError('the segment node did not come up within 180 s'
+                                  + (f' (log: {node_proc.log_path})' if node_proc else ''))
+            time.sleep(0.1)
+
+        def on_publish(topic, stamp, msg):
+            if topic == topics.LEFT_IMAGE:
+                published[stamp] = time.monotonic()
+
+        print(f'[demo] replaying {bag} at {rate:g} Hz through the node')
+        t0 = time.monotonic()
+        play_bag(client, bag, rate=1.0, topics=INPUT_TOPICS, wait=2.0, on_publish=on_publish)
+        # Let the last frame through (a CPU forward pass can take a while).
+        last = max(published.values(), default=t0)
+        settle = time.monotonic() + 30
+        while time.monotonic() < settle:
+            with tracker.lock:
+                done = max(published) in tracker.received and 'labels' in tracker.received[max(published)]
+                newest = max((e['t'].get('labels', 0) for e in tracker.received.values()), default=0)
+            if done or (newest and time.monotonic() - max(newest, last) > 5):
+                break
+            time.sleep(0.1)
+        time.sleep(1.2)  # one more diagnostics period
+        wall = time.monotonic() - t0
+    finally:
+        if in_node is not None:
+            executor.remove_node(in_node)
+            in_node.destroy_node()
+        if node_proc is not None:
+            node_proc.stop()
+        executor.shutdown()
+        client.destroy_node()
+        rclpy.try_shutdown(context=context)
+        spinner.join(5)
+    return summarise(out, tracker, published, gt, size, wall, verbose)
+
+
+def summarise(out, tracker, published, gt, size, wall, verbose):
+    from mffseg_ros.visualize import contact_sheet, save_png
+
+    from mffseg_ros.inference.instances import SOURCE_CODES
+
+    type_names = TASK_CLASSES['type']
+    source_names = {code: name for name, code in SOURCE_CODES.items()}
+    match_px = 0.05 * max(size)
+    rows, overlays = [], []
+    for stamp in sorted(tracker.received):
+        entry = tracker.received[stamp]
+        if 'labels' not in entry or stamp not in gt:
+            continue
+        tips = entry.get('tips', [])
+        scores = score_frame(entry['labels'], entry.get('parts'), tips, gt[stamp], match_px)
+        latency = (entry['t']['labels'] - published[stamp]) * 1000 if stamp in published else None
+        rows.append({'stamp_ns': stamp, 'latency_ms': latency, **scores})
+        if 'overlay' in entry:
+            overlays.append((stamp, entry['overlay'][..., ::-1]))  # bgr8 -> RGB
+        if verbose:
+            desc = '; '.join(
+                f"{type_names[t['type_id']]} {source_names.get(int(t['source']), '?')} uv=({t['u']:.0f},{t['v']:.0f})"
+                + (f" xyz=({t['x'] * 1000:+.1f},{t['y'] * 1000:+.1f},{t['z'] * 1000:.1f}) mm"
+                   if np.isfinite(t['z']) else ' xyz=n/a')
+                for t in tips) or 'no instruments'
+            print(f"[demo] t={stamp / 1e9:6.2f}s  dice={scores['dice_binary']:.3f}  {len(tips)} tip(s): {desc}")
+
+    tip_rows = [e for r in rows for e in r['tips']]
+    found = [e for e in tip_rows if e['found']]
+    mm = [e['mm'] for e in found if e['mm'] is not None]
+    latencies = [r['latency_ms'] for r in rows if r['latency_ms'] is not None]
+    summary = {
+        'frames_published': len(published),
+        'frames_processed': len(rows),
+        'frames_dropped': len(published) - len(rows),
+        'processed_rate_hz': len(rows) / wall if wall > 0 else None,
+        'latency_publish_to_receive_ms': {'p50': percentile(latencies, 50), 'p99': percentile(latencies, 99)},
+        'node_diagnostics': tracker.diagnostics,
+        'dice_binary_mean': float(np.mean([r['dice_binary'] for r in rows])) if rows else None,
+        'dice_parts_mean': (float(np.mean([r['dice_parts'] for r in rows if 'dice_parts' in r]))
+                            if any('dice_parts' in r for r in rows) else None),
+        'tips_ground_truth': len(tip_rows), 'tips_found': len(found),
+        'tip_error_2d_px_median': percentile([e['px'] for e in found], 50),
+        'tip_error_3d_mm_median': percentile(mm, 50), 'tip_error_3d_mm_p90': percentile(mm, 90),
+        'tips_triangulated': len(mm),
+        'frames': rows,
+    }
+    (out / 'summary.json').write_text(json.dumps(summary, indent=1))
+    if overlays:
+        step = max(1, len(overlays) // 8)
+        picked = overlays[::step][:8]
+        sheet = contact_sheet([img for _, img in picked], cols=4, labels=[f't={s / 1e9:.1f}s' for s, _ in picked])
+        save_png(out / 'contact_sheet.png', sheet)
+        write_video(out / 'overlay.mp4', [img for _, img in overlays])
+    print_summary(summary, out)
+    return summary
+
+
+def write_video(path, frames, fps=5):
+    import cv2
+
+    h, w = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*'mp4v'), fps, (w, h))
+    if not writer.isOpened():
+        log.warning('could not open a video writer for %s; skipping the video', path)
+        return
+    for f in frames:
+        writer.write(np.ascontiguousarray(f[..., ::-1]))
+    writer.release()
+
+
+def print_summary(s, out):
+    def fmt(v, unit='', digits=1):
+        return 'n/a' if v is None else f'{v:.{digits}f}{unit}'
+
+    lat = s['latency_publish_to_receive_ms']
+    diag = s['node_diagnostics'] or {}
+    print('\n[demo] summary')
+    print(f"  frames           {s['frames_processed']} processed of {s['frames_published']} published "
+          f"({s['frames_dropped']} dropped by the latest-frame policy)")
+    print(f"  processed rate   {fmt(s['processed_rate_hz'], ' Hz', 2)}")
+    print(f"  latency          publish->receive p50 {fmt(lat['p50'], ' ms')}, p99 {fmt(lat['p99'], ' ms')}")
+    if diag:
+        keys = [k for k in diag if 'latency' in k or k in ('device', 'precision', 'model')]
+        for k in keys:
+            print(f'  node {k:<12} {diag[k]}')
+    print(f"  Dice             binary {fmt(s['dice_binary_mean'], '', 3)}, parts {fmt(s['dice_parts_mean'], '', 3)}")
+    print(f"  tips             {s['tips_found']} of {s['tips_ground_truth']} visible ground-truth tips found, "
+          f"2-D error median {fmt(s['tip_error_2d_px_median'], ' px')}")
+    print(f"  3-D tip error    median {fmt(s['tip_error_3d_mm_median'], ' mm')}, p90 "
+          f"{fmt(s['tip_error_3d_mm_p90'], ' mm')} ({s['tips_triangulated']} triangulated)")
+    print(f'  results          {out}/summary.json, contact_sheet.png, overlay.mp4')
