@@ -103,7 +103,7 @@ class Instrument:
         # Trocars sit beside the endoscope, well outside its view; shafts reach in from the image edges.
         lateral = rng.uniform(0.05, 0.10)
         pivot = np.array([lateral * np.cos(entry_angle), lateral * np.sin(entry_angle), rng.uniform(-0.01, 0.03)])
-        z = rng.uniform(0.035, max(0.04, min(0.095, tissue_depth - 0.015)))
+        z = rng.uniform(0.045, max(0.05, min(0.11, tissue_depth - 0.015)))
         xn = 0.12 * np.cos(entry_angle) + rng.uniform(-0.25, 0.25)
         yn = 0.10 * np.sin(entry_angle) + rng.uniform(-0.22, 0.22)
         amp = rng.uniform(0.006, 0.02)
