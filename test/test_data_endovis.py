@@ -1,10 +1,18 @@
 """EndoVis 2017 reader on a generated raw-layout tree: crop, parts, types, instances, Other, warnings."""
+import re
+
 import cv2
 import numpy as np
 import pytest
 
 from mffseg_ros.data.datasets import build_dataset, parse_data_spec
-from mffseg_ros.data.endovis import CROP_X, CROP_Y, EndoVis2017, LabelWarning, type_from_folder
+from mffseg_ros.data.endovis import (
+    CROP_X,
+    CROP_Y,
+    EndoVis2017,
+    LabelWarning,
+    type_from_folder,
+)
 from mffseg_ros.data.splits import FOLDS, PAPER_SPLIT, fold_videos, split_videos
 from mffseg_ros.errors import DataError
 
@@ -44,6 +52,8 @@ def write_video(root, n, frames=2, extra_folder=None, odd_grey=False):
             m[ys.start:ys.start + 5, xs] = 30                    # claspers rows
             if odd_grey and name.startswith('Left'):
                 m[ys.stop - 2:ys.stop, xs] = 40                  # not a part value
+            if odd_grey and name.startswith('Other'):
+                m[ys, xs] = 40                                   # Other: any value means type 7
             cv2.imwrite(str(gt / name / f'frame{f:03d}.png'), m)
     (vdir / 'camera_calibration.txt').write_text('Camera-0-F: 1 1 // left camera x,y focal dist in pixels\n')
     return vdir
@@ -97,8 +107,12 @@ def test_parts_types_instances_and_other(endovis_root):
 def test_unknown_folder_and_grey_values_warn_and_ignore(endovis_root):
     with pytest.warns(LabelWarning, match='Mystery_Tool_labels'):
         ds = EndoVis2017(endovis_root, [3])
-    with pytest.warns(LabelWarning, match=r'Left_Prograsp_Forceps_labels.frame000\.png.*\[40\]'):
+    with pytest.warns(LabelWarning) as caught:
         s = ds[0]
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1 and re.search(r'Left_Prograsp_Forceps_labels.frame000\.png.*\[40\]', messages[0])
+    y0, y1, x0, x1 = OTHER_BOX
+    assert (s['type'][y0:y1, x0:x1] == 7).all() and (s['binary'][y0:y1, x0:x1] == 0).all()
     y0, y1, x0, x1 = PROGRASP_BOX
     odd = (slice(y1 - 2, y1), slice(x0, x1))
     assert (s['parts'][odd] == 255).all() and (s['binary'][odd] == 255).all() and (s['type'][odd] == 255).all()

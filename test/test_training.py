@@ -155,6 +155,10 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert 'instrument_dataset_N' in capsys.readouterr().err
     assert main(['train', '--data', 'synth:?frames=2', '--train-size', '60', '64']) == 2
     assert 'multiples of 32' in capsys.readouterr().err
+    assert main(['train', '--data', 'synth:?frames=2', '--set', 'recipe.lr=fast']) == 2
+    assert 'bad value' in capsys.readouterr().err
+    assert main(['train', '--data', 'synth:?frames=2', '--set', 'tasks={parts: 5}']) == 2
+    assert 'class counts' in capsys.readouterr().err
 
 
 def test_committed_configs_load():

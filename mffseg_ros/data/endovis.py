@@ -7,7 +7,8 @@
 
 Frames are cropped to the 1280x1024 image area at x=320, y=28 (the black border is dropped).
 Ground-truth grey values 10/20/30 are shaft/wrist/claspers; the instrument type comes from the folder
-name; `Other` folders count for the type task only. Anything unexpected is reported with a
+name; `Other` folders count for the type task only (any non-zero value is type 7, background for
+binary and parts). Anything unexpected is reported with a
 `LabelWarning` naming the file and the affected pixels become 255 (ignore), never a wrong label.
 """
 import logging
@@ -168,19 +169,20 @@ class EndoVis2017:
         on = mask > 0
         if not on.any():
             return
+        instance[on] = inst_id
+        if tid == OTHER_TYPE:  # not a jointed instrument: any value is type 7, background for binary/parts
+            types[on] = OTHER_TYPE
+            parts[on] = 0
+            binary[on] = 0
+            return
         unknown = on & ~np.isin(mask, list(ENDOVIS_PART_VALUES))
         if unknown.any():
             values = sorted(set(np.unique(mask[unknown]).tolist()))
             warn_label(f'{path}: unknown grey values {values} ({int(unknown.sum())} px); '
                        f'those pixels get label 255 (ignore)')
         known = on & ~unknown
-        instance[on] = inst_id
         types[known] = IGNORE if tid is None else tid
         types[unknown] = IGNORE
-        if tid == OTHER_TYPE:  # `Other` is a type, not an instrument part: background for binary/parts
-            parts[on] = 0
-            binary[on] = 0
-            return
         lut = np.full(256, IGNORE, np.uint8)
         for grey, part in ENDOVIS_PART_VALUES.items():
             lut[grey] = part

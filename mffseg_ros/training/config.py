@@ -10,6 +10,7 @@ import yaml
 
 from mffseg_ros.data.datasets import parse_data_spec
 from mffseg_ros.errors import DataError, MffsegError
+from mffseg_ros.model.classes import NUM_CLASSES
 from mffseg_ros.model.weights import DEFAULT_NORMALIZATION
 
 DEFAULTS = {
@@ -92,14 +93,30 @@ def load_config(path=None, overrides=(), *, validated=True):
 
 
 def validate(cfg, where='config'):
+    try:
+        _validate(cfg, where)
+    except (TypeError, ValueError, KeyError) as e:
+        raise ConfigError(f'{where}: bad value ({type(e).__name__}: {e})') from None
+
+
+def _validate(cfg, where):
     h, w = (int(v) for v in cfg['train_size'])
     if h % 32 or w % 32 or h <= 0 or w <= 0:
         raise ConfigError(f'{where}: train_size {h}x{w} must be positive multiples of 32')
     r = cfg['recipe']
     if int(r['iters']) < 1 or int(r['batch_size']) < 1:
         raise ConfigError(f'{where}: recipe.iters and recipe.batch_size must be >= 1')
-    if not cfg['tasks']:
-        raise ConfigError(f'{where}: no tasks')
+    for key in ('lr', 'disc_lr', 'poly_power', 'weight_decay', 'aux_weight', 'adv_weight'):
+        float(r[key])
+    for key in ('seed', 'workers', 'checkpoint_every', 'log_every', 'val_every'):
+        int(cfg[key])
+    if int(cfg['checkpoint_every']) < 1 or int(cfg['log_every']) < 1:
+        raise ConfigError(f'{where}: checkpoint_every and log_every must be >= 1')
+    if not isinstance(cfg['tasks'], dict) or not cfg['tasks']:
+        raise ConfigError(f'{where}: tasks must map task names to class counts, e.g. {{parts: 4, type: 8}}')
+    bad = [t for t, c in cfg['tasks'].items() if NUM_CLASSES.get(t) != int(c)]
+    if bad:
+        raise ConfigError(f'{where}: tasks {bad}: known tasks and class counts are {NUM_CLASSES}')
     if not cfg['data']['train']:
         raise ConfigError(f'{where}: data.train is empty (give a data spec, e.g. --data synth:?frames=64)')
 
