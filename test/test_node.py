@@ -231,16 +231,21 @@ def test_bad_messages_are_rejected_counted_and_the_node_lives_on(ros, start):
 def test_bad_compressed_frames_are_rejected(ros, start):
     node, ns = start(stereo=False, use_compressed=True)
     labels = ros.collect(f'{ns}/mffseg/labels', Image)
+    diagnostics = ros.collect('/diagnostics', DiagnosticArray)
     pub = ros.publisher(f'{ns}/stereo/left/image_raw/compressed', CompressedImage)
     assert ros.wait_matched(pub)
     header, _ = stamp_header()
     jpeg = cv2.imencode('.jpg', frame())[1].tobytes()
-    for i, data in enumerate((jpeg[: len(jpeg) // 2], b'not an image at all', b'')):
+    bad = (jpeg[: len(jpeg) // 2], b'not an image at all', b'')  # truncated, undecodable, empty
+    for i, data in enumerate(bad):
         pub.publish(CompressedImage(header=header, format='jpeg', data=data))
-        assert ros.wait_for(lambda: node.snapshot()['counts'].get('rejected', 0) == i + 1)
+        assert ros.wait_for(lambda n=i + 1: node.snapshot()['counts']['rejected'] == n)
     header, stamp = stamp_header()
     pub.publish(CompressedImage(header=header, format='jpeg', data=jpeg))
-    assert ros.wait_for(lambda: labels.stamped(stamp))
+    assert ros.wait_for(lambda: labels.stamped(stamp)), 'node stopped after bad messages'
+    assert ros.wait_for(lambda: any(m.status[0].name.startswith(f'{node.get_name()}:')
+                                    and diagnostic_values(m).get('rejected.left') == str(len(bad))
+                                    for m in list(diagnostics.messages)), timeout=3.0)
     assert 'left' in node.snapshot()['last_error']
 
 
