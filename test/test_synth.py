@@ -143,7 +143,7 @@ def test_tissue_colour_is_stereo_consistent():
 
 def test_motion_is_smooth_and_tools_enter_and_leave():
     gen = SceneGenerator(RIG, seed=2, episode_length=400)
-    steps, in_view = [], []
+    steps, in_view, last = [], [], []
     for i in range(0, 1200, 2):
         tips = gen.tips_3d(i)
         uv = [RIG.project(xyz) for _, _, xyz in tips]
@@ -166,6 +166,8 @@ def test_dataset_yields_contract_samples_and_batches_with_torch():
     assert s['parts'].shape == (64, 80) and s['instance'].dtype == np.uint16 and s['name'].endswith('right')
     assert np.array_equal(ds[-5]['image'], s['image'])
     assert np.array_equal(SynthDataset(6, size=(64, 80), seed=4, eye='both')[1]['type'], s['type'])
+    stereo = SceneGenerator(ds.rig, seed=4, episode_length=1).frame(1)  # one eye = that eye of the pair
+    assert np.array_equal(stereo.right, s['image']) and np.array_equal(stereo.labels_right['parts'], s['parts'])
     with pytest.raises(IndexError):
         ds[6]
     loader = torch.utils.data.DataLoader(pickle.loads(pickle.dumps(ds)), batch_size=3)

@@ -11,9 +11,9 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from mffseg_ros.data.synth import SceneGenerator, StereoRig
 from mffseg_ros.errors import MffsegError
 from mffseg_ros.model.classes import PART_COLORS
-from mffseg_ros.data.synth import SceneGenerator, StereoRig
 
 
 def _size(text):

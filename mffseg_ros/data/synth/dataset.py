@@ -1,9 +1,9 @@
 """SynthDataset: an endless supply of labelled synthetic frames as a torch-free Sequence."""
 from collections.abc import Sequence
 
-from mffseg_ros.errors import DataError
 from mffseg_ros.data.synth.rig import StereoRig
 from mffseg_ros.data.synth.scene import SceneGenerator
+from mffseg_ros.errors import DataError
 
 EYES = ('left', 'right', 'both')
 
@@ -31,7 +31,7 @@ class SynthDataset(Sequence):
         self.length, self.rig, self.seed, self.eye = int(length), base, int(seed), eye
         self.generator_kwargs = dict(generator_kwargs, episode_length=episode_length)
         self._generator = None
-        self.generator  # validate the arguments now, not in a worker
+        _ = self.generator  # build it once now, so bad settings fail here and not in a worker
 
     @property
     def generator(self):

@@ -25,7 +25,7 @@ class Effects:
     @classmethod
     def random(cls, rng, *, canvas='random', strength=1.0):
         """Episode effects; `strength` 0 gives a clean frame, 1 the training variety."""
-        on = lambda p: rng.random() < p * strength  # noqa: E731
+        on = lambda p: rng.random() < p * strength
         if canvas == 'random':
             canvas = str(rng.choice(CANVASES, p=(0.6, 0.2, 0.2)))
         if canvas not in CANVASES:

@@ -27,14 +27,6 @@ class Capsule:
         return (self.a + self.b) / 2
 
 
-def clip_to_near_plane(a, b, near):
-    """Move `a` towards `b` so the segment stays at z >= near (shafts reach behind the camera)."""
-    if a[2] >= near or b[2] <= near:
-        return a
-    t = (near - a[2]) / (b[2] - a[2])
-    return a + t * (b - a)
-
-
 def intersect_capsules(origin, dirs, caps):
     """First hit of unit rays from `origin` with the union of `caps` (all capsules at once).
 
@@ -54,7 +46,7 @@ def intersect_capsules(origin, dirs, caps):
         v = v.astype(np.float32)
         return v[:, :1] * dx + v[:, 1:2] * dy + v[:, 2:3] * dz
 
-    col = lambda x: x.astype(np.float32)[:, None]  # noqa: E731
+    col = lambda x: x.astype(np.float32)[:, None]
     bard, rdoa = dot(ba), dot(oa)
     with np.errstate(invalid='ignore', divide='ignore'):
         # Infinite cylinder around each axis (|dirs| = 1), scaled by |ba|^2 to avoid a division.
@@ -81,11 +73,11 @@ def intersect_capsules(origin, dirs, caps):
     if len(caps) == 1:  # scalars broadcast: no gathers
         k = np.zeros(len(dx), np.intp)
         t = t[0]
-        pick = lambda v: v[0]  # noqa: E731
+        pick = lambda v: v[0]
     else:
         k = np.argmin(t, axis=0)
         t = t[k, np.arange(len(dx))]
-        pick = lambda v: np.take(v, k)  # noqa: E731
+        pick = lambda v: np.take(v, k)
     tt = np.where(np.isfinite(t), t, np.float32(0))
     hit = [np.float32(origin[i]) + d * tt for i, d in enumerate((dx, dy, dz))]
     rel = [hit[i] - pick(a32[:, i]) for i in range(3)]

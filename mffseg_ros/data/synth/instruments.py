@@ -3,8 +3,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mffseg_ros.model.classes import PART_CLASPERS, PART_SHAFT, PART_WRIST, TASK_CLASSES
 from mffseg_ros.data.synth.geometry import Capsule, orthonormal_basis, rotate
+from mffseg_ros.model.classes import PART_CLASPERS, PART_SHAFT, PART_WRIST, TASK_CLASSES
 
 MM = 1e-3
 SHAFT, WRIST, JAW = 0, 1, 2  # material slots

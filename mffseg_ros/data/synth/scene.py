@@ -9,13 +9,13 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from mffseg_ros.errors import DataError
-from mffseg_ros.model.classes import PART_CLASPERS, TASK_CLASSES
 from mffseg_ros.data.synth.effects import Effects, apply_effects, canvas_mask, vignette_map
 from mffseg_ros.data.synth.instruments import Instrument, Wave
 from mffseg_ros.data.synth.render import render_instruments
 from mffseg_ros.data.synth.rig import StereoRig
 from mffseg_ros.data.synth.texture import DEPTH_DOWNSAMPLE, bake_tissue, smoke_field
+from mffseg_ros.errors import DataError
+from mffseg_ros.model.classes import PART_CLASPERS, TASK_CLASSES
 
 NUM_TYPES = len(TASK_CLASSES['type']) - 1
 # EndoVis-like draw: "other" is rarer than the named da Vinci tools.
@@ -23,7 +23,6 @@ TYPE_WEIGHTS = np.array([1, 1, 1, 1, 1, 1, 0.5]) / 6.5
 # Entry directions (angle in the image plane, y down): right, bottom, left, top; tools mostly come from the sides.
 ENTRY_ANGLES = np.array([0.0, 0.5, 1.0, 1.5]) * np.pi
 ENTRY_WEIGHTS = np.array([0.38, 0.14, 0.38, 0.10])
-MIN_TIP_PIXELS = 1
 
 
 @dataclass
