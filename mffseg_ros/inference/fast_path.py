@@ -1,0 +1,151 @@
+"""The GPU fast path the node uses on CUDA: the whole frame -> labels pipeline runs on the device.
+
+Per input shape (batch, height, width) a `_Plan` holds preallocated buffers: uint8 frames go into a
+pinned host buffer, one asynchronous copy moves them to the device, and resize (area when shrinking,
+bilinear when enlarging, like the eager pipeline's OpenCV resize), normalisation, the network
+(channels_last, in the segmenter's precision), logits upsampling, argmax and confidence all run there,
+captured once in a CUDA graph and replayed per frame. Only the uint8 label maps and the confidence map
+come back. On the CPU the same code runs eagerly (no pinning, no graphs) so CI can check that it
+agrees with the eager pipeline.
+"""
+import logging
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mffseg_ros.errors import MffsegError
+
+log = logging.getLogger(__name__)
+WARMUP_RUNS = 3  # cuDNN picks its algorithms in these runs, before the graph is captured
+
+
+class _Plan:
+    """Buffers, stream and (on CUDA) the captured graph for one input shape."""
+
+    def __init__(self, fast, batch, height, width):
+        self.fast = fast
+        dev = fast.device
+        self.on_cuda = dev.type == 'cuda'
+        shape = (batch, height, width, 3)
+        self.host_in = torch.empty(shape, dtype=torch.uint8, pin_memory=self.on_cuda)
+        self.dev_in = torch.empty(shape, dtype=torch.uint8, device=dev)
+        self.size = (height, width)
+        self.net_size = fast.segmenter.network_size(height, width)
+        self.stream = torch.cuda.Stream(dev) if self.on_cuda else None
+        self.graph = None
+        self.labels = self.confidence = None  # device outputs (static when a graph is captured)
+        if self.on_cuda:
+            self._capture()
+        n_tasks = len(fast.task_slices)
+        self.host_labels = torch.empty((batch, n_tasks, height, width), dtype=torch.uint8,
+                                       pin_memory=self.on_cuda)
+        self.host_confidence = torch.empty((batch, height, width), dtype=torch.float32,
+                                           pin_memory=self.on_cuda)
+
+    def _capture(self):
+        with torch.cuda.stream(self.stream):
+            for _ in range(WARMUP_RUNS):
+                self.labels, self.confidence = self.fast.compute(self.dev_in, self.size, self.net_size)
+        self.stream.synchronize()
+        if not self.fast.cuda_graphs:
+            return
+        try:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, stream=self.stream):
+                self.labels, self.confidence = self.fast.compute(self.dev_in, self.size, self.net_size)
+            self.graph = graph
+        except RuntimeError as e:  # an op that cannot be captured: stay correct, only slower
+            log.warning('CUDA graph capture failed (%s); running the fast path without graphs', e)
+            self.graph = None
+
+    def run(self, frames):
+        for i, frame in enumerate(frames):  # one copy into the preallocated (pinned) buffer
+            self.host_in[i].numpy()[...] = frame
+        if not self.on_cuda:
+            self.dev_in.copy_(self.host_in)
+            labels, confidence = self.fast.compute(self.dev_in, self.size, self.net_size)
+            return labels.numpy(), confidence.numpy()
+        with torch.cuda.stream(self.stream):
+            self.dev_in.copy_(self.host_in, non_blocking=True)
+            if self.graph is not None:
+                self.graph.replay()
+            else:
+                self.labels, self.confidence = self.fast.compute(self.dev_in, self.size, self.net_size)
+            self.host_labels.copy_(self.labels, non_blocking=True)
+            self.host_confidence.copy_(self.confidence, non_blocking=True)
+        self.stream.synchronize()
+        # The pinned buffers are reused by the next frame: results get their own copies.
+        return self.host_labels.numpy().copy(), self.host_confidence.numpy().copy()
+
+
+class FastPath:
+    """Same results as `segmenter.segment_batch` (eager pipeline), computed on the device.
+
+    `cuda_graphs`: capture the pipeline per input shape (CUDA only). `channels_last`: NHWC convs,
+    faster with tensor cores. The segmenter's precision is used (fp16 is what the node asks for on
+    CUDA)."""
+
+    def __init__(self, segmenter, *, cuda_graphs=True, channels_last=True):
+        self.segmenter = segmenter
+        self.device = segmenter.device
+        self.dtype = segmenter.dtype
+        self.branch = segmenter.branch
+        self.task_slices = dict(segmenter.task_slices)
+        self.conf_task = 'type' if 'type' in self.task_slices else next(iter(self.task_slices))
+        self.cuda_graphs = cuda_graphs and self.device.type == 'cuda'
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.model = segmenter.model.to(memory_format=self.memory_format).eval()
+        self.mean = segmenter._mean.float()
+        self.std = segmenter._std.float()
+        self.plans = {}
+
+    def compute(self, frames_u8, size, net_size):
+        """uint8 (B, H, W, 3) on the device -> (labels uint8 (B, tasks, H, W), confidence (B, H, W))."""
+        with torch.inference_mode():
+            x = frames_u8.permute(0, 3, 1, 2).float()
+            if tuple(net_size) != tuple(size):
+                shrink = net_size[0] < size[0]
+                x = F.interpolate(x, size=net_size, mode='area' if shrink else 'bilinear',
+                                  **({} if shrink else {'align_corners': False}))
+                x = x.round().clamp_(0, 255)  # the eager pipeline resizes uint8 images
+            x = ((x - self.mean) / self.std).to(self.dtype).contiguous(memory_format=self.memory_format)
+            logits = self.model(x, branch=self.branch)['out'].float()
+            confidence = torch.softmax(logits[:, self.task_slices[self.conf_task]], 1).amax(1, keepdim=True)
+            if tuple(logits.shape[-2:]) != tuple(size):
+                logits = F.interpolate(logits, size=size, mode='bilinear', align_corners=False)
+                confidence = F.interpolate(confidence, size=size, mode='bilinear', align_corners=False)
+            labels = torch.stack([logits[:, s].argmax(1) for s in self.task_slices.values()], 1)
+            return labels.to(torch.uint8), confidence[:, 0]
+
+    def plan(self, batch, height, width):
+        key = (batch, height, width)
+        if key not in self.plans:
+            log.info('fast path: preparing buffers%s for %dx%dx%d frames',
+                     ' and a CUDA graph' if self.cuda_graphs else '', *key)
+            self.plans[key] = _Plan(self, *key)
+        return self.plans[key]
+
+    def segment_batch(self, frames):
+        from mffseg_ros.inference.segmenter import SegmentationResult
+        if not frames:
+            return []
+        for f in frames:
+            self.segmenter.check_frame(f)
+        height, width = frames[0].shape[:2]
+        if any(f.shape[:2] != (height, width) for f in frames):
+            raise MffsegError(f'frames of one batch must have the same size, got {[f.shape for f in frames]}')
+        labels, confidence = self.plan(len(frames), height, width).run(frames)
+        names = list(self.task_slices)
+        results = []
+        for i in range(len(frames)):
+            maps = {t: labels[i, k] for k, t in enumerate(names)}
+            parts, type_ = maps.get('parts'), maps.get('type')
+            first = type_ if type_ is not None else parts if parts is not None else maps[names[0]]
+            results.append(SegmentationResult(binary=first > 0, parts=parts, type=type_,
+                                              confidence=confidence[i],
+                                              class_names=self.segmenter.class_names))
+        return results
+
+    def segment(self, rgb):
+        return self.segment_batch([rgb])[0]
