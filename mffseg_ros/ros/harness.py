@@ -76,10 +76,11 @@ class RosHarness:
         return self.wait_for(lambda: publisher.get_subscription_count() >= count, timeout)
 
     def close(self):
-        for node in list(self.nodes):
-            self.stop_node(node)
-        self.executor.shutdown()
+        self.executor.shutdown()  # first: waits for running callbacks, so none sees a destroyed node
         self._thread.join(timeout=5.0)
+        for node in list(self.nodes):
+            self.nodes.remove(node)
+            node.destroy_node()
         self.probe.destroy_node()
         rclpy.shutdown(context=self.context)
 
