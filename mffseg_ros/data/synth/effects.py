@@ -19,6 +19,8 @@ class Effects:
     glare_at: tuple = (0.5, 0.5)  # normalised image position
     glare_size: float = 0.2  # normalised radius
     noise: float = 0.0  # sensor noise std (0..255 units)
+    shadow: float = 0.0  # darkening of tissue under the tools (the light sits beside the lens)
+    shadow_offset: tuple = (0.0, 0.0)  # normalised shift of the shadow from the tool
     canvas: str = 'full'
     canvas_params: tuple = ()
 
@@ -36,6 +38,7 @@ class Effects:
         elif canvas == 'box':
             params = tuple(rng.uniform(0.0, 0.08, 4))
         s = strength
+        angle = rng.uniform(0, 2 * np.pi)
         return cls(gains=tuple(1 + rng.uniform(-0.12, 0.12, 3) * s), gamma=float(1 + rng.uniform(-0.2, 0.2) * s),
                    vignette=float(rng.uniform(0.1, 0.6)),
                    # Optics are never pixel-sharp (this also anti-aliases the tool edges); sometimes defocus.
@@ -45,6 +48,8 @@ class Effects:
                    glare=float(rng.uniform(0.3, 0.9)) if on(0.2) else 0.0,
                    glare_at=tuple(rng.uniform(0.2, 0.8, 2)), glare_size=float(rng.uniform(0.08, 0.3)),
                    noise=float(rng.uniform(1.0, 6.0)) if on(0.5) else 0.0,
+                   shadow=float(rng.uniform(0.25, 0.6) * s),
+                   shadow_offset=tuple(rng.uniform(0.004, 0.02) * np.array([np.cos(angle), np.sin(angle)])),
                    canvas=canvas, canvas_params=params)
 
 
@@ -67,6 +72,21 @@ def vignette_map(effects, r2):
     """HxWx3 uint8 gain (255 = 1) darkening the corners; r2 is the squared normalised radius."""
     gain = 1 - effects.vignette * np.minimum(r2, 1.5)
     return cv2.merge([np.clip(gain * 255 + 0.5, 0, 255).astype(np.uint8)] * 3)
+
+
+def cast_shadows(image, tool_mask, effects):
+    """Darken tissue (not tools) under a soft, shifted copy of the tools' silhouette, in place."""
+    if not effects.shadow or not tool_mask.any():
+        return
+    h, w = tool_mask.shape
+    sw, sh = max(4, w // 4), max(4, h // 4)  # blur at 1/4 resolution: the shadow is soft anyway
+    small = cv2.resize(tool_mask.astype(np.uint8) * 255, (sw, sh), interpolation=cv2.INTER_AREA)
+    dx, dy = effects.shadow_offset
+    small = cv2.warpAffine(small, np.float32([[1, 0, dx * sw], [0, 1, dy * sw]]), (sw, sh))
+    small = cv2.GaussianBlur(small, (0, 0), max(0.8, 0.012 * sw))
+    shade = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+    gain = np.where(tool_mask, np.float32(1), 1 - (effects.shadow / 255) * shade)
+    image[:] = cv2.multiply(image, cv2.merge([gain] * 3), dtype=cv2.CV_8U)
 
 
 def apply_effects(image, effects, *, rng, smoke, smoke_shift, vignette, noise_tile):

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from mffseg_ros.data.synth.effects import Effects, apply_effects, canvas_mask, vignette_map
+from mffseg_ros.data.synth.effects import Effects, apply_effects, canvas_mask, cast_shadows, vignette_map
 from mffseg_ros.data.synth.instruments import Instrument, Wave
 from mffseg_ros.data.synth.render import render_instruments
 from mffseg_ros.data.synth.rig import StereoRig
@@ -190,6 +190,7 @@ class SceneGenerator:
         labels = {'parts': np.zeros(self.rig.size, np.uint8), 'type': np.zeros(self.rig.size, np.uint8),
                   'instance': np.zeros(self.rig.size, np.uint16)}
         render_instruments(self.rig, side, image, depth, labels, [(inst, caps) for inst, caps, _ in posed])
+        cast_shadows(image, labels['parts'] > 0, ep.effects)
         rng = np.random.default_rng([self.seed, i, 31, side == 'right'])  # per eye: eyes render independently
         shift = self.rig.disparity(0.07) if side == 'right' else 0.0
         image = apply_effects(image, ep.effects, rng=rng, smoke=eye_smoke, smoke_shift=shift,
