@@ -3,6 +3,10 @@
 import argparse
 import copy
 import math
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -57,7 +61,7 @@ def tiny_config(spec, **recipe):
     cfg['data']['train'] = [spec]
     cfg['train_size'] = [64, 64]
     cfg['workers'] = 0
-    cfg['recipe'].update(iters=3, batch_size=2, **recipe)
+    cfg['recipe'].update({'iters': 3, 'batch_size': 2, **recipe})
     return cfg
 
 
@@ -137,6 +141,38 @@ def test_train_cli_writes_weights_csv_png_and_resume_is_exact(tiny_set, tmp_path
     for (name, a), b in zip(model.state_dict().items(), again.state_dict().values()):
         assert torch.equal(a, b), name
     assert [int(r['iteration']) for r in read_csv(resumed / 'train_log.csv')] == [1, 2, 3]
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def test_distributed_path_in_one_process(tiny_set, tmp_path, monkeypatch):
+    """What torchrun sets up, with one process: DDP-wrapped networks, DistributedSampler, all-reduced logs."""
+    for key, value in {'RANK': '0', 'LOCAL_RANK': '0', 'WORLD_SIZE': '1', 'MASTER_ADDR': '127.0.0.1',
+                       'MASTER_PORT': str(_free_port())}.items():
+        monkeypatch.setenv(key, value)
+    trainer = Trainer(tiny_config(tiny_set, iters=2), tmp_path, device='cpu')
+    assert isinstance(trainer.net, torch.nn.parallel.DistributedDataParallel)
+    assert isinstance(trainer.disc_net, torch.nn.parallel.DistributedDataParallel)
+    assert trainer.run() == tmp_path / 'weights.safetensors'
+    assert not torch.distributed.is_initialized()  # the group is closed after the run
+    assert read_metadata(tmp_path / 'weights.safetensors')['recipe']['world_size'] == 1
+    assert len(read_csv(tmp_path / 'train_log.csv')) == 2
+
+
+@pytest.mark.skipif(os.environ.get('MFFSEG_TEST_TORCHRUN') != '1',
+                    reason='two torchrun processes take ~20 s: set MFFSEG_TEST_TORCHRUN=1')
+def test_torchrun_two_processes(tiny_set, tmp_path):
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={_free_port()}',
+           '-m', 'mffseg_ros.cli', 'train', '--out', str(tmp_path / 'ddp'), '--data', tiny_set, '--iters', '2',
+           '--batch-size', '1', '--train-size', '64', '64', '--workers', '0']
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False,
+                          env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert read_metadata(tmp_path / 'ddp' / 'weights.safetensors')['recipe']['world_size'] == 2
 
 
 def test_iou_summary_by_hand():

@@ -25,6 +25,7 @@ from mffseg_ros.training.validation import validate
 
 log = logging.getLogger(__name__)
 WEIGHTS_FILE = 'weights.safetensors'
+LOSS_KEYS = ('loss', 'main', 'aux', 'adv', 'disc')
 
 
 def seed_everything(seed):
@@ -44,7 +45,7 @@ class Distributed:
         self.world = int(os.environ.get('WORLD_SIZE', '1'))
         self.rank = int(os.environ.get('RANK', '0'))
         self.local_rank = int(os.environ.get('LOCAL_RANK', '0'))
-        self.enabled = self.world > 1
+        self.enabled = 'WORLD_SIZE' in os.environ  # launched by torchrun (even with one process)
         if self.enabled and not torch.distributed.is_initialized():
             backend = 'nccl' if torch.cuda.is_available() else 'gloo'
             torch.distributed.init_process_group(backend)
@@ -227,6 +228,8 @@ class Trainer:
             epoch, offset = divmod(self.iteration, bpe)
             for batch in self._loader(samples, epoch, offset):
                 row = self.step(batch)
+                if self.dist.enabled:  # log the mean over processes (every rank takes part)
+                    row.update({k: self.dist.mean(v, self.device) for k, v in row.items() if k in LOSS_KEYS})
                 now = time.perf_counter()
                 row.update(iteration=self.iteration, epoch=epoch, sec_per_iter=now - tick)
                 tick = now
