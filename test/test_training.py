@@ -17,6 +17,7 @@ import torch
 from mffseg_ros.cli import main
 from mffseg_ros.model import load_weights, read_metadata
 from mffseg_ros.training import losses
+from mffseg_ros.training.checkpoint import CheckpointError
 from mffseg_ros.training.cli import add_arguments, build_config
 from mffseg_ros.training.config import DEFAULTS, ConfigError, load_config, resolve_specs
 from mffseg_ros.training.loader import training_samples
@@ -141,6 +142,20 @@ def test_train_cli_writes_weights_csv_png_and_resume_is_exact(tiny_set, tmp_path
     for (name, a), b in zip(model.state_dict().items(), again.state_dict().values()):
         assert torch.equal(a, b), name
     assert [int(r['iteration']) for r in read_csv(resumed / 'train_log.csv')] == [1, 2, 3]
+
+
+def test_resume_errors_name_the_file(tiny_set, tmp_path):
+    cfg = tiny_config(tiny_set)
+    with pytest.raises(CheckpointError, match=r'state\.json: no complete checkpoint'):
+        Trainer(cfg, tmp_path, device='cpu', resume=True)
+    Trainer(cfg, tmp_path, device='cpu').checkpoint()
+    other = copy.deepcopy(cfg)
+    other['tasks'] = {'binary': 2}
+    with pytest.raises(CheckpointError, match=r'model\.safetensors: does not match'):
+        Trainer(other, tmp_path, device='cpu', resume=True)
+    (tmp_path / 'checkpoint' / 'optimizer.safetensors').write_bytes(b'not a safetensors file')
+    with pytest.raises(CheckpointError, match=r'optimizer\.safetensors: unreadable'):
+        Trainer(cfg, tmp_path, device='cpu', resume=True)
 
 
 def _free_port():
