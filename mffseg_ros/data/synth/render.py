@@ -5,6 +5,7 @@ import numpy as np
 from mffseg_ros.data.synth.geometry import intersect_capsules
 
 NEAR = 0.004  # metres; shafts are clipped here
+HULL_MARGIN = 1.06  # on the projected radius: covers the second-order growth of off-axis spheres
 LIGHT_REF_DEPTH = 0.09  # instruments at this distance get the nominal brightness (light at the tip)
 TISSUE_REFLECTION = np.array([0.55, 0.18, 0.16])  # what metal mirrors: red tissue
 
@@ -46,11 +47,14 @@ def _candidate_pixels(rig, planes, origin, caps):
         if clipped is None:
             continue
         ends = np.array(clipped) - origin
-        z = np.maximum(ends[:, 2] - cap.radius, NEAR / 2)
-        uv = np.stack([rig.fx * ends[:, 0] / ends[:, 2] + rig.cx, rig.fy * ends[:, 1] / ends[:, 2] + rig.cy], 1)
-        # A sphere off the axis projects to an ellipse stretched by about 1/cos of its angle to the axis.
-        stretch = np.sqrt(1 + (ends[:, 0] / ends[:, 2]) ** 2 + (ends[:, 1] / ends[:, 2]) ** 2)
-        rad = 1.1 * stretch * max(rig.fx, rig.fy) * cap.radius / z + 1.5
+        z = ends[:, 2]
+        uv = np.stack([rig.fx * ends[:, 0] / z + rig.cx, rig.fy * ends[:, 1] / z + rig.cy], 1)
+        # A sphere of radius r at distance D, angle theta off the axis, images to an ellipse with
+        # semi-axes f r / (z cos(alpha)) (tangential) and that / cos(theta) (radial), sin(alpha) = r / D.
+        dist = np.linalg.norm(ends, axis=1)
+        stretch = dist / z
+        cos_alpha = np.sqrt(np.maximum(1 - (cap.radius / dist) ** 2, 1e-4))
+        rad = HULL_MARGIN * stretch * max(rig.fx, rig.fy) * cap.radius / (z * cos_alpha) + 1.0
         if np.abs(uv).max() < 2 ** 24:  # the frustum clip keeps projections bounded
             strokes.append((uv, rad))
     if not strokes:
