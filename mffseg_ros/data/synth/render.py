@@ -71,8 +71,11 @@ def _candidate_pixels(rig, planes, origin, caps):
         ring = np.concatenate([uv[j] - (x0, y0) + (rad[j] / np.cos(np.pi / 16)) * _UNIT_CIRCLE for j in (0, 1)])
         hull = cv2.convexHull(np.round(ring * 16).astype(np.int32))
         cv2.fillConvexPoly(mask, hull, 1, cv2.LINE_8, shift=4)
-    ys, xs = np.nonzero(mask)
-    return (ys + y0).astype(np.int32), (xs + x0).astype(np.int32)
+    found = cv2.findNonZero(mask)  # (N, 1, 2) x, y; several times faster than np.nonzero
+    if found is None:
+        return None
+    found = found.reshape(-1, 2)
+    return found[:, 1] + np.int32(y0), found[:, 0] + np.int32(x0)
 
 
 def _shade(mat, dirs, normal, s, depth, rgb_jitter):
