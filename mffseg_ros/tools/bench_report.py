@@ -1,0 +1,118 @@
+"""Benchmark outputs: a markdown table, JSON (rows + run metadata) and a PNG chart."""
+import json
+import math
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+
+def hardware():
+    """What the numbers were measured on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open('/proc/cpuinfo') as f:
+            cpu = next((line.split(':', 1)[1].strip() for line in f if line.startswith('model name')), cpu)
+    except OSError:
+        pass
+    info = {'cpu': cpu, 'cpu_cores': os.cpu_count(), 'torch_threads': torch.get_num_threads(),
+            'torch': torch.__version__, 'python': platform.python_version(), 'os': platform.platform()}
+    try:
+        import onnxruntime
+        info['onnxruntime'] = onnxruntime.__version__
+    except ImportError:
+        pass
+    if torch.cuda.is_available():
+        info['gpu'] = torch.cuda.get_device_name()
+        info['cuda'] = torch.version.cuda
+    return info
+
+
+def run_metadata(command):
+    return {'date': time.strftime('%Y-%m-%d %H:%M:%S %Z'), 'command': command, 'hardware': hardware()}
+
+
+def _fmt(value, digits=2):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return '–'
+    if isinstance(value, float):
+        return f'{value:.{digits}f}'
+    return str(value)
+
+
+MODEL_COLUMNS = (('model', 'model'), ('mode', 'mode'), ('size', 'size'), ('precision', 'precision'),
+                 ('backend', 'backend'), ('median_ms', 'median ms'), ('p99_ms', 'p99 ms'), ('fps', 'fps'),
+                 ('peak_mem_mb', 'peak MiB'), ('gmacs', 'GMACs'), ('tflops', 'TFLOP/s'),
+                 ('ratio_to_mff', 'x MFF main'), ('status', 'status'))
+ROS_COLUMNS = (('size', 'size'), ('stereo', 'stereo'), ('rate_hz', 'rate Hz'), ('published', 'published'),
+               ('received', 'received'), ('processed_rate_hz', 'processed Hz'), ('dropped', 'dropped'),
+               ('node_latency_p50_ms', 'recv→pub p50 ms'), ('node_latency_p99_ms', 'recv→pub p99 ms'),
+               ('e2e_latency_p50_ms', 'pub→recv p50 ms'), ('e2e_latency_p99_ms', 'pub→recv p99 ms'),
+               ('node_cpu_percent', 'node CPU %'), ('gpu_mem_mb', 'GPU MiB'))
+
+
+def table(rows, columns):
+    lines = ['| ' + ' | '.join(title for _, title in columns) + ' |',
+             '|' + '---|' * len(columns)]
+    for row in rows:
+        cells = []
+        for key, _ in columns:
+            value = row.get(key)
+            if key == 'status' and value != 'ok':
+                value = f'unavailable: {row.get("reason", "")}'
+            cells.append(_fmt(value, 3 if key == 'ratio_to_mff' else 2).replace('|', '/'))
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)
+
+
+def markdown(result):
+    meta = result['meta']
+    hw = meta['hardware']
+    parts = [f'# mffseg bench, {meta["date"]}', '',
+             f'Command: `{meta["command"]}`  ',
+             f'Hardware: {hw.get("gpu", "no GPU")}; {hw["cpu"]} ({hw["cpu_cores"]} cores, torch threads '
+             f'{hw["torch_threads"]}); torch {hw["torch"]}, onnxruntime {hw.get("onnxruntime", "–")}', '']
+    if result.get('model'):
+        parts += ['## Model only (batch 1)', '',
+                  '`x MFF main`: median time divided by that of MFF main, eager torch, same size and '
+                  'precision, measured in this run (> 1: slower than MFF).', '',
+                  table(result['model'], MODEL_COLUMNS), '']
+    if result.get('ros'):
+        parts += ['## End to end through ROS 2', '', table(result['ros'], ROS_COLUMNS), '']
+    return '\n'.join(parts)
+
+
+def write_chart(rows, path):
+    """Horizontal bars of median latency (p99 as a whisker) per timed configuration."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    ok = [r for r in rows if r.get('status') == 'ok']
+    labels = [f'{r["model"]} {r["mode"]} {r["size"]} {r["precision"]} {r["backend"]}' for r in ok]
+    fig, ax = plt.subplots(figsize=(9, 0.35 * max(len(ok), 2) + 1.2))
+    if ok:
+        medians = [r['median_ms'] for r in ok]
+        whiskers = [max(r['p99_ms'] - r['median_ms'], 0) for r in ok]
+        colours = ['tab:blue' if r['model'] == 'MFF' else 'tab:gray' for r in ok]
+        ax.barh(range(len(ok)), medians, xerr=[[0] * len(ok), whiskers], color=colours, capsize=2)
+        ax.set_yticks(range(len(ok)), labels, fontsize=8)
+        ax.invert_yaxis()
+    ax.set_xlabel('latency per frame, ms (bar: median, whisker: p99)')
+    ax.set_title('mffseg bench: model only, batch 1')
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_all(result, out_dir):
+    """bench.json, bench.md and bench.png in `out_dir`; returns their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {'json': out / 'bench.json', 'markdown': out / 'bench.md', 'chart': out / 'bench.png'}
+    paths['json'].write_text(json.dumps(result, indent=2, default=str) + '\n')
+    paths['markdown'].write_text(markdown(result))
+    write_chart(result.get('model', []), paths['chart'])
+    return paths

@@ -1,0 +1,91 @@
+"""`mffseg bench` runs end to end at tiny sizes and writes its files. No assertion is about speed."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mffseg_ros.cli import main
+from mffseg_ros.tools import bench_model as bm
+from mffseg_ros.tools.bench_peers import PlainUNet
+
+PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
+
+
+def read_outputs(out):
+    result = json.loads((out / 'bench.json').read_text())
+    assert (out / 'bench.png').read_bytes()[:8] == PNG_MAGIC
+    return result, (out / 'bench.md').read_text()
+
+
+def test_model_bench_writes_table_json_and_chart(tmp_path, capsys):
+    out = tmp_path / 'bench'
+    assert main(['bench', '--device', 'cpu', '--sizes', '64x64', '--modes', 'main,aux,multitask',
+                 '--backends', 'torch,onnx,cudagraph', '--precisions', 'fp32,fp16', '--peers',
+                 '--iters', '2', '--warmup', '1', '--threads', '1', '--out', str(out)]) == 0
+    result, md = read_outputs(out)
+    rows = {(r['model'], r['mode'], r['precision'], r['backend']): r for r in result['model']}
+    main_row = rows[('MFF', 'main', 'fp32', 'torch')]
+    assert main_row['status'] == 'ok' and main_row['iters'] == 2
+    assert main_row['ratio_to_mff'] == pytest.approx(1.0)
+    assert 0 < main_row['p99_ms'] and 0 < main_row['median_ms'] <= main_row['p99_ms']
+    assert main_row['gmacs'] > rows[('MFF', 'aux', 'fp32', 'torch')]['gmacs'] > 0  # aux skips a decoder
+    for mode in ('main', 'aux'):
+        assert rows[('MFF', mode, 'fp32', 'onnx')]['status'] == 'ok'
+        assert rows[('MFF', mode, 'fp32', 'onnx')]['ratio_to_mff'] > 0
+    # Rows that cannot run here say why instead of disappearing.
+    assert 'one output branch' in rows[('MFF', 'multitask', 'fp32', 'onnx')]['reason']
+    if not torch.cuda.is_available():
+        assert 'CUDA' in rows[('MFF', 'main', 'fp32', 'cudagraph')]['reason']
+        assert 'CUDA' in rows[('MFF', 'main', 'fp16', 'torch')]['reason']
+    unet = rows[('U-Net (plain)', '-', 'fp32', 'torch')]
+    assert unet['status'] == 'ok' and unet['ratio_to_mff'] > 0
+    linknet = rows[('LinkNet-34', '-', 'fp32', 'torch')]
+    assert linknet['status'] == 'ok' or 'segmentation_models_pytorch' in linknet['reason']
+    assert result['meta']['hardware']['cpu_cores'] >= 1 and '--peers' in result['meta']['command']
+    assert '| model | mode | size |' in md and 'x MFF main' in md
+    assert md in capsys.readouterr().out
+
+
+def test_ros_end_to_end(tmp_path):
+    out = tmp_path / 'ros'
+    assert main(['bench', '--device', 'cpu', '--no-model', '--ros', '--node', 'inprocess', '--stereo',
+                 '--frame-size', '64x80', '--rate', '10', '--duration', '1.5', '--threads', '1',
+                 '--out', str(out)]) == 0
+    result, md = read_outputs(out)
+    (row,) = result['ros']
+    assert row['published'] == 15 and row['stereo'] is True
+    assert 0 < row['received'] <= row['published'] and row['dropped'] == row['published'] - row['received']
+    assert 0 < row['e2e_latency_p50_ms'] <= row['e2e_latency_p99_ms']
+    assert row['node_latency_p50_ms'] is not None and row['node_cpu_percent'] > 0
+    assert 'End to end through ROS 2' in md
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--sizes', '100x64'], 'multiples of 32'),
+    (['--modes', 'main,fast'], 'unknown mode fast'),
+    (['--precisions', 'fp8'], 'unknown precision fp8'),
+    (['--iters', '0'], '--iters'),
+    (['--no-model', '--ros', '--frame-size', '10'], '--frame-size'),
+])
+def test_bad_options_are_one_line_errors(tmp_path, capsys, argv, message):
+    assert main(['bench', '--device', 'cpu', '--out', str(tmp_path), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_timer_and_mac_counter():
+    stats = bm.time_callable(lambda x: x * 2, torch.ones(4), device='cpu', warmup=1, iters=5)
+    assert stats['iters'] == 5 and stats['median_ms'] <= stats['p99_ms'] and stats['fps'] > 0
+    conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+    up = torch.nn.ConvTranspose2d(8, 2, 2, 2)
+    model = torch.nn.Sequential(conv, up)
+    macs = bm.count_macs(model, torch.zeros(1, 3, 10, 10), lambda m, x: m(x))
+    assert macs == 8 * 100 * 27 + 8 * 100 * 4 * 2  # conv: out values x k x C_in; transposed: in x k x C_out
+
+
+def test_plain_unet_shapes():
+    net = PlainUNet(8, base=4, depth=2).eval()
+    with torch.inference_mode():
+        assert net(torch.zeros(1, 3, 32, 48)).shape == (1, 8, 32, 48)
+    assert np.isfinite(sum(p.sum().item() for p in net.parameters()))
