@@ -74,6 +74,17 @@ def test_labels_follow_the_sample_contract(frames):
     assert len(drawn) >= 4, drawn  # the type head gets several types to tell apart
 
 
+def test_black_canvas_hides_image_and_labels():
+    gen = SceneGenerator(RIG, seed=1, canvas='circle', num_instruments=3, episode_length=1)
+    for i in range(3):
+        f = gen.frame(i)
+        for image, lab in ((f.left, f.labels_left), (f.right, f.labels_right)):
+            corners = (slice(0, 3), slice(0, 3)), (slice(-3, None), slice(-3, None))
+            for rows, cols in corners:  # a round field stop always hides the corners
+                assert not image[rows, cols].any() and not lab['parts'][rows, cols].any()
+            assert image[RIG.height // 2, RIG.width // 2].any()
+
+
 def test_tip_projects_onto_its_own_claspers_in_both_eyes(frames):
     """The true 3-D tip (centroid of the jaws) projected through P lands on clasper pixels of its
     instance, left and right; and that holds for most tools whose jaws are seen."""

@@ -34,7 +34,7 @@ class Effects:
             raise ValueError(f'canvas must be one of {CANVASES} or "random", got {canvas!r}')
         params = ()
         if canvas == 'circle':
-            params = (rng.uniform(0.5, 0.68), rng.uniform(-0.03, 0.03), rng.uniform(-0.03, 0.03))
+            params = (rng.uniform(0.48, 0.6), rng.uniform(-0.03, 0.03), rng.uniform(-0.03, 0.03))  # radius / width
         elif canvas == 'box':
             params = tuple(rng.uniform(0.0, 0.08, 4))
         s = strength
@@ -61,7 +61,7 @@ def canvas_mask(effects, height, width):
     if effects.canvas == 'circle':
         r, dx, dy = effects.canvas_params
         centre = (int(round(width * (0.5 + dx) * 16)), int(round(height * (0.5 + dy) * 16)))
-        cv2.circle(mask, centre, int(round(r * np.hypot(width, height) * 16)), 1, -1, cv2.LINE_8, shift=4)
+        cv2.circle(mask, centre, int(round(r * width * 16)), 1, -1, cv2.LINE_8, shift=4)
     else:
         left, right, top, bottom = effects.canvas_params
         mask[int(top * height):height - int(bottom * height), int(left * width):width - int(right * width)] = 1
