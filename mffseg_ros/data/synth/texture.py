@@ -42,19 +42,20 @@ def _smoothstep(x, lo, hi):
     return t * t * (3 - 2 * t)
 
 
-def _draw_vessels(rng, height, width, count):
-    """Branching random-walk polylines; returns a float mask (0..1) and a per-pixel tone index map."""
+def _draw_vessels(rng, height, width, count, thickness=(0.8, 2.6), steps=(15, 60), strength=1.0):
+    """Branching random-walk polylines (thickness in px at 640 wide); returns a float mask (0..1)
+    and a per-pixel tone index map."""
     mask = np.zeros((height, width), np.uint8)
     tone = np.zeros((height, width), np.uint8)
     step = max(2.0, width / 90)
     stack = [(rng.uniform(0, width), rng.uniform(0, height), rng.uniform(0, 2 * np.pi),
-              rng.uniform(0.8, 2.6) * width / 640, int(rng.integers(len(VESSEL_TONES))))
+              rng.uniform(*thickness) * width / 640, int(rng.integers(len(VESSEL_TONES))))
              for _ in range(count)]
     branches = 3 * count  # a budget, so branching cannot explode
     while stack:
         x, y, heading, thick, t = stack.pop()
         pts = [(x, y)]
-        for _ in range(int(rng.integers(15, 60))):
+        for _ in range(int(rng.integers(*steps))):
             heading += rng.normal(0, 0.35)
             x, y = x + step * np.cos(heading), y + step * np.sin(heading)
             pts.append((x, y))
@@ -63,7 +64,7 @@ def _draw_vessels(rng, height, width, count):
                 stack.append((x, y, heading + rng.choice((-1, 1)) * rng.uniform(0.5, 1.2), thick * 0.6, t))
         poly = np.round(np.array(pts) * 16).astype(np.int32)  # 4 fractional bits for anti-aliasing
         th = max(1, int(round(thick)))
-        cv2.polylines(mask, [poly], False, 255, th, cv2.LINE_AA, shift=4)
+        cv2.polylines(mask, [poly], False, int(255 * strength), th, cv2.LINE_AA, shift=4)
         cv2.polylines(tone, [poly], False, t + 1, th, cv2.LINE_8, shift=4)
     return mask.astype(np.float32) / 255, tone
 
@@ -110,13 +111,19 @@ def bake_tissue(seed, height, width, *, depth=(0.085, 0.16)):
     albedo *= (1 + 0.035 * fib + 0.025 * grain)[..., None]
 
     vessels, tone = _draw_vessels(rng, h, w, int(rng.integers(3, 14)))
+    # Capillaries: many short, faint, thin ones (they never branch: thinner than the branching limit).
+    capillaries, _ = _draw_vessels(rng, h, w, int(rng.integers(10, 50)), thickness=(0.4, 0.7), steps=(6, 25),
+                                   strength=rng.uniform(0.3, 0.6))
+    major = vessels
+    vessels = np.maximum(vessels, capillaries)
+    tone[(tone == 0) & (capillaries > 0)] = 1
     vessels = cv2.GaussianBlur(vessels, (0, 0), max(0.5, w / 1280))
     tone_rgb = np.array(((0, 0, 0),) + VESSEL_TONES, np.float32)[tone]
     tone_rgb = np.where(tone[..., None] > 0, tone_rgb, MUSCLE)
     albedo += (tone_rgb - albedo) * (rng.uniform(0.5, 0.9) * vessels)[..., None]
 
     # Shading with the light at the camera: diffuse from the bump normal, wet speculars, falloff.
-    bump = n1 + 0.25 * fractal_noise(rng, h, w, cells=(8, 16, 32), falloff=0.5) + 0.3 * vessels
+    bump = n1 + 0.25 * fractal_noise(rng, h, w, cells=(8, 16, 32), falloff=0.5) + 0.2 * major
     gy, gx = np.gradient(cv2.GaussianBlur(bump, (0, 0), max(1.0, w / 300)))
     k = rng.uniform(5, 14) * w / 640
     facing = 1 / np.sqrt(1 + (k * gx) ** 2 + (k * gy) ** 2)
