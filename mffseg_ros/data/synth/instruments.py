@@ -84,6 +84,35 @@ class Wave:
         return float(np.sum(self.amp * np.sin(self.freq * t + self.phase)))
 
 
+@dataclass(frozen=True)
+class Stains:
+    """Blood and grime on a tool: a pattern of crossed waves over (arc length, surface normal),
+    so it sticks to the tool as it moves. amount 0 = clean."""
+    amount: float = 0.0
+    freq: tuple = (50.0, 80.0, 120.0)  # cycles per metre along the tool
+    normal_weights: tuple = ((0.0, 0.0, 0.0),) * 3
+    phase: tuple = (0.0, 0.0, 0.0)
+    threshold: float = 0.4
+    rgb: tuple = (0.32, 0.04, 0.05)
+
+    @classmethod
+    def random(cls, rng):
+        if rng.random() < 0.5:
+            return cls()
+        return cls(float(rng.uniform(0.3, 0.75)), tuple(rng.uniform(30, 160, 3)),
+                   tuple(map(tuple, rng.normal(0, 2.0, (3, 3)))), tuple(rng.uniform(0, 2 * np.pi, 3)),
+                   float(rng.uniform(0.15, 0.45)), tuple(np.array((0.32, 0.04, 0.05)) * rng.uniform(0.6, 1.3)))
+
+    def mask(self, s, normal):
+        """0..1 stain cover of surface points (s: arc length, m; normal: (x, y, z) arrays): the product
+        of three waves, thresholded softly, gives irregular blotches."""
+        cover = np.float32(1)
+        for f, w, p in zip(self.freq, self.normal_weights, self.phase):
+            cover = cover * (0.5 + 0.5 * np.sin(np.float32(2 * np.pi * f) * s + w[0] * normal[0]
+                                                + w[1] * normal[1] + w[2] * normal[2] + np.float32(p)))
+        return np.clip((cover - self.threshold) * 6, 0, 1) * np.float32(self.amount)
+
+
 @dataclass
 class Instrument:
     """One instrument of an episode: type, look, trocar pivot and the waves that move it."""
@@ -96,6 +125,7 @@ class Instrument:
     centre: np.ndarray
     waves: dict = field(default_factory=dict)
     retract_amp: float = 0.0
+    stains: Stains = Stains()
 
     @classmethod
     def random(cls, rng, instance_id, type_id, entry_angle, tissue_depth):
@@ -115,7 +145,8 @@ class Instrument:
                      open=Wave(rng, periods=(25, 80)))
         materials = tuple(_jitter_material(rng, m, 0.12) for m in look.materials)
         return cls(instance_id, type_id, look, materials, rng.uniform(3.6, 4.4) * MM, pivot,
-                   np.array([xn * z, yn * z, z]), waves, retract_amp=rng.choice((0.0, 0.0, 0.5, 0.9)))
+                   np.array([xn * z, yn * z, z]), waves, retract_amp=rng.choice((0.0, 0.0, 0.5, 0.9)),
+                   stains=Stains.random(rng))
 
     def capsules(self, t):
         """Shaft (part 1), two-segment wrist (part 2) and two two-capsule jaws (part 3) at t, plus

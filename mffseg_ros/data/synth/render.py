@@ -5,6 +5,7 @@ import numpy as np
 from mffseg_ros.data.synth.geometry import intersect_capsules
 
 NEAR = 0.004  # metres; shafts are clipped here
+STAIN_FROM = -0.02  # metres along the tool from the wrist: tissue only soils its distal end
 HULL_MARGIN = 1.06  # on the projected radius: covers the second-order growth of off-axis spheres
 LIGHT_REF_DEPTH = 0.09  # instruments at this distance get the nominal brightness (light at the tip)
 TISSUE_REFLECTION = np.array([0.55, 0.18, 0.16])  # what metal mirrors: red tissue
@@ -78,9 +79,9 @@ def _candidate_pixels(rig, planes, origin, caps):
     return found[:, 1] + np.int32(y0), found[:, 0] + np.int32(x0)
 
 
-def _shade(mat, dirs, normal, s, depth, rgb_jitter):
-    """Light at the endoscope tip: ambient + diffuse + specular, mirrored tissue, inverse-square falloff.
-    Returns Nx3 float32 display RGB (0..1)."""
+def _shade(mat, dirs, normal, s, depth, rgb_jitter, stains=None):
+    """Light at the endoscope tip: ambient + diffuse + specular, mirrored tissue, inverse-square falloff,
+    blood stains on the distal end (s > STAIN_FROM). Returns Nx3 float32 display RGB (0..1)."""
     ndl = -(normal[0] * dirs[0] + normal[1] * dirs[1] + normal[2] * dirs[2])
     np.clip(ndl, 0.0, 1.0, out=ndl)
     albedo = np.empty((len(ndl), 3), np.float32)
@@ -90,6 +91,9 @@ def _shade(mat, dirs, normal, s, depth, rgb_jitter):
         albedo[(s >= lo) & (s <= hi)] = band
     if mat.stripes:
         albedo *= (1 - mat.stripe_depth * (np.sin(np.float32(2 * np.pi * mat.stripes) * s) > 0.5))[:, None]
+    if stains is not None and stains.amount:
+        cover = stains.mask(s, normal) * (s > STAIN_FROM)
+        albedo += (np.asarray(stains.rgb, np.float32) - albedo) * cover[:, None]
     falloff = np.clip((LIGHT_REF_DEPTH / depth) ** 2, 0.5, 1.7).astype(np.float32)
     colour = albedo * ((0.18 + 0.85 * ndl) * falloff)[:, None]
     colour += TISSUE_REFLECTION.astype(np.float32) * (mat.metal * (1 - ndl) ** 2 * falloff)[:, None]
@@ -130,5 +134,5 @@ def render_instruments(rig, side, image, zbuf, labels, instruments, rgb_jitter=1
             types[idx] = inst.type_id
             instances[idx] = inst.instance_id
             colour = _shade(inst.materials[group[0].look], [d[win] for d in dirs], [n[win] for n in normal],
-                            s[win], depth, rgb_jitter)
+                            s[win], depth, rgb_jitter, inst.stains)
             rgb[idx] = np.clip(colour * 255 + 0.5, 0, 255).astype(np.uint8)
