@@ -187,7 +187,8 @@ def test_dataset_yields_contract_samples_and_batches_with_torch():
 
 
 @pytest.mark.parametrize('kwargs', [dict(eye='middle'), dict(size=(4, 4)), dict(num_instruments=(3, 1)),
-                                    dict(types=(0, 9)), dict(canvas='oval'), dict(colour=1)])
+                                    dict(types=(0, 9)), dict(canvas='oval'), dict(colour=1),
+                                    dict(num_instruments='one'), dict(types='1,x')])
 def test_bad_settings_raise_a_user_error(kwargs):
     with pytest.raises(DataError) as err:
         SynthDataset(4, **kwargs)

@@ -63,12 +63,18 @@ class SceneGenerator:
     def __init__(self, rig=None, *, seed=0, num_instruments=(1, 3), types=None, canvas='random',
                  effects=1.0, episode_length=300, texture_pool=12, tissue_depth=(0.085, 0.16)):
         self.rig = rig if rig is not None else StereoRig.endovis_like(scale=0.5)
-        lo, hi = (num_instruments, num_instruments) if np.isscalar(num_instruments) else num_instruments
+        try:  # an int, (min, max), or "min,max" from a data spec string
+            counts = str(num_instruments).split(',') if isinstance(num_instruments, str) else num_instruments
+            lo, hi = (int(v) for v in ((counts, counts) if np.isscalar(counts) else counts))
+            types = None if types is None else str(types).split(',') if isinstance(types, str) else types
+            self.types = tuple(range(1, NUM_TYPES + 1)) if types is None else tuple(int(t) for t in types)
+        except (TypeError, ValueError):
+            raise DataError(f'synth scenes: num_instruments must be an int or (min, max) and types a list '
+                            f'of ids, got {num_instruments!r} and {types!r}') from None
         if not 0 <= lo <= hi:
             raise DataError(f'synth scenes: num_instruments must be (min, max) with 0 <= min <= max, '
                             f'got {num_instruments!r}')
-        self.num_instruments = (int(lo), int(hi))
-        self.types = tuple(range(1, NUM_TYPES + 1)) if types is None else tuple(int(t) for t in types)
+        self.num_instruments = (lo, hi)
         if not self.types or any(t < 1 or t > NUM_TYPES for t in self.types):
             raise DataError(f'synth scenes: types must be ids in 1..{NUM_TYPES}, got {types!r}')
         if canvas not in ('random', 'full', 'circle', 'box'):
