@@ -40,7 +40,7 @@ class Effects:
         s = strength
         angle = rng.uniform(0, 2 * np.pi)
         return cls(gains=tuple(1 + rng.uniform(-0.12, 0.12, 3) * s), gamma=float(1 + rng.uniform(-0.2, 0.2) * s),
-                   vignette=float(rng.uniform(0.1, 0.6)),
+                   vignette=round(float(rng.uniform(0.1, 0.6)), 2),  # 2 decimals: a few cached maps serve all
                    # Optics are never pixel-sharp (this also anti-aliases the tool edges); sometimes defocus.
                    blur_sigma=float(rng.uniform(1.2, 3.0) if on(0.3) else rng.uniform(0.5, 0.9) * s),
                    haze=float(rng.uniform(0.15, 0.6)) if on(0.2) else 0.0,

@@ -118,14 +118,14 @@ class SceneGenerator:
     def _vignette(self, effects):
         if not effects.vignette:
             return None
-        key = round(effects.vignette, 2)  # quantised, so a handful of maps serve every episode
+        key = effects.vignette  # Effects.random rounds it to 2 decimals, so few maps serve all episodes
         if key not in self._vignettes:
             if self._vignette_r2 is None:
                 h, w = self.rig.size
                 yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
                 self._vignette_r2 = ((xx - self.rig.cx) ** 2 + (yy - self.rig.cy) ** 2) / (0.41 * w * w)
             self._vignettes[key] = vignette_map(effects, self._vignette_r2)
-            if len(self._vignettes) > 8:
+            if len(self._vignettes) > 16:
                 self._vignettes.popitem(last=False)
         return self._vignettes[key]
 
