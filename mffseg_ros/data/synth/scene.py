@@ -86,9 +86,9 @@ class SceneGenerator:
         self.episode_length, self.texture_pool = int(episode_length), int(texture_pool)
         self.tissue_depth = tissue_depth
         h, w = self.rig.size
-        # The canvas holds the pan range and the right eye's disparity (tissue is never nearer than 5 cm).
+        # The tissue canvas holds the pan range and the right eye's disparity (tissue is never nearer than 5 cm).
         self._pan = (int(0.25 * w), int(0.25 * h))
-        self._canvas = (h + self._pan[1] + 2, w + self._pan[0] + int(np.ceil(self.rig.disparity(0.05))) + 4)
+        self._tissue_shape = (h + self._pan[1] + 2, w + self._pan[0] + int(np.ceil(self.rig.disparity(0.05))) + 4)
         # Tissue maps are smooth: they are computed on a grid 4x coarser (pixels 0, 4, 8...) and upsampled.
         self._coarse = (int(np.ceil((h - 1) / DEPTH_DOWNSAMPLE)) + 1, int(np.ceil((w - 1) / DEPTH_DOWNSAMPLE)) + 1)
         yy, xx = np.mgrid[0:self._coarse[0], 0:self._coarse[1]].astype(np.float32) * DEPTH_DOWNSAMPLE
@@ -104,7 +104,7 @@ class SceneGenerator:
     def _texture(self, texture_id):
         tex = self._textures.get(texture_id)
         if tex is None:
-            tex = bake_tissue([self.seed, 7919, texture_id], *self._canvas, depth=self.tissue_depth)
+            tex = bake_tissue([self.seed, 7919, texture_id], *self._tissue_shape, depth=self.tissue_depth)
             self._textures[texture_id] = tex
             if len(self._textures) > self.texture_pool:
                 self._textures.popitem(last=False)
@@ -112,7 +112,7 @@ class SceneGenerator:
 
     def _smoke(self, smoke_id):
         if smoke_id not in self._smokes:
-            self._smokes[smoke_id] = smoke_field([self.seed, 104729, smoke_id], *self._canvas)
+            self._smokes[smoke_id] = smoke_field([self.seed, 104729, smoke_id], *self._tissue_shape)
         return self._smokes[smoke_id]
 
     def _vignette(self, effects):
@@ -152,7 +152,7 @@ class SceneGenerator:
         n = int(rng.integers(self.num_instruments[0], self.num_instruments[1] + 1))
         weights = TYPE_WEIGHTS[np.array(self.types) - 1]
         types = rng.choice(self.types, size=n, p=weights / weights.sum())
-        # Distinct entry sides when possible, jittered; overlapping tools come from close sides.
+        # Distinct entry sides (mostly left and right) while there are sides left, jittered by +-0.5 rad.
         sides = rng.choice(len(ENTRY_ANGLES), size=n, replace=n > len(ENTRY_ANGLES), p=ENTRY_WEIGHTS)
         instruments = [Instrument.random(rng, k + 1, int(types[k]),
                                          ENTRY_ANGLES[sides[k]] + rng.uniform(-0.5, 0.5), tissue_depth)
@@ -184,7 +184,7 @@ class SceneGenerator:
         sx, sy, wave_x, wave_y, flip_x, flip_y = ep.pan
         ox = float(np.clip(sx + wave_x(t), 0, self._pan[0]))
         oy = float(np.clip(sy + wave_y(t), 0, self._pan[1]))
-        hc, wc = self._canvas
+        hc, wc = self._tissue_shape
         fx, fy = (-1.0 if flip_x else 1.0), (-1.0 if flip_y else 1.0)
         return np.float32([[fx, 0, (wc - 1 if flip_x else 0) + fx * ox],
                            [0, fy, (hc - 1 if flip_y else 0) + fy * oy]])
