@@ -110,8 +110,8 @@ def make_runner(model, call, *, mode, backend, device, precision, threads):
     return bm.compiled_runner(eager, device)
 
 
-def time_row(row, model, call, args, opts):
-    """Fills `row` in place with timings, or status 'unavailable'/'error' and the reason."""
+def prepare_row(row, model, call, args, opts):
+    """(runner, example input) for `row`, or None with the row's status set to 'unavailable'/'error'."""
     device, (h, w) = opts['device'], row['size_hw']
     x = torch.randn(1, 3, h, w, device=device)
     try:
@@ -119,14 +119,34 @@ def time_row(row, model, call, args, opts):
                              precision=row['precision'], threads=args.threads)
         if isinstance(runner, tuple):
             runner = bm.graph_runner(runner[1], x)
-        row.update(bm.time_callable(runner, x, device=device, warmup=args.warmup, iters=args.iters))
-        row['status'] = 'ok'
+        return runner, x
     except bm.Unavailable as e:
         row.update(status='unavailable', reason=str(e))
     except (RuntimeError, MffsegError) as e:  # e.g. out of memory, an op a backend lacks
-        row.update(status='error', reason=f'{type(e).__name__}: {str(e).splitlines()[0][:200]}')
-        if device.type == 'cuda':
-            torch.cuda.empty_cache()
+        _failed(row, e, device)
+    return None
+
+
+def _failed(row, error, device):
+    row.update(status='error', reason=f'{type(error).__name__}: {str(error).splitlines()[0][:200]}')
+    if device.type == 'cuda':
+        torch.cuda.empty_cache()
+
+
+def measure_rows(rows, prepared, args, opts):
+    """GPU: each row alone (CUDA events). CPU: all rows round-robin (bm.time_interleaved)."""
+    device = opts['device']
+    if device.type == 'cuda':
+        for row, (runner, x) in zip(rows, prepared):
+            try:
+                row.update(bm.time_callable(runner, x, device=device, warmup=args.warmup, iters=args.iters),
+                           status='ok')
+            except RuntimeError as e:
+                _failed(row, e, device)
+        return
+    stats = bm.time_interleaved(prepared, warmup=args.warmup, iters=args.iters)
+    for row, st in zip(rows, stats):
+        row.update(st, status='ok', timing='interleaved')
 
 
 def model_rows(args, opts):
@@ -146,19 +166,35 @@ def model_rows(args, opts):
                 for precision in opts['precisions']:
                     for backend in peer_backends:
                         plan.append((name, peer, peer_call, '-', (h, w), precision, backend, reason))
-    rows = []
-    for name, model, call, mode, (h, w), precision, backend, reason in tqdm(plan, desc='bench', unit='row'):
+    rows, runnable, prepared, macs = [], [], [], {}
+    for name, model, call, mode, (h, w), precision, backend, reason in tqdm(plan, desc='preparing', unit='row'):
         row = {'model': name, 'mode': mode, 'size': f'{h}x{w}', 'size_hw': (h, w), 'precision': precision,
                'backend': backend}
+        rows.append(row)
         if reason:
             row.update(status='unavailable', reason=reason)
+            continue
+        ready = prepare_row(row, copy.deepcopy(model), call, args, opts)
+        if ready is None:
+            continue
+        key = (name, mode, h, w)
+        if key not in macs:
+            macs[key] = bm.count_macs(copy.deepcopy(model).float().eval(), torch.zeros(1, 3, h, w), call) / 1e9
+        row['gmacs'] = macs[key]
+        runnable.append(row)
+        if opts['device'].type == 'cuda':  # one row at a time: its peak memory is its own
+            measure_rows([row], [ready], args, opts)
+            del ready
+            torch.cuda.empty_cache()
         else:
-            time_row(row, copy.deepcopy(model), call, args, opts)
-            if row['status'] == 'ok':
-                row['gmacs'] = bm.count_macs(copy.deepcopy(model).float().eval(),
-                                             torch.zeros(1, 3, h, w), call) / 1e9
-                row['tflops'] = 2 * row['gmacs'] / row['median_ms']  # GFLOP per ms = TFLOP/s
-        rows.append(row)
+            prepared.append(ready)
+    if prepared:
+        log.info('timing %d rows round-robin: %d warm-up + %d timed iterations each',
+                 len(prepared), args.warmup, args.iters)
+        measure_rows(runnable, prepared, args, opts)
+    for row in runnable:
+        if row.get('status') == 'ok':
+            row['tflops'] = 2 * row['gmacs'] / row['median_ms']  # GFLOP per ms = TFLOP/s
     add_ratios(rows)
     for row in rows:
         del row['size_hw']

@@ -40,9 +40,29 @@ def time_callable(fn, x, *, device, warmup=5, iters=20):
             fn(x)
             times[i] = (time.perf_counter() - t0) * 1e3
         peak_mb = None
+    return _stats(times, peak_mb)
+
+
+def time_interleaved(calls, *, warmup=5, iters=20):
+    """CPU latency statistics for several `(fn, x)` at once, timed round-robin: on a shared machine
+    the load changes during a run, and interleaving exposes every configuration to the same load,
+    so their ratios stay meaningful even when the absolute times drift."""
+    for fn, x in calls:
+        for _ in range(warmup):
+            fn(x)
+    times = np.empty((len(calls), iters))
+    for i in range(iters):
+        for k, (fn, x) in enumerate(calls):
+            t0 = time.perf_counter()
+            fn(x)
+            times[k, i] = (time.perf_counter() - t0) * 1e3
+    return [_stats(t, None) for t in times]
+
+
+def _stats(times, peak_mb):
     median = float(np.median(times))
     return {'median_ms': median, 'p99_ms': float(np.percentile(times, 99)), 'mean_ms': float(times.mean()),
-            'fps': 1e3 / median if median > 0 else float('inf'), 'peak_mem_mb': peak_mb, 'iters': iters}
+            'fps': 1e3 / median if median > 0 else float('inf'), 'peak_mem_mb': peak_mb, 'iters': len(times)}
 
 
 def count_macs(model, x, call):

@@ -77,7 +77,10 @@ def markdown(result):
     if result.get('model'):
         parts += ['## Model only (batch 1)', '',
                   '`x MFF main`: median time divided by that of MFF main, eager torch, same size and '
-                  'precision, measured in this run (> 1: slower than MFF).', '',
+                  'precision, measured in this run (> 1: slower than MFF).'
+                  + (' CPU rows were timed round-robin (one call of each row in turn), so load from '
+                     'other processes hits them alike and their ratios hold.'
+                     if any(r.get('timing') == 'interleaved' for r in result['model']) else ''), '',
                   table(result['model'], MODEL_COLUMNS), '']
     if result.get('ros'):
         parts += ['## End to end through ROS 2', '', table(result['ros'], ROS_COLUMNS), '']
