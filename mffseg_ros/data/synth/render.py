@@ -79,13 +79,13 @@ def _candidate_pixels(rig, planes, origin, caps):
     return found[:, 1] + np.int32(y0), found[:, 0] + np.int32(x0)
 
 
-def _shade(mat, dirs, normal, s, depth, rgb_jitter, stains=None):
+def _shade(mat, dirs, normal, s, depth, stains=None):
     """Light at the endoscope tip: ambient + diffuse + specular, mirrored tissue, inverse-square falloff,
     blood stains on the distal end (s > STAIN_FROM). Returns Nx3 float32 display RGB (0..1)."""
     ndl = -(normal[0] * dirs[0] + normal[1] * dirs[1] + normal[2] * dirs[2])
     np.clip(ndl, 0.0, 1.0, out=ndl)
     albedo = np.empty((len(ndl), 3), np.float32)
-    albedo[:] = np.asarray(mat.rgb, np.float32) * rgb_jitter
+    albedo[:] = mat.rgb
     if mat.band is not None:
         lo, hi, band = mat.band
         albedo[(s >= lo) & (s <= hi)] = band
@@ -101,7 +101,7 @@ def _shade(mat, dirs, normal, s, depth, rgb_jitter, stains=None):
     return colour
 
 
-def render_instruments(rig, side, image, zbuf, labels, instruments, rgb_jitter=1.0):
+def render_instruments(rig, side, image, zbuf, labels, instruments):
     """Draw `instruments` [(Instrument, capsules)] into `image` (HxWx3 uint8) in place, where nearer
     than `zbuf` (HxW float32 depth in metres, updated). labels: dict of HxW arrays 'parts', 'type',
     'instance'. All arrays must be C-contiguous (written through flat views)."""
@@ -134,5 +134,5 @@ def render_instruments(rig, side, image, zbuf, labels, instruments, rgb_jitter=1
             types[idx] = inst.type_id
             instances[idx] = inst.instance_id
             colour = _shade(inst.materials[group[0].look], [d[win] for d in dirs], [n[win] for n in normal],
-                            s[win], depth, rgb_jitter, inst.stains)
+                            s[win], depth, inst.stains)
             rgb[idx] = np.clip(colour * 255 + 0.5, 0, 255).astype(np.uint8)
