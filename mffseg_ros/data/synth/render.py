@@ -92,8 +92,10 @@ def _shade(mat, dirs, normal, s, depth, stains=None):
     if mat.stripes:
         albedo *= (1 - mat.stripe_depth * (np.sin(np.float32(2 * np.pi * mat.stripes) * s) > 0.5))[:, None]
     if stains is not None and stains.amount:
-        cover = stains.mask(s, normal) * (s > STAIN_FROM)
-        albedo += (np.asarray(stains.rgb, np.float32) - albedo) * cover[:, None]
+        near_tip = np.flatnonzero(s > STAIN_FROM)  # most shaft pixels are not: skip them
+        if len(near_tip):
+            cover = stains.mask(s[near_tip], [n[near_tip] for n in normal])
+            albedo[near_tip] += (np.asarray(stains.rgb, np.float32) - albedo[near_tip]) * cover[:, None]
     falloff = np.clip((LIGHT_REF_DEPTH / depth) ** 2, 0.5, 1.7).astype(np.float32)
     colour = albedo * ((0.18 + 0.85 * ndl) * falloff)[:, None]
     colour += TISSUE_REFLECTION.astype(np.float32) * (mat.metal * (1 - ndl) ** 2 * falloff)[:, None]
