@@ -30,9 +30,8 @@ class Capsule:
 def intersect_capsules(origin, dirs, caps):
     """First hit of unit rays from `origin` with the union of `caps` (all capsules at once).
 
-    dirs = (dx, dy, dz), 1-D float32 arrays of N rays. Returns (t, k, hit, normal, s): distance along
-    each ray (inf where missed), index of the capsule hit, hit points and unit outward normals as
-    (x, y, z) array triples, and the arc length (m) of the closest axis point of that capsule."""
+    dirs = (dx, dy, dz), 1-D float32 arrays of N rays. Returns (t, k): the distance along each ray
+    (inf where missed) and the index of the capsule hit; surface_points() gives the rest."""
     dx, dy, dz = dirs
     a = np.array([c.a for c in caps], np.float64)
     ba = np.array([c.b for c in caps], np.float64) - a
@@ -68,24 +67,27 @@ def intersect_capsules(origin, dirs, caps):
                 ts = -b - np.sqrt(b * b - ((oc * oc).sum(1) - (r * r)[kk].astype(np.float32)))
                 best = np.where(ts > 0, np.minimum(best, ts), best)  # NaN where the sphere is missed
             t[kk, nn] = best
-    a32, ba32 = a.astype(np.float32), ba.astype(np.float32)
-    per_cap = np.stack([1 / baba, 1 / r, np.sqrt(baba), [c.s0 for c in caps]]).astype(np.float32)
-    if len(caps) == 1:  # scalars broadcast: no gathers
-        k = np.zeros(len(dx), np.intp)
-        t = t[0]
-        pick = lambda v: v[0]
-    else:
-        k = np.argmin(t, axis=0)
-        t = t[k, np.arange(len(dx))]
-        pick = lambda v: np.take(v, k)
-    tt = np.where(np.isfinite(t), t, np.float32(0))
-    hit = [np.float32(origin[i]) + d * tt for i, d in enumerate((dx, dy, dz))]
-    rel = [hit[i] - pick(a32[:, i]) for i in range(3)]
-    bak = [pick(ba32[:, i]) for i in range(3)]
+    if len(caps) == 1:
+        return t[0], np.zeros(len(dx), np.intp)
+    k = np.argmin(t, axis=0)
+    return t[k, np.arange(len(dx))], k
+
+
+def surface_points(origin, dirs, t, k, caps):
+    """Hit points, unit outward normals ((x, y, z) array triples) and arc lengths (m, from each
+    capsule's s0) where rays `dirs` hit capsule caps[k] at finite distance t."""
+    a = np.array([c.a for c in caps], np.float32)
+    ba = np.array([c.b for c in caps], np.float32) - a
+    baba = (ba.astype(np.float64) ** 2).sum(1)
+    per_cap = np.stack([1 / baba, [1 / c.radius for c in caps], np.sqrt(baba), [c.s0 for c in caps]]).astype(np.float32)
+    pick = (lambda v: v[0]) if len(caps) == 1 else (lambda v: np.take(v, k))  # scalars broadcast
+    hit = [np.float32(origin[i]) + d * t for i, d in enumerate(dirs)]
+    rel = [hit[i] - pick(a[:, i]) for i in range(3)]
+    bak = [pick(ba[:, i]) for i in range(3)]
     inv_baba, inv_r, length, s0 = (pick(v) for v in per_cap)
     axial = np.clip((rel[0] * bak[0] + rel[1] * bak[1] + rel[2] * bak[2]) * inv_baba, 0.0, 1.0)
     normal = [(rel[i] - axial * bak[i]) * inv_r for i in range(3)]
-    return t, k, hit, normal, s0 + axial * length
+    return hit, normal, s0 + axial * length
 
 
 def rotate(v, axis, angle):

@@ -2,7 +2,7 @@
 import cv2
 import numpy as np
 
-from mffseg_ros.data.synth.geometry import intersect_capsules
+from mffseg_ros.data.synth.geometry import intersect_capsules, surface_points
 
 NEAR = 0.004  # metres; shafts are clipped here
 STAIN_FROM = -0.02  # metres along the tool from the wrist: tissue only soils its distal end
@@ -123,18 +123,18 @@ def render_instruments(rig, side, image, zbuf, labels, instruments):
             y = (ys.astype(np.float32) - np.float32(rig.cy)) * np.float32(1 / rig.fy)
             inv = 1 / np.sqrt(x * x + y * y + 1)
             dirs = (x * inv, y * inv, inv)
-            t, k, hit, normal, s = intersect_capsules(origin, dirs, group)
+            t, k = intersect_capsules(origin, dirs, group)
             idx = ys * width + xs
-            win = np.flatnonzero(np.isfinite(t) & (hit[2] < zflat[idx]))
+            win = np.flatnonzero(t * dirs[2] < zflat[idx])  # depth; misses are inf and never win
             if not len(win):
                 continue
-            idx = idx[win]
-            depth = hit[2][win]
+            idx, k, dirs = idx[win], k[win], [d[win] for d in dirs]
+            hit, normal, s = surface_points(origin, dirs, t[win], k, group)
+            depth = hit[2]
             zflat[idx] = depth
             part_ids = {c.part for c in group}
-            parts[idx] = part_ids.pop() if len(part_ids) == 1 else np.array([c.part for c in group], np.uint8)[k[win]]
+            parts[idx] = part_ids.pop() if len(part_ids) == 1 else np.array([c.part for c in group], np.uint8)[k]
             types[idx] = inst.type_id
             instances[idx] = inst.instance_id
-            colour = _shade(inst.materials[group[0].look], [d[win] for d in dirs], [n[win] for n in normal],
-                            s[win], depth, inst.stains)
+            colour = _shade(inst.materials[group[0].look], dirs, normal, s, depth, inst.stains)
             rgb[idx] = np.clip(colour * 255 + 0.5, 0, 255).astype(np.uint8)
