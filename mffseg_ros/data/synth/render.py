@@ -99,7 +99,10 @@ def _shade(mat, dirs, normal, s, depth, stains=None):
     falloff = np.clip((LIGHT_REF_DEPTH / depth) ** 2, 0.5, 1.7).astype(np.float32)
     colour = albedo * ((0.18 + 0.85 * ndl) * falloff)[:, None]
     colour += TISSUE_REFLECTION.astype(np.float32) * (mat.metal * (1 - ndl) ** 2 * falloff)[:, None]
-    colour += (mat.spec * ndl ** mat.shininess * falloff)[:, None]
+    highlight = ndl
+    for _ in range(max(1, round(np.log2(mat.shininess)))):  # ndl ** shininess at a power of 2: squarings
+        highlight = highlight * highlight                    # are ~20x cheaper than np.power
+    colour += (mat.spec * highlight * falloff)[:, None]
     return colour
 
 
