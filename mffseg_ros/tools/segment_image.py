@@ -41,9 +41,11 @@ def expand_images(paths):
 
 
 def generated_sample(seed=0, height=512, width=640):
-    """A frame (with labels) from the synthetic stereo scene generator."""
+    """A frame (with labels) from the synthetic stereo scene generator: the first of the seed's scenes
+    that shows an instrument's claspers (some scenes show no instrument at all)."""
     from mffseg_ros.data.synth import SynthDataset
-    return SynthDataset(1, size=(height, width), seed=seed)[0]
+    scenes = SynthDataset(32, size=(height, width), seed=seed)
+    return next((s for s in scenes if (s['parts'] == 3).any()), scenes[0])
 
 
 def _tips(result, min_area):
