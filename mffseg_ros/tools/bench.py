@@ -244,6 +244,10 @@ def _run(args, opts):
 def _argv_of(args):
     """The options as given, for the report (argparse keeps no copy of argv)."""
     skip = {'command', 'verbose'}
+    if not args.ros:
+        skip |= {'rate', 'stereo', 'frame_size', 'duration', 'node', 'node_param'}
+    if args.no_model:
+        skip |= {'sizes', 'modes', 'precisions', 'backends', 'compile', 'peers', 'iters', 'warmup'}
     out = []
     for key, value in vars(args).items():
         if key in skip or value in (None, False, []):

@@ -8,6 +8,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import cv2
@@ -83,11 +84,14 @@ class _NodeProcess:
         cmd = [sys.executable, '-m', 'mffseg_ros.ros.segment_node', '--ros-args', '-r', f'__ns:={NAMESPACE}']
         for name, value in params.items():
             cmd += ['-p', f'{name}:={fmt(value)}']
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        # The node's log goes to a file: an unread pipe fills up and blocks the node mid-run.
+        self.log = tempfile.TemporaryFile(mode='w+')
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, text=True)
 
     def check_alive(self):
         if self.proc.poll() is not None:
-            err = self.proc.stderr.read().strip().splitlines()
+            self.log.seek(0)
+            err = self.log.read().strip().splitlines()
             raise MffsegError(f'segment node exited with code {self.proc.returncode}: '
                               f'{err[-1] if err else "no message"}')
 
@@ -118,6 +122,7 @@ class _NodeProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        self.log.close()
 
 
 class _NodeInProcess:
