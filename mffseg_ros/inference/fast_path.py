@@ -44,6 +44,7 @@ class _Plan:
                                            pin_memory=self.on_cuda)
 
     def _capture(self):
+        self.stream.wait_stream(torch.cuda.current_stream())  # buffers were made on the default stream
         with torch.cuda.stream(self.stream):
             for _ in range(WARMUP_RUNS):
                 self.labels, self.confidence = self.fast.compute(self.dev_in, self.size, self.net_size)

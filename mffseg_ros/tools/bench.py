@@ -53,6 +53,8 @@ def add_arguments(parser):
     ros.add_argument('--duration', type=float, default=10.0, help='measured seconds (default 10)')
     ros.add_argument('--node', choices=('subprocess', 'inprocess'), default='subprocess',
                      help='run the node as its own process (default) or in this one')
+    ros.add_argument('--reliable', action='store_true',
+                     help='reliable image QoS on both ends (default: best effort, like a camera driver)')
     ros.add_argument('--node-param', action='append', default=[], metavar='NAME:=VALUE',
                      help='extra segment node parameter (repeatable), e.g. branch:=aux')
     parser.add_argument('--out', default='bench_results', help='output folder (default bench_results)')
@@ -119,10 +121,11 @@ def prepare_row(row, model, call, args, opts):
                              precision=row['precision'], threads=args.threads)
         if isinstance(runner, tuple):
             runner = bm.graph_runner(runner[1], x)
+        runner(x)  # the first call exports / compiles / fails here, for this row alone
         return runner, x
     except bm.Unavailable as e:
         row.update(status='unavailable', reason=str(e))
-    except (RuntimeError, MffsegError) as e:  # e.g. out of memory, an op a backend lacks
+    except (RuntimeError, MffsegError, OSError) as e:  # out of memory, an op a backend lacks, no compiler
         _failed(row, e, device)
     return None
 
@@ -245,7 +248,7 @@ def _argv_of(args):
     """The options as given, for the report (argparse keeps no copy of argv)."""
     skip = {'command', 'verbose'}
     if not args.ros:
-        skip |= {'rate', 'stereo', 'frame_size', 'duration', 'node', 'node_param'}
+        skip |= {'rate', 'stereo', 'frame_size', 'duration', 'node', 'node_param', 'reliable'}
     if args.no_model:
         skip |= {'sizes', 'modes', 'precisions', 'backends', 'compile', 'peers', 'iters', 'warmup'}
     out = []

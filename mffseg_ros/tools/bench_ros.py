@@ -53,7 +53,8 @@ def camera_info(height, width, side, header):
 
 def _node_parameters(args, opts):
     params = {'stereo': bool(args.stereo), 'device': str(opts['device']), 'diagnostics_period': 1.0,
-              'publish_overlay': False, 'publish_tip_markers': False, 'input_reliability': 'best_effort'}
+              'publish_overlay': False, 'publish_tip_markers': False,
+              'input_reliability': 'reliable' if args.reliable else 'best_effort'}
     if 'fp16' in opts['precisions'] and opts['device'].type == 'cuda':
         params['precision'] = 'fp16'
     if args.weights:
@@ -172,7 +173,12 @@ def ros_rows(args, opts):
         if msg.status and msg.status[0].name.startswith('mffseg'):
             diagnostics.append(diagnostic_values(msg))
 
-    with RosHarness(probe_name='mffseg_bench_probe') as ros:
+    argv, sys.argv = sys.argv, sys.argv[:1]  # rclpy.init reads sys.argv: keep our NAME:=VALUE out of it
+    try:
+        ros = RosHarness(probe_name='mffseg_bench_probe')
+    finally:
+        sys.argv = argv
+    with ros:
         node = _NodeInProcess(ros, params) if args.node == 'inprocess' else _NodeProcess(params)
         try:
             probe = ros.probe
@@ -182,7 +188,8 @@ def ros_rows(args, opts):
             if args.stereo:  # watching ~/tips makes the node match, triangulate and publish 3-D tips
                 probe.create_subscription(PointCloud2, f'{NAMESPACE}/mffseg/tips', lambda m: None,
                                           qos('reliable', 10))
-            image_pubs = {s: ros.publisher(f'{NAMESPACE}/stereo/{s}/image_raw', Image, 'best_effort', 1)
+            reliability = 'reliable' if args.reliable else 'best_effort'
+            image_pubs = {s: ros.publisher(f'{NAMESPACE}/stereo/{s}/image_raw', Image, reliability, 1)
                           for s in sides}
             info_pubs = {s: ros.publisher(f'{NAMESPACE}/stereo/{s}/camera_info', CameraInfo, 'best_effort', 1)
                          for s in sides} if args.stereo else {}
