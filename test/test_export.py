@@ -11,8 +11,17 @@ from mffseg_ros.model.weights import save_weights
 from mffseg_ros.tools.export import parse_size
 
 
+@pytest.fixture(scope='module', autouse=True)
+def one_thread():
+    """Tiny tensors: a second OpenMP thread only adds barrier waits on a loaded 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope='module')
-def model():
+def model(one_thread):
     torch.manual_seed(0)
     return MFFNet().eval()
 

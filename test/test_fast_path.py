@@ -40,8 +40,18 @@ def synthetic_frame(rng, height, width):
     return rgb, type_map, parts
 
 
+@pytest.fixture(scope='module', autouse=True)
+def one_thread():
+    """Tiny tensors: a second OpenMP thread only adds barrier waits (tens of ms per transposed conv
+    on a loaded 2-core machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope='module')
-def trained_model():
+def trained_model(one_thread):
     """Random trunk, last layer per task (32 features -> classes) fitted to synthetic labels: training
     the whole network takes minutes on a shared CPU, fitting the heads on cached features seconds."""
     torch.manual_seed(0)
