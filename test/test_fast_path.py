@@ -84,10 +84,16 @@ def class_weights(target, num_classes):
     return torch.where(counts > 0, counts.sum() / (counts * len(counts)), torch.zeros_like(counts)).clamp(max=20)
 
 
-def make_segmenter(model, **kwargs):
+def make_segmenter(model, device='cpu', **kwargs):
     clone = MFFNet()
     clone.load_state_dict(model.state_dict())
-    return Segmenter(clone.eval(), default_metadata(clone), device='cpu', **kwargs)
+    return Segmenter(clone.eval(), default_metadata(clone), device=device, **kwargs)
+
+
+# CPU: the same code without pinning or graphs (CI). CUDA: pinned buffers, CUDA graphs, fp16.
+FAST_CONFIGS = [pytest.param(('cpu', 'fp32'), id='cpu-fp32'),
+                pytest.param(('cuda', 'fp16'), id='cuda-fp16',
+                             marks=pytest.mark.skipif(not torch.cuda.is_available(), reason='no CUDA device'))]
 
 
 def nearest_distance(tip, others):
@@ -96,10 +102,13 @@ def nearest_distance(tip, others):
 
 
 # Frames 128x192 shrink to the 64x96 network input (area resize); 48x72 frames are enlarged (bilinear).
+@pytest.mark.parametrize('fast_config', FAST_CONFIGS)
 @pytest.mark.parametrize('frame_size', [(128, 192), (48, 72), (64, 96)])
-def test_fast_path_agrees_with_eager(trained_model, frame_size):
-    eager = make_segmenter(trained_model, input_size=(64, 96))
-    fast = FastPath(make_segmenter(trained_model, input_size=(64, 96)))
+def test_fast_path_agrees_with_eager(trained_model, frame_size, fast_config):
+    device, precision = fast_config
+    eager = make_segmenter(trained_model, input_size=(64, 96))  # eager fp32 on the CPU: the reference
+    fast = FastPath(make_segmenter(trained_model, device, input_size=(64, 96), precision=precision))
+    assert fast.cuda_graphs == (device == 'cuda')
     rng = np.random.default_rng(1)
     frames = [synthetic_frame(rng, *frame_size)[0] for _ in range(4)]
     tips_found = 0
