@@ -10,7 +10,6 @@ agrees with the eager pipeline.
 """
 import logging
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 

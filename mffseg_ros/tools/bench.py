@@ -3,7 +3,6 @@ the paper's peers in the same run, and optionally end to end through ROS 2. Writ
 bench.json and bench.png to --out."""
 import copy
 import logging
-import sys
 
 import torch
 from tqdm import tqdm

@@ -72,8 +72,8 @@ def markdown(result):
     hw = meta['hardware']
     parts = [f'# mffseg bench, {meta["date"]}', '',
              f'Command: `{meta["command"]}`  ',
-             f'Hardware: {hw.get("gpu", "no GPU")}; {hw["cpu"]} ({hw["cpu_cores"]} cores, torch threads '
-             f'{hw["torch_threads"]}); torch {hw["torch"]}, onnxruntime {hw.get("onnxruntime", "–")}', '']
+             (f'Hardware: {hw.get("gpu", "no GPU")}; {hw["cpu"]} ({hw["cpu_cores"]} cores, torch threads '
+              f'{hw["torch_threads"]}); torch {hw["torch"]}, onnxruntime {hw.get("onnxruntime", "–")}'), '']
     if result.get('model'):
         parts += ['## Model only (batch 1)', '',
                   '`x MFF main`: median time divided by that of MFF main, eager torch, same size and '

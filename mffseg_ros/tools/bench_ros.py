@@ -108,7 +108,7 @@ class _NodeProcess:
         if not shutil.which('nvidia-smi'):
             return None
         out = subprocess.run(['nvidia-smi', '--query-compute-apps=pid,used_memory', '--format=csv,noheader,nounits'],
-                             capture_output=True, text=True).stdout
+                             capture_output=True, text=True, check=False).stdout
         for line in out.splitlines():
             pid, _, mem = line.partition(',')
             if pid.strip() == str(self.proc.pid):
@@ -219,7 +219,7 @@ def ros_rows(args, opts):
             diag_start = len(diagnostics)
             cpu0, t0 = node.cpu_seconds(), time.monotonic()
             published = []
-            n_frames = max(1, int(round(args.duration * args.rate)))
+            n_frames = max(1, round(args.duration * args.rate))
             for k in range(n_frames):  # fixed schedule: a slow publish never shifts later frames
                 delay = t0 + k / args.rate - time.monotonic()
                 if delay > 0:
