@@ -1,4 +1,5 @@
 """`mffseg export --onnx` and the ONNX Runtime / torch backends: real export, real ONNX Runtime."""
+import numpy as np
 import pytest
 import torch
 
@@ -100,3 +101,21 @@ def test_parse_size():
     for bad in ['512', '512x', 'ax640', '0x640', '500x640']:
         with pytest.raises(MffsegError):
             parse_size(bad)
+
+
+def test_segmenter_onnx_backend_matches_torch(model):
+    """Segmenter.load(..., backend='onnx') path: same labels as the torch backend."""
+    from mffseg_ros.inference.segmenter import Segmenter
+    from mffseg_ros.model.weights import default_metadata
+    frame = np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8)
+    results = {}
+    for backend in ('torch', 'onnx'):
+        clone = MFFNet()
+        clone.load_state_dict(model.state_dict())
+        extra = {'threads': 1} if backend == 'onnx' else {}
+        seg = Segmenter(clone.eval(), default_metadata(clone), device='cpu', input_size=(64, 96),
+                        backend=backend, **extra)
+        results[backend] = seg.segment(frame)
+    assert (results['torch'].type == results['onnx'].type).mean() >= 0.999
+    assert (results['torch'].parts == results['onnx'].parts).mean() >= 0.999
+    assert np.abs(results['torch'].confidence - results['onnx'].confidence).max() < 1e-3
