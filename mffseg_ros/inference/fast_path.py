@@ -28,7 +28,7 @@ class _Plan:
         self.on_cuda = dev.type == 'cuda'
         shape = (batch, height, width, 3)
         self.host_in = torch.empty(shape, dtype=torch.uint8, pin_memory=self.on_cuda)
-        self.dev_in = torch.empty(shape, dtype=torch.uint8, device=dev)
+        self.dev_in = torch.empty(shape, dtype=torch.uint8, device=dev) if self.on_cuda else self.host_in
         self.size = (height, width)
         self.net_size = fast.segmenter.network_size(height, width)
         self.stream = torch.cuda.Stream(dev) if self.on_cuda else None
@@ -63,7 +63,6 @@ class _Plan:
         for i, frame in enumerate(frames):  # one copy into the preallocated (pinned) buffer
             self.host_in[i].numpy()[...] = frame
         if not self.on_cuda:
-            self.dev_in.copy_(self.host_in)
             labels, confidence = self.fast.compute(self.dev_in, self.size, self.net_size)
             return labels.numpy(), confidence.numpy()
         with torch.cuda.stream(self.stream):
@@ -94,6 +93,10 @@ class FastPath:
         self.task_slices = dict(segmenter.task_slices)
         self.conf_task = 'type' if 'type' in self.task_slices else next(iter(self.task_slices))
         self.cuda_graphs = cuda_graphs and self.device.type == 'cuda'
+        if self.device.type == 'cuda':
+            # Input shapes are fixed per plan, so autotuned convolution algorithms pay off; the tuning
+            # happens in the warm-up runs, before the graph is captured.
+            torch.backends.cudnn.benchmark = True
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = segmenter.model.to(memory_format=self.memory_format).eval()
         self.mean = segmenter._mean.float()
