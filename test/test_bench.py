@@ -50,11 +50,12 @@ def test_model_bench_writes_table_json_and_chart(tmp_path, capsys):
 def test_ros_end_to_end(tmp_path):
     out = tmp_path / 'ros'
     assert main(['bench', '--device', 'cpu', '--no-model', '--ros', '--node', 'inprocess', '--stereo',
-                 '--frame-size', '64x80', '--rate', '10', '--duration', '1.5', '--threads', '1',
+                 '--frame-size', '64x80', '--rate', '10,20', '--duration', '1', '--threads', '1',
                  '--out', str(out)]) == 0
     result, md = read_outputs(out)
-    (row,) = result['ros']
-    assert row['published'] == 15 and row['stereo'] is True
+    slow, row = result['ros']
+    assert (slow['rate_hz'], row['rate_hz']) == (10, 20) and slow['published'] == 10
+    assert row['published'] == 20 and row['stereo'] is True
     assert 0 < row['received'] <= row['published'] and row['dropped'] == row['published'] - row['received']
     assert 0 < row['e2e_latency_p50_ms'] <= row['e2e_latency_p99_ms']
     assert row['node_latency_p50_ms'] is not None and row['node_cpu_percent'] > 0
@@ -67,6 +68,7 @@ def test_ros_end_to_end(tmp_path):
     (['--precisions', 'fp8'], 'unknown precision fp8'),
     (['--iters', '0'], '--iters'),
     (['--no-model', '--ros', '--frame-size', '10'], '--frame-size'),
+    (['--no-model', '--ros', '--rate', '30,-1'], '--rate'),
 ])
 def test_bad_options_are_one_line_errors(tmp_path, capsys, argv, message):
     assert main(['bench', '--device', 'cpu', '--out', str(tmp_path), *argv]) == 2

@@ -46,7 +46,7 @@ def add_arguments(parser):
     parser.add_argument('--no-model', action='store_true', help='skip the model-only part')
     ros = parser.add_argument_group('end to end through ROS 2')
     ros.add_argument('--ros', action='store_true', help='publish frames over DDS into the segment node')
-    ros.add_argument('--rate', type=float, default=30.0, help='publish rate in Hz (default 30)')
+    ros.add_argument('--rate', default='30', help='publish rate(s) in Hz, comma-separated (default 30)')
     ros.add_argument('--stereo', action='store_true', help='publish stereo pairs with camera_info')
     ros.add_argument('--frame-size', default='1024x1280', help='published frame HxW (default 1024x1280)')
     ros.add_argument('--duration', type=float, default=10.0, help='measured seconds (default 10)')

@@ -148,7 +148,7 @@ class _NodeInProcess:
 
 
 def ros_rows(args, opts):
-    """One row of end-to-end results for the configured rate, frame size and stereo setting."""
+    """One row of end-to-end results per publish rate (one node, started and warmed up once)."""
     import rclpy  # noqa: F401  (fail early with a clear message when ROS 2 is missing)
     from diagnostic_msgs.msg import DiagnosticArray
     from sensor_msgs.msg import CameraInfo, Image, PointCloud2
@@ -158,8 +158,9 @@ def ros_rows(args, opts):
     from mffseg_ros.ros.harness import RosHarness
 
     height, width = parse_frame_size(args.frame_size)
-    if not args.rate > 0 or not args.duration > 0:
-        raise MffsegError(f'--rate and --duration must be positive (got {args.rate}, {args.duration})')
+    rates = parse_rates(args.rate)
+    if not args.duration > 0:
+        raise MffsegError(f'--duration must be positive, got {args.duration}')
     params = _node_parameters(args, opts)
     frames = synthetic_frames(height, width)
     sides = ('left', 'right') if args.stereo else ('left',)
@@ -205,7 +206,7 @@ def ros_rows(args, opts):
                         info_pubs[side].publish(camera_info(height, width, side, msg.header))
                 return stamp_ns
 
-            # Warm-up: publish at the rate until the node answers (model load, first inference).
+            # Warm-up: publish at the first rate until the node answers (model load, first inference).
             deadline, i = time.monotonic() + STARTUP_TIMEOUT_S, 0
             while not received:
                 node.check_alive()
@@ -213,44 +214,55 @@ def ros_rows(args, opts):
                     raise MffsegError(f'segment node gave no output within {STARTUP_TIMEOUT_S:.0f} s')
                 publish(i)
                 i += 1
-                time.sleep(1.0 / args.rate)
+                time.sleep(1.0 / rates[0])
             time.sleep(DRAIN_S)
-            received.clear()
-            diag_start = len(diagnostics)
-            cpu0, t0 = node.cpu_seconds(), time.monotonic()
-            published = []
-            n_frames = max(1, round(args.duration * args.rate))
-            for k in range(n_frames):  # fixed schedule: a slow publish never shifts later frames
-                delay = t0 + k / args.rate - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-                published.append(publish(k))
-            send_end = time.monotonic()
-            time.sleep(DRAIN_S)
-            cpu1, t1 = node.cpu_seconds(), time.monotonic()
-            gpu_mb = node.gpu_memory_mb()
+            rows = []
+            for rate in rates:  # one node, one warm-up, a measured window per rate
+                node.check_alive()
+                received.clear()
+                diag_start = len(diagnostics)
+                cpu0, t0 = node.cpu_seconds(), time.monotonic()
+                published = []
+                for k in range(max(1, round(args.duration * rate))):
+                    delay = t0 + k / rate - time.monotonic()  # fixed schedule: a late publish shifts nothing
+                    if delay > 0:
+                        time.sleep(delay)
+                    published.append(publish(k))
+                send_time = time.monotonic() - t0
+                time.sleep(DRAIN_S)
+                cpu1, t1 = node.cpu_seconds(), time.monotonic()
+                sent = set(published)
+                e2e = np.array([(r - s) / 1e6 for s, r in list(received) if s in sent])
+                last_diag = diagnostics[-1] if len(diagnostics) > diag_start else {}
+                rows.append({
+                    'size': f'{height}x{width}', 'stereo': bool(args.stereo), 'rate_hz': rate,
+                    'node': args.node, 'node_params': params, 'input_reliability': params['input_reliability'],
+                    'published': len(published), 'received': len(e2e), 'dropped': len(published) - len(e2e),
+                    'publish_rate_hz': len(published) / max(send_time, 1e-9),
+                    'processed_rate_hz': len(e2e) / max(send_time, 1e-9),
+                    'e2e_latency_p50_ms': float(np.percentile(e2e, 50)) if len(e2e) else None,
+                    'e2e_latency_p99_ms': float(np.percentile(e2e, 99)) if len(e2e) else None,
+                    'node_latency_p50_ms': _float(last_diag.get('latency_p50_ms')),
+                    'node_latency_p99_ms': _float(last_diag.get('latency_p99_ms')),
+                    'node_dropped_total': _float(last_diag.get('dropped')),
+                    'node_cpu_percent': 100 * (cpu1 - cpu0) / max(t1 - t0, 1e-9),
+                    'cpu_scope': 'node process' if args.node == 'subprocess' else 'whole process (node + publisher)',
+                    'gpu_mem_mb': node.gpu_memory_mb(),
+                })
         finally:
             node.stop()
+    return rows
 
-    sent = set(published)
-    e2e = np.array([(r - s) / 1e6 for s, r in received if s in sent])
-    last_diag = diagnostics[-1] if len(diagnostics) > diag_start else {}
-    n_out = len(e2e)
-    return [{
-        'size': f'{height}x{width}', 'stereo': bool(args.stereo), 'rate_hz': args.rate,
-        'node': args.node, 'node_params': params,
-        'published': len(published), 'received': n_out, 'dropped': len(published) - n_out,
-        'publish_rate_hz': len(published) / max(send_end - t0, 1e-9),
-        'processed_rate_hz': n_out / max(send_end - t0, 1e-9),
-        'e2e_latency_p50_ms': float(np.percentile(e2e, 50)) if n_out else None,
-        'e2e_latency_p99_ms': float(np.percentile(e2e, 99)) if n_out else None,
-        'node_latency_p50_ms': _float(last_diag.get('latency_p50_ms')),
-        'node_latency_p99_ms': _float(last_diag.get('latency_p99_ms')),
-        'node_dropped_total': _float(last_diag.get('dropped')),
-        'node_cpu_percent': 100 * (cpu1 - cpu0) / max(t1 - t0, 1e-9),
-        'cpu_scope': 'node process' if args.node == 'subprocess' else 'whole process (node + publisher)',
-        'gpu_mem_mb': gpu_mb,
-    }]
+
+def parse_rates(text):
+    """'30' or '30,60' -> [30.0, 60.0]; MffsegError unless every rate is a positive number."""
+    try:
+        rates = [float(t) for t in str(text).split(',') if t.strip()]
+    except ValueError:
+        rates = []
+    if not rates or any(not r > 0 for r in rates):
+        raise MffsegError(f'--rate {text!r}: expected positive rates in Hz, e.g. 30 or 30,60')
+    return rates
 
 
 def _float(text):
