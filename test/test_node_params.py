@@ -63,6 +63,8 @@ def test_every_preset_loads_and_validates(ros, segmenter, preset):
     ({'stereo': 'yes'}, 'stereo'),                   # wrong type
     ({'device': 'tpu'}, 'device'),                   # not an allowed value
     ({'precision': 'int8'}, 'precision'),
+    ({'backend': 'tensorflow'}, 'backend'),
+    ({'threads': -1}, 'threads'),
     ({'input_height': 100, 'input_width': 96}, 'multiple of 32'),
     ({'input_height': 64}, 'set both'),
 ])

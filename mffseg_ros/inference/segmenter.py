@@ -73,8 +73,12 @@ def network_size(height, width, *, input_scale=None, input_size=None):
 
 class Segmenter:
     def __init__(self, model: MFFNet, metadata: dict, *, device='cpu', precision='fp32', branch='main',
-                 input_scale=None, input_size=None, backend='torch', weights_path=None, **backend_options):
+                 input_scale=None, input_size=None, backend='torch', threads=None, weights_path=None,
+                 **backend_options):
         self.device = resolve_device(device)
+        if threads:  # CPU inference threads; torch's setting is process-wide
+            torch.set_num_threads(int(threads))
+            backend_options['threads'] = int(threads)
         if precision not in PRECISIONS:
             raise MffsegError(f'precision must be one of {sorted(PRECISIONS)}, got {precision!r}')
         if precision == 'fp16' and self.device.type == 'cpu':
@@ -109,6 +113,7 @@ class Segmenter:
             self.model = self.model.to(self.dtype)
         if backend == 'torch':
             self._backend = self._torch_forward
+            backend_options.pop('threads', None)
         else:
             from mffseg_ros.inference.backends import make_backend
             self._backend = make_backend(backend, self.model, metadata, device=self.device,
@@ -123,7 +128,7 @@ class Segmenter:
 
     @classmethod
     def load(cls, weights=None, *, device='auto', precision='fp32', branch='main', input_scale=None,
-             input_size=None, backend='torch', **backend_options):
+             input_size=None, backend='torch', threads=None, **backend_options):
         """Loads weights (None: the shipped default; a missing default gives a random model with a
         warning). A missing or corrupt file given explicitly raises WeightsError with path and reason."""
         path = Path(weights) if weights else default_weights_path()
@@ -136,7 +141,8 @@ class Segmenter:
         else:
             model, meta = load_weights(path)
         return cls(model, meta, device=device, precision=precision, branch=branch, input_scale=input_scale,
-                   input_size=input_size, backend=backend, weights_path=path, **backend_options)
+                   input_size=input_size, backend=backend, threads=threads, weights_path=path,
+                   **backend_options)
 
     def describe(self):
         if self.input_size:

@@ -29,7 +29,7 @@ class RosHarness:
 
     def __init__(self, probe_name='mffseg_probe'):
         self.context = rclpy.Context()
-        rclpy.init(context=self.context)
+        rclpy.init(args=[], context=self.context)  # not sys.argv: NAME:=VALUE would become remaps
         self.executor = MultiThreadedExecutor(num_threads=2, context=self.context)
         self.probe = rclpy.create_node(probe_name, context=self.context)
         self.executor.add_node(self.probe)

@@ -21,6 +21,7 @@ DEVICE_PATTERN = re.compile(r'^(auto|cpu|cuda(:\d+)?)$')
 CHOICES = {
     'precision': ('fp32', 'fp16'),
     'branch': ('main', 'aux'),
+    'backend': ('torch', 'onnx', 'tensorrt'),
     'input_reliability': ('best_effort', 'reliable'),
 }
 
@@ -32,6 +33,8 @@ class NodeConfig:
     device: str = 'auto'
     precision: str = 'fp32'
     branch: str = 'main'
+    backend: str = 'torch'
+    threads: int = 0
     input_scale: float = 0.0
     input_height: int = 0
     input_width: int = 0
@@ -66,7 +69,7 @@ class NodeConfig:
         return self.input_scale or None
 
 
-READ_ONLY = {'weights', 'device', 'precision', 'branch', 'input_scale', 'input_height', 'input_width',
+READ_ONLY = {'weights', 'device', 'precision', 'branch', 'backend', 'threads', 'input_scale', 'input_height', 'input_width',
              'stereo', 'use_compressed', 'input_reliability', 'left_image_topic', 'right_image_topic',
              'left_info_topic', 'right_info_topic', 'sync_queue_size', 'diagnostics_period'}
 
@@ -75,7 +78,9 @@ DESCRIPTIONS = {
     'device': 'auto | cpu | cuda | cuda:N (auto falls back to CPU with a warning)',
     'precision': 'fp32 | fp16 (fp16 needs CUDA; on the CPU it falls back to fp32 with a warning)',
     'branch': 'main | aux (aux skips the main decoder: faster, coarser)',
-    'input_scale': 'resize factor before the network; 0 = the value stored in the weights',
+    'backend': 'torch | onnx (ONNX Runtime: faster on CPUs) | tensorrt (where installed)',
+    'threads': 'CPU inference threads (torch and ONNX Runtime); 0 = their default',
+    'input_scale': 'resize factor before the network; 0 = fit the frame to the training size in the weights',
     'input_height': 'network input height in px (multiple of 32); 0 = use input_scale',
     'input_width': 'network input width in px (multiple of 32); 0 = use input_scale',
     'stereo': 'pair left/right by stamp; with both camera_infos, triangulate tips in 3-D',
@@ -100,6 +105,7 @@ DESCRIPTIONS = {
 }
 
 RANGES = {
+    'threads': IntegerRange(from_value=0, to_value=256),
     'input_scale': FloatingPointRange(from_value=0.0, to_value=4.0),
     'input_height': IntegerRange(from_value=0, to_value=4096),
     'input_width': IntegerRange(from_value=0, to_value=4096),

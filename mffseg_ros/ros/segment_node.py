@@ -89,7 +89,8 @@ class SegmentNode(Node):
         with warnings.catch_warnings(record=True) as caught:  # e.g. "random model": into the ROS log
             warnings.simplefilter('always')
             seg = Segmenter.load(cfg.weights or None, device=cfg.device, precision=cfg.precision,
-                                 branch=cfg.branch, input_scale=cfg.scale, input_size=cfg.input_size)
+                                 branch=cfg.branch, input_scale=cfg.scale, input_size=cfg.input_size,
+                                 backend=cfg.backend, threads=cfg.threads or None)
         for w in caught:
             self.get_logger().warning(str(w.message))
         if cfg.device == 'auto' and seg.device.type == 'cpu':

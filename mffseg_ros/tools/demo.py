@@ -218,7 +218,7 @@ def run_demo(out, *, frames=40, size=(512, 640), rate=5.0, seed=7, device='auto'
     gt = ground_truth(bag)
 
     context = rclpy.Context()
-    rclpy.init(context=context)
+    rclpy.init(args=[], context=context)
     executor = MultiThreadedExecutor(num_threads=2, context=context)
     client = rclpy.create_node('mffseg_demo_tracker', context=context)
     executor.add_node(client)
