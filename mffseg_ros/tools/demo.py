@@ -33,7 +33,7 @@ def add_arguments(p):
     p.add_argument('--out', type=Path, default=Path('results/demo'), help='results folder (default: %(default)s)')
     p.add_argument('--frames', type=int, default=40, help='frames in the synthetic bag (default: %(default)s)')
     p.add_argument('--size', default='512x640', help='frame size HxW (default: %(default)s)')
-    p.add_argument('--rate', type=float, default=5.0, help='camera frame rate in Hz (default: %(default)s)')
+    p.add_argument('--rate', type=float, default=2.5, help='camera frame rate in Hz (default: %(default)s)')
     p.add_argument('--seed', type=int, default=7, help='scene seed (default: %(default)s)')
     p.add_argument('--device', default='auto', help='auto, cpu or cuda[:N] (default: %(default)s)')
     p.add_argument('--weights', default='', help="weights file ('' = the shipped default)")
@@ -204,7 +204,7 @@ def start_in_process_node(context, executor, device, weights):
     return node
 
 
-def run_demo(out, *, frames=40, size=(512, 640), rate=5.0, seed=7, device='auto', weights='',
+def run_demo(out, *, frames=40, size=(512, 640), rate=2.5, seed=7, device='auto', weights='',
              in_process=False, verbose=True):
     import rclpy
     from rclpy.executors import MultiThreadedExecutor
