@@ -15,3 +15,13 @@ class DataError(MffsegError):
 
 class ImageFormatError(MffsegError):
     """An image message or buffer cannot be decoded (bad encoding, size, step, truncated data)."""
+
+
+def one_line(error):
+    """An exception's message on one line. YAML parse errors span several lines (with a caret under
+    the offending column): they become 'line L, column C: problem'."""
+    mark = getattr(error, 'problem_mark', None)
+    problem = getattr(error, 'problem', None)
+    if mark is not None and problem:
+        return f'line {mark.line + 1}, column {mark.column + 1}: {problem}'
+    return ' '.join(str(error).split())

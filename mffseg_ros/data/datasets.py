@@ -141,12 +141,14 @@ def build_dataset(spec):
     opts = {k: v for k, v in spec.items() if k not in ('kind', 'root', 'stride', 'limit')}
     try:
         dataset = _build(kind, opts, spec)
+        if spec.get('stride', 1) != 1 or spec.get('limit') is not None:
+            dataset = Subsampled(dataset, spec.get('stride', 1), spec.get('limit'))
     except TypeError as e:
         if 'argument' not in str(e):
             raise
         raise DataError(f'data spec {spec}: unknown option ({e})') from None
-    if spec.get('stride', 1) != 1 or spec.get('limit') is not None:
-        dataset = Subsampled(dataset, spec.get('stride', 1), spec.get('limit'))
+    except ValueError as e:  # e.g. frames=abc
+        raise DataError(f'data spec {spec}: bad option value ({e})') from None
     if len(dataset) == 0:
         raise DataError(f'data spec {spec}: the data set is empty')
     return dataset

@@ -12,7 +12,7 @@ import numpy as np
 import yaml
 
 from mffseg_ros.data.endovis import IGNORE, read_mask, read_rgb
-from mffseg_ros.errors import DataError
+from mffseg_ros.errors import DataError, one_line
 from mffseg_ros.model.classes import NUM_CLASSES
 
 TASKS = ('parts', 'type', 'binary')
@@ -25,7 +25,7 @@ def load_mapping(mapping):
         try:
             mapping = yaml.safe_load(path.read_text())
         except (OSError, yaml.YAMLError) as e:
-            raise DataError(f'{path}: cannot read the value->class mapping ({e})') from e
+            raise DataError(f'{path}: cannot read the value->class mapping ({one_line(e)})') from e
         where = str(path)
     else:
         where = 'mapping'

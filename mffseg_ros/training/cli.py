@@ -67,6 +67,12 @@ def run(args):
     out = Path(args.out or Path('runs') / cfg['name'])
     if not args.resume and (out / 'checkpoint' / 'state.json').is_file():
         raise MffsegError(f'{out}: already holds a run; pass --resume to continue it or choose another --out')
+    if out.exists() and not out.is_dir():
+        raise MffsegError(f'{out}: exists and is not a folder (--out is the run folder)')
+    try:  # fail now, not after the data sets and the model are built
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise MffsegError(f'{out}: cannot create the run folder ({e.strerror or e})') from None
     from mffseg_ros.training.trainer import Trainer
     path = Trainer(cfg, out, device=args.device, resume=args.resume).run()
     if int(os.environ.get('RANK', '0')) == 0:

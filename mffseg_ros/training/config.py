@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from mffseg_ros.data.datasets import parse_data_spec
-from mffseg_ros.errors import DataError, MffsegError
+from mffseg_ros.errors import DataError, MffsegError, one_line
 from mffseg_ros.model.classes import NUM_CLASSES
 from mffseg_ros.model.weights import DEFAULT_NORMALIZATION
 
@@ -57,7 +57,10 @@ def apply_override(cfg, text):
     key, sep, raw = text.partition('=')
     if not sep or not key:
         raise ConfigError(f'override {text!r}: expected key.sub=value')
-    value = yaml.safe_load(raw) if raw else None
+    try:
+        value = yaml.safe_load(raw) if raw else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f'override {text!r}: the value is not valid YAML ({one_line(e)})') from None
     node = cfg
     parts = key.strip().split('.')
     for p in parts[:-1]:
@@ -78,7 +81,7 @@ def load_config(path=None, overrides=(), *, validated=True):
         try:
             loaded = yaml.safe_load(path.read_text())
         except (OSError, yaml.YAMLError) as e:
-            raise ConfigError(f'{path}: cannot read the training config ({e})') from None
+            raise ConfigError(f'{path}: cannot read the training config ({one_line(e)})') from None
         if not isinstance(loaded, dict):
             raise ConfigError(f'{path}: a training config is a YAML mapping')
         unknown = sorted(set(loaded) - set(DEFAULTS))
@@ -112,6 +115,8 @@ def _validate(cfg, where):
         int(cfg[key])
     if int(cfg['checkpoint_every']) < 1 or int(cfg['log_every']) < 1:
         raise ConfigError(f'{where}: checkpoint_every and log_every must be >= 1')
+    if int(cfg['workers']) < 0:
+        raise ConfigError(f'{where}: workers must be >= 0 (0: load data in the main process)')
     if not isinstance(cfg['tasks'], dict) or not cfg['tasks']:
         raise ConfigError(f'{where}: tasks must map task names to class counts, e.g. {{parts: 4, type: 8}}')
     bad = [t for t, c in cfg['tasks'].items() if NUM_CLASSES.get(t) != int(c)]

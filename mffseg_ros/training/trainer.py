@@ -212,6 +212,8 @@ class Trainer:
         train_specs = resolve_specs(cfg['data']['train'], data_root)
         val_specs = resolve_specs(cfg['data'].get('val'), data_root)
         samples = training_samples(cfg, train_specs)
+        # built now, so that a bad validation spec fails before training, not after it
+        self._val_samples = evaluation_samples(cfg, val_specs) if val_specs else None
         total = int(r['iters'])
         stop = total if until is None else min(int(until), total)
         if self.dist.main:
@@ -271,7 +273,9 @@ class Trainer:
             plot_curves(self.out / 'train_log.csv', self.out / 'train_curves.png', title=self.cfg['name'])
 
     def validate(self, val_specs):
-        samples = evaluation_samples(self.cfg, val_specs)
+        samples = getattr(self, '_val_samples', None)
+        if samples is None:
+            samples = evaluation_samples(self.cfg, val_specs)
         loader = torch.utils.data.DataLoader(samples, batch_size=int(self.recipe['batch_size']),
                                              num_workers=int(self.cfg['workers']))
         result = validate(self.model, loader, self.device, self._autocast, progress=self.dist.main)
