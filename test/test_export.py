@@ -119,3 +119,21 @@ def test_segmenter_onnx_backend_matches_torch(model):
     assert (results['torch'].type == results['onnx'].type).mean() >= 0.999
     assert (results['torch'].parts == results['onnx'].parts).mean() >= 0.999
     assert np.abs(results['torch'].confidence - results['onnx'].confidence).max() < 1e-3
+
+
+def test_fp16_safetensors_copy_records_metrics(tmp_path, weights, model, capsys):
+    from mffseg_ros.model.weights import load_weights, read_metadata
+    metrics = tmp_path / 'metrics.json'
+    metrics.write_text('{"binary": {"dice": 0.5}}')
+    out = tmp_path / 'half.safetensors'
+    assert main(['export', '--fp16', '--weights', str(weights), '--metrics', f'heldout={metrics}', str(out)]) == 0
+    meta = read_metadata(out)
+    assert meta['metrics']['heldout'] == {'binary': {'dice': 0.5}} and meta['stored_dtype'] == 'float16'
+    assert meta['recipe'] == 'test'  # the rest of the metadata is kept
+    assert out.stat().st_size < 0.55 * weights.stat().st_size
+    half, _ = load_weights(out)
+    x = torch.randn(1, 3, 64, 64)
+    agreement = (torch_logits(half, x, 'main').argmax(1) == torch_logits(model, x, 'main').argmax(1)).float().mean()
+    assert agreement > 0.99
+    assert main(['export', '--fp16', '--onnx', '--weights', str(weights), str(out)]) == 2
+    assert main(['export', '--fp16', '--weights', str(weights), '--metrics', 'nofile', str(out)]) == 2

@@ -1,5 +1,8 @@
 """`mffseg export --onnx [--weights W] [--size HxW] [--branch main|aux] OUT.onnx`: export one branch of
-the model to ONNX (fixed shape), then check ONNX Runtime against torch."""
+the model to ONNX (fixed shape), then check ONNX Runtime against torch.
+`mffseg export --fp16 [--weights W] [--metrics NAME=metrics.json ...] OUT.safetensors`: a half-size
+fp16 safetensors copy (how the shipped weights are made), optionally recording evaluation results."""
+import json
 import logging
 import re
 from pathlib import Path
@@ -27,8 +30,11 @@ def parse_size(text):
 
 
 def add_arguments(parser):
-    parser.add_argument('output', metavar='OUT.onnx', help='ONNX file to write')
-    parser.add_argument('--onnx', action='store_true', help='export to ONNX (the only format so far)')
+    parser.add_argument('output', metavar='OUT', help='file to write (.onnx or .safetensors)')
+    parser.add_argument('--onnx', action='store_true', help='export to ONNX')
+    parser.add_argument('--fp16', action='store_true', help='write an fp16 safetensors copy of the weights')
+    parser.add_argument('--metrics', action='append', default=[], metavar='NAME=FILE',
+                        help='with --fp16: record an `mffseg evaluate` metrics.json under metrics.NAME')
     parser.add_argument('--weights', help='safetensors weights (default: the installed default model)')
     parser.add_argument('--size', default=None,
                         help='input HEIGHTxWIDTH, multiples of 32 (default: the weights\' train_size, '
@@ -68,10 +74,32 @@ def verify(model, path, *, size, batch, branch, seed=0):
     return float(np.abs(got - expected).max()), agreement
 
 
+def export_fp16(args):
+    from mffseg_ros.model.weights import save_weights
+    output = Path(args.output)
+    if output.suffix != '.safetensors':
+        raise MffsegError(f'{output}: output file name must end in .safetensors')
+    model, metadata = load_model(args.weights)
+    metrics = dict(metadata.get('metrics') or {})
+    for item in args.metrics:
+        name, _, file = item.partition('=')
+        if not name or not file:
+            raise MffsegError(f'--metrics {item!r}: expected NAME=path/to/metrics.json')
+        try:
+            metrics[name] = json.loads(Path(file).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise MffsegError(f'{file}: cannot read evaluation metrics ({e})') from None
+    save_weights(output, model, dict(metadata, metrics=metrics, stored_dtype='float16'), dtype=torch.float16)
+    print(f'wrote {output} ({output.stat().st_size / 1e6:.1f} MB, fp16)')
+    return 0
+
+
 def run(args):
     from mffseg_ros.inference.onnx_export import export_onnx
-    if not args.onnx:
-        raise MffsegError('choose an export format: --onnx')
+    if args.onnx == args.fp16:
+        raise MffsegError('choose one export format: --onnx or --fp16')
+    if args.fp16:
+        return export_fp16(args)
     output = Path(args.output)
     if output.suffix.lower() != '.onnx':
         raise MffsegError(f'{output}: output file name must end in .onnx')
