@@ -29,6 +29,8 @@ def run(args):
 
     if args.worst < 0:
         raise MffsegError(f'--worst must be >= 0, got {args.worst}')
+    if args.out.exists() and not args.out.is_dir():  # fail now, not after scoring every frame
+        raise MffsegError(f'{args.out}: exists and is not a folder (--out is the output folder)')
     segmenter = Segmenter.load(args.weights, device=args.device, input_scale=args.input_scale)
     samples = build_datasets(args.data)
     log.info('%s; %d frames', segmenter.describe(), len(samples))

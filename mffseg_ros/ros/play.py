@@ -78,6 +78,8 @@ def play_bag(node, path, *, rate=1.0, loop=False, max_loops=None, qos='reliable'
     profile = qos_profile(qos)
     loops = 1 if not loop else (max_loops or 0)  # 0 = forever
     per_loop = sum(available[t][1] for t in wanted)
+    if per_loop == 0:  # --loop would spin on it forever
+        raise DataError(f'{path}: the bag holds no messages' + (' on these topics' if topics else ''))
 
     own_context = node is None and not rclpy.ok()
     if own_context:  # keep Python's Ctrl-C: rclpy's handler would shut the context down under us
@@ -128,7 +130,8 @@ def add_arguments(parser):
     parser.add_argument('--rate', type=float, default=1.0,
                         help='multiple of the recorded speed; 0 = as fast as possible (default 1)')
     parser.add_argument('--loop', action='store_true', help='replay until interrupted (Ctrl-C)')
-    parser.add_argument('--qos', choices=sorted(QOS), default='reliable', help='publisher reliability')
+    parser.add_argument('--qos', choices=sorted(QOS), default='reliable',
+                        help='publisher reliability (default reliable)')
     parser.add_argument('--topics', nargs='+', metavar='TOPIC', help='play only these topics')
     parser.add_argument('--wait', type=float, default=1.0, metavar='SEC',
                         help='wait up to SEC for subscribers on every topic before playing (default 1)')

@@ -140,14 +140,17 @@ def _check_rate(rate):
         raise DataError(f'--rate must be a positive number of frames per second, got {rate}')
 
 
+MAX_SIZE = 4096  # per side; a typo such as 10240x12800 would otherwise run the machine out of memory
+
+
 def _size(text):
     match = re.fullmatch(r'(\d+)[xX](\d+)', text)
-    if not match or int(match.group(1)) < 32 or int(match.group(2)) < 32:
+    if not match or not all(32 <= int(match.group(i)) <= MAX_SIZE for i in (1, 2)):
         raise ValueError(text)
     return int(match.group(1)), int(match.group(2))
 
 
-_size.__name__ = 'HxW size (at least 32x32)'
+_size.__name__ = f'HxW size (32 to {MAX_SIZE} per side)'
 
 
 def add_arguments(parser):

@@ -14,7 +14,7 @@ import yaml
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
-from mffseg_ros.errors import DataError
+from mffseg_ros.errors import DataError, one_line
 
 TYPESTORE = get_typestore(Stores.ROS2_JAZZY)
 STORAGES = {'mcap': StoragePlugin.MCAP, 'sqlite3': StoragePlugin.SQLITE3}
@@ -168,7 +168,7 @@ def _open_reader(path):
         reader = Reader(path)
         reader.open()
     except Exception as e:  # rosbags raises several error types for broken bags
-        raise DataError(f'{path}: cannot open bag ({e})') from None
+        raise DataError(f'{path}: cannot open bag ({one_line(e)})') from None
     return reader
 
 
@@ -199,7 +199,7 @@ def read_bag_raw(path, topics=None):
     except DataError:
         raise
     except Exception as e:
-        raise DataError(f'{path}: cannot read bag ({e})') from None
+        raise DataError(f'{path}: cannot read bag ({one_line(e)})') from None
     finally:
         reader.close()
 

@@ -3,6 +3,7 @@ the paper's peers in the same run, and optionally end to end through ROS 2. Writ
 bench.json and bench.png to --out."""
 import copy
 import logging
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -76,6 +77,11 @@ def resolve_options(args):
         raise MffsegError(f'--iters must be >= 1 and --warmup >= 0 (got {args.iters}, {args.warmup})')
     if args.threads is not None and args.threads < 1:
         raise MffsegError(f'--threads must be >= 1, got {args.threads}')
+    if args.no_model and not args.ros:
+        raise MffsegError('nothing to benchmark: --no-model without --ros')
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():  # fail now, not after minutes of timing
+        raise MffsegError(f'{out}: exists and is not a folder (--out is the output folder)')
     return opts
 
 
