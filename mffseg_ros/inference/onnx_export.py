@@ -40,13 +40,21 @@ def export_onnx(model, path, *, size=(512, 640), batch=1, branch='main', metadat
     path = Path(path)
     if path.parent and not path.parent.exists():
         raise MffsegError(f'{path}: folder {path.parent} does not exist')
+    from torch.onnx import _constants
+    # bilinear resizing with computed sizes needs opset 9 or later (older opsets fail after a graph dump)
+    low, high = max(9, _constants.ONNX_MIN_OPSET), _constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET
+    if not low <= int(opset) <= high:
+        raise MffsegError(f'ONNX opset {opset}: MFF exports with opsets {low} to {high} (default 17)')
     cpu_model = copy.deepcopy(model).float().cpu().eval()
     wrapper = BranchOutput(cpu_model, branch)
     example = torch.zeros(batch, 3, height, width)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter('ignore')  # the legacy exporter's deprecation and tracer warnings
-        torch.onnx.export(wrapper, (example,), str(path), dynamo=False, opset_version=opset,
-                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME])
+        try:
+            torch.onnx.export(wrapper, (example,), str(path), dynamo=False, opset_version=opset,
+                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME])
+        except torch.onnx.errors.OnnxExporterError as e:  # e.g. an operator the opset lacks
+            raise MffsegError(f'{path}: ONNX export at opset {opset} failed ({" ".join(str(e).split())})') from e
     _embed_metadata(path, dict(metadata or {}), branch=branch, size=[height, width], batch=batch)
     return path
 
