@@ -138,3 +138,56 @@ def test_present_types_and_masks():
     assert pipeline.present_types(type_map, 8) == [4, 7]
     mask = pipeline.type_mask(type_map, 4)
     assert mask.dtype == np.uint8 and set(np.unique(mask)) == {0, 255} and (mask == 255).sum() == 100
+
+
+def raw_stereo_rig():
+    """A calibrated but UNrectified rig, as in an EndoVis bag or a dVRK image_raw + camera_info:
+    distortion, principal points that differ, a small rotation between the eyes. Returns
+    (camera_info dicts, R and T of the right camera)."""
+    K1 = np.array([[F, 0, W / 2 - 6], [0, F, H / 2 + 3], [0, 0, 1]])
+    K2 = np.array([[F * 1.01, 0, W / 2 + 7], [0, F * 1.01, H / 2 - 4], [0, 0, 1]])
+    D1, D2 = np.array([-0.2, 0.05, 0.001, -0.001, 0.0]), np.array([-0.18, 0.04, -0.001, 0.001, 0.0])
+    R = cv2.Rodrigues(np.array([0.01, -0.02, 0.005]))[0]
+    T = np.array([-BASELINE, 0.0002, 0.0001])
+    R1, R2, P1, P2 = cv2.stereoRectify(K1, D1, K2, D2, (W, H), R, T.reshape(3, 1),
+                                       flags=cv2.CALIB_ZERO_DISPARITY, alpha=0)[:4]
+    infos = {'left': dict(k=K1, d=D1, r=R1, p=P1), 'right': dict(k=K2, d=D2, r=R2, p=P2)}
+    return infos, R, T
+
+
+def test_3d_tips_of_raw_images_are_rectified_before_triangulation():
+    """image_raw + camera_info: tip pixels are undistorted and rectified (K, D, R) before they are
+    triangulated with the rectified P's; u v stay raw pixels."""
+    from mffseg_ros.inference.stereo import pixel_rectifier
+    infos, R, T = raw_stereo_rig()
+    truth = [(3, np.array([-0.012, -0.004, 0.07]), (0, 0)), (5, np.array([0.010, 0.006, 0.09]), (W - 1, H - 1))]
+    maps, raw_uv = {}, {}
+    for side, (rvec, tvec) in (('left', (np.zeros(3), np.zeros(3))), ('right', (cv2.Rodrigues(R)[0], T))):
+        type_map, parts_map = blank()
+        for type_id, xyz, border in truth:
+            uv = cv2.projectPoints(xyz.reshape(1, 3), rvec, tvec, infos[side]['k'], infos[side]['d'])[0].ravel()
+            raw_uv[side, type_id] = uv
+            draw_instrument(type_map, parts_map, type_id, uv, border)
+        maps[side] = pipeline.LabelMaps(type_map, parts_map)
+    rectifiers = [pixel_rectifier(*(infos[side][key] for key in 'kdrp')) for side in ('left', 'right')]
+    assert all(r is not None for r in rectifiers)
+    tips = pipeline.frame_tips(maps['left'], 30, maps['right'], infos['left']['p'], infos['right']['p'], *rectifiers)
+    unrectified = pipeline.frame_tips(maps['left'], 30, maps['right'], infos['left']['p'], infos['right']['p'])
+    assert [t.type_id for t in tips] == [3, 5]
+    for tip, raw, (type_id, xyz, _) in zip(tips, unrectified, truth):
+        expected = infos['left']['r'] @ xyz  # the rectified left optical frame
+        assert np.linalg.norm(np.asarray(tip.xyz) - expected) < 0.002, (tip.xyz, expected)
+        assert np.hypot(tip.u - raw_uv['left', type_id][0], tip.v - raw_uv['left', type_id][1]) < 0.5
+        assert (tip.u, tip.v) == (raw.u, raw.v)
+        assert not np.linalg.norm(np.asarray(raw.xyz) - expected) < 0.002  # raw pixels: wrong (or no) 3-D
+
+
+def test_rectified_camera_info_needs_no_pixel_rectifier():
+    assert pixel_rectifier_of(K, np.zeros(5), np.eye(3), P_LEFT) is None
+    assert pixel_rectifier_of(K, [], np.zeros(9), P_RIGHT) is None  # unset R: none
+    assert pixel_rectifier_of(np.zeros(9), [0.1, 0, 0, 0, 0], np.eye(3), P_LEFT) is None  # no K given
+
+
+def pixel_rectifier_of(k, d, r, p):
+    from mffseg_ros.inference.stereo import pixel_rectifier
+    return pixel_rectifier(k, d, r, p)

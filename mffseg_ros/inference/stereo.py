@@ -32,6 +32,46 @@ def projection_from_camera_info(p):
     return P
 
 
+def pixel_rectifier(K, D, R, P, distortion_model='plumb_bob'):
+    """A function mapping raw pixels (Nx2) of a camera to the rectified image that `P` projects into,
+    or None when the image is already rectified (no distortion, R = I, K = P[:, :3]) or K is missing.
+
+    A ROS camera_info's P is the projection of the RECTIFIED camera; `image_raw` pixels must be
+    undistorted and rotated by R before they are triangulated with the P's (camera_info convention)."""
+    K = np.asarray(K, np.float64).reshape(3, 3)
+    P = projection_from_camera_info(P)
+    if not np.all(np.isfinite(K)) or abs(np.linalg.det(K)) < 1e-12:
+        return None  # no intrinsics given: take the pixels as rectified
+    D = np.asarray(D if D is not None else (), np.float64).ravel()
+    R = np.asarray(R, np.float64).reshape(3, 3) if np.size(R) == 9 else np.eye(3)
+    if not np.any(R):
+        R = np.eye(3)  # an unset rotation (all zeros) means none
+    if (not np.any(D) and np.allclose(R, np.eye(3), atol=1e-9)
+            and np.allclose(K, P[:, :3], rtol=0, atol=1e-6 * max(1.0, np.abs(K).max()))):
+        return None
+    import cv2
+    model = (distortion_model or 'plumb_bob').lower()
+    if model == 'equidistant':
+        D4 = np.zeros(4)
+        D4[:min(4, D.size)] = D[:4]
+
+        def rectify(uv):
+            uv = np.asarray(uv, np.float64).reshape(-1, 1, 2)
+            return cv2.fisheye.undistortPoints(uv, K, D4, R=R, P=P).reshape(-1, 2)
+        return rectify
+    if model not in ('plumb_bob', 'rational_polynomial'):
+        raise DataError(f'camera_info distortion_model {distortion_model!r} is not supported '
+                        '(plumb_bob, rational_polynomial, equidistant)')
+    criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 50, 1e-9)
+
+    def rectify(uv):
+        uv = np.asarray(uv, np.float64).reshape(-1, 1, 2)
+        if hasattr(cv2, 'undistortPointsIter'):  # OpenCV 4; OpenCV 5 folded it into undistortPoints
+            return cv2.undistortPointsIter(uv, K, D, R, P, criteria).reshape(-1, 2)
+        return cv2.undistortPoints(uv, K, D, R=R, P=P, criteria=criteria).reshape(-1, 2)
+    return rectify
+
+
 def camera_centre(P):
     """Centre of projection of P (3-vector): P @ [C, 1] = 0."""
     P = projection_from_camera_info(P)

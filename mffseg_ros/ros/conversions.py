@@ -64,6 +64,13 @@ def projection_matrix(info_msg):
     return projection_from_camera_info(info_msg.p)
 
 
+def pixel_rectifier(info_msg):
+    """sensor_msgs/CameraInfo -> raw pixel -> rectified pixel function (None: already rectified);
+    DataError when P is unusable or the distortion model unknown."""
+    from mffseg_ros.inference.stereo import pixel_rectifier as rectifier
+    return rectifier(info_msg.k, info_msg.d, info_msg.r, info_msg.p, info_msg.distortion_model)
+
+
 def tips_cloud(tips, header):
     """Tips -> sensor_msgs/PointCloud2 (one point per instance, layout TIP_DTYPE)."""
     points = tips_to_records(tips)

@@ -65,6 +65,7 @@ class SegmentNode(Node):
         self.pairer = StereoPairer(stereo=self.cfg.stereo, slop_ns=int(self.cfg.sync_slop * 1e9),
                                    depth=self.cfg.sync_queue_size)
         self._projections = {'left': None, 'right': None}
+        self._rectifiers = {'left': None, 'right': None}  # raw -> rectified pixels (None: rectified input)
         self._create_publishers()
         self._create_subscriptions()
         self._last_diag_counts = {}
@@ -137,7 +138,9 @@ class SegmentNode(Node):
 
     def _on_camera_info(self, side, msg):
         try:
-            self._projections[side] = conversions.projection_matrix(msg)
+            P = conversions.projection_matrix(msg)
+            self._rectifiers[side] = conversions.pixel_rectifier(msg)
+            self._projections[side] = P
         except DataError as e:  # e.g. an uncalibrated camera: 2-D tips only
             self._projections[side] = None
             self.get_logger().warning(f'{side} camera_info unusable, no 3-D tips: {e}',
@@ -228,7 +231,8 @@ class SegmentNode(Node):
         tips = []
         if wanted['tips'] or wanted['tip_markers'] or wanted['overlay']:
             maps_right = _label_maps(res_right) if res_right is not None else None
-            tips = pipeline.frame_tips(maps_left, cfg.min_instance_area, maps_right, P_left, P_right)
+            tips = pipeline.frame_tips(maps_left, cfg.min_instance_area, maps_right, P_left, P_right,
+                                       self._rectifiers['left'], self._rectifiers['right'])
         if wanted['tips']:
             self._pubs['tips'].publish(conversions.tips_cloud(tips, header))
         if wanted['tip_markers']:
