@@ -88,6 +88,9 @@ def run(args):
     from mffseg_ros.inference.segmenter import Segmenter
     from mffseg_ros.visualize import load_rgb
 
+    from mffseg_ros.errors import MffsegError
+    if args.min_area is not None and args.min_area < 1:
+        raise MffsegError(f'--min-area must be at least 1 pixel, got {args.min_area}')
     files = expand_images(args.images)
     segmenter = Segmenter.load(args.weights, device=args.device, input_scale=args.input_scale)
     log.info('%s', segmenter.describe())
