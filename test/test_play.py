@@ -122,3 +122,11 @@ def test_play_errors_exit_2_with_the_path(bag, tmp_path, capsys):
     assert 'no topic /nope in this bag' in capsys.readouterr().err
     assert main(['play', str(path), '--rate', '-1']) == 2
     assert '--rate must be >= 0' in capsys.readouterr().err
+
+
+def test_an_empty_bag_is_an_error_not_an_endless_loop(tmp_path, capsys):
+    from mffseg_ros.tools.bags import BagWriter
+    with BagWriter(tmp_path / 'empty'):
+        pass
+    assert main(['play', str(tmp_path / 'empty'), '--loop', '--wait', '0']) == 2
+    assert 'the bag holds no messages' in capsys.readouterr().err

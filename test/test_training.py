@@ -226,3 +226,16 @@ def test_committed_configs_load():
     with pytest.raises(ConfigError, match='unknown key'):
         load_config(configs[0], overrides=['recipe.itres=5'])
     assert load_config(configs[0], overrides=['recipe.iters=5'])['recipe']['iters'] == 5
+
+
+def test_bad_validation_spec_fails_before_training(tmp_path, capsys):
+    from mffseg_ros.cli import main
+    out = tmp_path / 'run'
+    argv = ['train', '--out', str(out), '--data', 'synth:?frames=2&size=64x64', '--train-size', '64', '64',
+            '--iters', '1', '--batch-size', '1', '--workers', '0']
+    assert main(argv + ['--val', 'synth:?frames=abc']) == 2
+    assert 'bad option value' in capsys.readouterr().err
+    assert not (out / 'train_log.csv').exists()  # no iteration ran
+    assert main(argv + ['--set', 'recipe.iters=[1']) == 2
+    err = capsys.readouterr().err.strip()
+    assert 'not valid YAML' in err and len(err.splitlines()) == 1
