@@ -42,6 +42,17 @@ def test_synth_bag_play_node_outputs_in_process(out):
     check_summary(summary, 3)
 
 
+def test_demo_bad_setup_is_one_line_before_any_work(tmp_path):
+    not_a_folder = tmp_path / 'file'
+    not_a_folder.write_text('x')
+    for extra in (['--out', str(not_a_folder)], ['--weights', str(tmp_path / 'missing.safetensors')],
+                  ['--device', 'tpu']):
+        proc = subprocess.run([sys.executable, '-m', 'mffseg_ros.cli', 'demo', '--out', str(tmp_path / 'o'), *extra],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and proc.stderr.count('\n') == 1, proc.stderr
+        assert not (tmp_path / 'o' / 'synth_bag').exists()
+
+
 def test_score_frame_against_ground_truth(out):
     # Scoring the ground truth against itself is perfect: Dice 1 and every visible tip found at 0 px / 0 mm.
     gt = ground_truth(out / 'synth_bag')

@@ -64,6 +64,8 @@ def test_default_size_fits_the_training_frame(tmp_path):
     assert s.network_size(480, 640) == (256, 320)     # AMBF: 240 rounds up to 256
     assert s.network_size(512, 640) == (256, 320)
     assert Segmenter.load(path, device='cpu', input_scale=0.5).network_size(1024, 1280) == (512, 640)
+    with pytest.raises(MffsegError, match='too small'):
+        s.segment(np.zeros((1, 1, 3), np.uint8))
 
 
 def test_network_size_rounding():

@@ -159,6 +159,9 @@ class Segmenter:
         scale = self.input_scale
         if scale is None and self.input_size is None:
             scale = min(self.train_size[0] / height, self.train_size[1] / width)
+            if scale > 4:
+                raise MffsegError(f'frame {height}x{width} is too small for this model (trained on '
+                                  f'{self.train_size[0]}x{self.train_size[1]} frames; at most 4x upscaling)')
         return network_size(height, width, input_scale=scale, input_size=self.input_size)
 
     # --- pipeline -------------------------------------------------------------------------------

@@ -48,10 +48,23 @@ def run(args):
         raise MffsegError(f'--size must be HxW, e.g. 512x640, got {args.size!r}')
     if args.frames < 1 or not args.rate > 0:
         raise MffsegError('--frames must be >= 1 and --rate > 0')
+    check_setup(args.out, args.weights, args.device)
     summary = run_demo(args.out, frames=args.frames, size=(int(match[1]), int(match[2])), rate=args.rate,
                        seed=args.seed, device=args.device, weights=args.weights,
                        in_process=args.in_process, verbose=not args.quiet)
     return 0 if summary['frames_processed'] > 0 else 1
+
+
+def check_setup(out, weights, device):
+    """Fail in one line before any work: results folder, weights file, device."""
+    from mffseg_ros.inference.segmenter import resolve_device
+    from mffseg_ros.model.weights import read_metadata
+
+    if Path(out).exists() and not Path(out).is_dir():
+        raise MffsegError(f'{out}: --out exists and is not a folder')
+    if weights:
+        read_metadata(weights)  # WeightsError with the path and the reason
+    resolve_device(device)
 
 
 # ----------------------------------------------------------------------------------- the bag
