@@ -140,11 +140,12 @@ def percentile(values, q):
 
 # ----------------------------------------------------------------------------------- the node
 class NodeProcess:
-    """The segment node in its own process with the default configuration (as `ros2 launch` would)."""
+    """The segment node in its own process with the bag-replay preset (as `ros2 launch mffseg_ros
+    segment.launch.py preset:=endovis_bag` would): default model, the bag topics, reliable input."""
 
     def __init__(self, device, weights, log_path):
         cmd = [sys.executable, '-m', 'mffseg_ros.ros.segment_node', '--ros-args',
-               '--params-file', str(share_file('config', 'segment.yaml')),
+               '--params-file', str(share_file('config', 'endovis_bag.yaml')),
                '-p', f'device:={device}']
         if weights:
             cmd += ['-p', f'weights:={weights}']
@@ -211,7 +212,10 @@ def start_in_process_node(context, executor, device, weights):
 
     from mffseg_ros.ros.segment_node import SegmentNode
 
-    overrides = [Parameter('device', value=device), Parameter('weights', value=weights)]
+    import yaml
+    preset = yaml.safe_load(share_file('config', 'endovis_bag.yaml').read_text())['/**']['ros__parameters']
+    overrides = [Parameter(k, value=v) for k, v in preset.items()]
+    overrides += [Parameter('device', value=device), Parameter('weights', value=weights)]
     node = SegmentNode(context=context, parameter_overrides=overrides)
     executor.add_node(node)
     return node
@@ -241,7 +245,7 @@ def run_demo(out, *, frames=40, size=(512, 640), rate=2.5, seed=7, device='auto'
     node_proc = in_node = None
     published = {}
     try:
-        print('[demo] starting the segment node (default configuration)')
+        print('[demo] starting the segment node (default model, bag-replay preset config/endovis_bag.yaml)')
         if in_process:
             in_node = start_in_process_node(context, executor, device, weights)
         else:
