@@ -12,13 +12,7 @@ from mffseg_ros.model.weights import save_weights
 from mffseg_ros.tools.export import parse_size
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    """Tiny tensors: a second OpenMP thread only adds barrier waits on a loaded 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures('one_thread')  # conftest.py: one torch thread
 
 
 @pytest.fixture(scope='module')

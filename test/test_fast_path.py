@@ -40,14 +40,7 @@ def synthetic_frame(rng, height, width):
     return rgb, type_map, parts
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    """Tiny tensors: a second OpenMP thread only adds barrier waits (tens of ms per transposed conv
-    on a loaded 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures('one_thread')  # conftest.py: one torch thread
 
 
 @pytest.fixture(scope='module')

@@ -28,14 +28,7 @@ from mffseg_ros.training.validation import iou_summary
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    """Tiny tensors on a shared 2-core machine: one intra-op thread is several times faster than two
-    (no OpenMP spin-waiting against the other processes)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures('one_thread')  # conftest.py: one torch thread
 
 
 @pytest.fixture(scope='module')
