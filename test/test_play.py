@@ -10,7 +10,8 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
 from mffseg_ros import topics
 from mffseg_ros.cli import main
-from mffseg_ros.ros.play import play_bag, qos_profile
+from mffseg_ros.ros.play import play_bag
+from mffseg_ros.ros.qos import qos_profile
 from mffseg_ros.tools.bags import BagWriter, image_array
 
 FRAMES, PERIOD_NS, START = 5, 100_000_000, 2_000_000_000  # 10 Hz

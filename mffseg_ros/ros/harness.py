@@ -13,15 +13,9 @@ import time
 import rclpy
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.parameter import Parameter
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
+from mffseg_ros.ros.qos import qos_profile
 from mffseg_ros.ros.segment_node import SegmentNode
-
-
-def qos(reliability='reliable', depth=10):
-    policy = ReliabilityPolicy.RELIABLE if reliability == 'reliable' else ReliabilityPolicy.BEST_EFFORT
-    return QoSProfile(depth=depth, reliability=policy, history=HistoryPolicy.KEEP_LAST,
-                      durability=DurabilityPolicy.VOLATILE)
 
 
 class RosHarness:
@@ -51,13 +45,13 @@ class RosHarness:
         node.destroy_node()
 
     def publisher(self, topic, msg_type, reliability='reliable', depth=10):
-        return self.probe.create_publisher(msg_type, topic, qos(reliability, depth))
+        return self.probe.create_publisher(msg_type, topic, qos_profile(reliability, depth))
 
     def collect(self, topic, msg_type, reliability='reliable', depth=50):
         """A Collector that stores every message received on `topic` from now on."""
         collector = Collector()
         collector.subscription = self.probe.create_subscription(
-            msg_type, topic, collector.messages.append, qos(reliability, depth))
+            msg_type, topic, collector.messages.append, qos_profile(reliability, depth))
         return collector
 
     def unsubscribe(self, collector):

@@ -10,17 +10,16 @@ import logging
 import time
 
 import rclpy
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.serialization import deserialize_message
 from rclpy.signals import SignalHandlerOptions
 from tqdm import tqdm
 
+from mffseg_ros.ros.qos import RELIABILITY, qos_profile
 from mffseg_ros.errors import DataError
 from mffseg_ros.tools.bags import bag_info, read_bag_raw
 
 log = logging.getLogger(__name__)
 
-QOS = {'reliable': ReliabilityPolicy.RELIABLE, 'best_effort': ReliabilityPolicy.BEST_EFFORT}
 
 
 def message_class(msgtype):
@@ -30,13 +29,6 @@ def message_class(msgtype):
         return getattr(importlib.import_module(f'{package}.{kind}'), name)
     except (ImportError, AttributeError):
         return None
-
-
-def qos_profile(qos, depth=10):
-    if qos not in QOS:
-        raise DataError(f'unknown QoS {qos!r} (choose {", ".join(QOS)})')
-    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=QOS[qos],
-                      durability=DurabilityPolicy.VOLATILE)
 
 
 def _wait_for_subscribers(publishers, timeout):
@@ -130,7 +122,7 @@ def add_arguments(parser):
     parser.add_argument('--rate', type=float, default=1.0,
                         help='multiple of the recorded speed; 0 = as fast as possible (default 1)')
     parser.add_argument('--loop', action='store_true', help='replay until interrupted (Ctrl-C)')
-    parser.add_argument('--qos', choices=sorted(QOS), default='reliable',
+    parser.add_argument('--qos', choices=sorted(RELIABILITY), default='reliable',
                         help='publisher reliability (default reliable)')
     parser.add_argument('--topics', nargs='+', metavar='TOPIC', help='play only these topics')
     parser.add_argument('--wait', type=float, default=1.0, metavar='SEC',

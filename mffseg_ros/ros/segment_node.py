@@ -20,26 +20,23 @@ from rcl_interfaces.msg import SetParametersResult
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from visualization_msgs.msg import MarkerArray
 
 from mffseg_ros.errors import DataError, ImageFormatError, MffsegError
 from mffseg_ros.ros import conversions, params, pipeline
 from mffseg_ros.ros.diagnostics import NodeStats, diagnostic_array
+from mffseg_ros.ros.qos import qos_profile
 from mffseg_ros.ros.sync import Frame, StereoPairer
 
 NODE_NAME = 'mffseg'
 LOG_THROTTLE_S = 2.0
-OUTPUT_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE,
-                        history=HistoryPolicy.KEEP_LAST, durability=DurabilityPolicy.VOLATILE)
+OUTPUT_QOS = qos_profile('reliable', depth=5)
 
 
 def input_qos(reliability):
     """Sensor-data QoS (best effort, keep last 1) or its reliable twin."""
-    policy = (ReliabilityPolicy.RELIABLE if reliability == 'reliable' else ReliabilityPolicy.BEST_EFFORT)
-    return QoSProfile(depth=1, reliability=policy, history=HistoryPolicy.KEEP_LAST,
-                      durability=DurabilityPolicy.VOLATILE)
+    return qos_profile(reliability, depth=1)
 
 
 def topic_safe(name):

@@ -183,7 +183,7 @@ def ros_rows(args, opts):
         node = _NodeInProcess(ros, params) if args.node == 'inprocess' else _NodeProcess(params)
         try:
             probe = ros.probe
-            from mffseg_ros.ros.harness import qos
+            from mffseg_ros.ros.qos import qos_profile as qos
             probe.create_subscription(Image, f'{NAMESPACE}/mffseg/labels', on_labels, qos('reliable', 50))
             probe.create_subscription(DiagnosticArray, '/diagnostics', on_diagnostics, qos('reliable', 10))
             if args.stereo:  # watching ~/tips makes the node match, triangulate and publish 3-D tips

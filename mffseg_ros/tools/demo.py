@@ -179,7 +179,7 @@ class Tracker:
         from diagnostic_msgs.msg import DiagnosticArray
         from sensor_msgs.msg import Image, PointCloud2
 
-        from mffseg_ros.ros.harness import qos
+        from mffseg_ros.ros.qos import qos_profile as qos
 
         self.received = {}  # stamp -> {'t': wall time of labels, 'labels', 'parts', 'tips', 'overlay'}
         self.diagnostics = None
