@@ -11,6 +11,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl
 
 from mffseg_ros.errors import DataError
+from mffseg_ros.sizes import parse_size
 
 KINDS = ('endovis', 'folder', 'cholecseg8k', 'cholec_instance', 'synth')
 LIST_KEYS = ('videos',)
@@ -124,10 +125,7 @@ def _build(kind, opts, spec):
 def _size(value, spec):
     if isinstance(value, (list, tuple)) and len(value) == 2:
         return int(value[0]), int(value[1])
-    h, sep, w = str(value).lower().partition('x')
-    if not (sep and h.isdigit() and w.isdigit()):
-        raise DataError(f'data spec {spec}: size {value!r} is not HxW, e.g. 256x320')
-    return int(h), int(w)
+    return parse_size(value, what=f'data spec {spec}: size', error=DataError)
 
 
 def build_dataset(spec):

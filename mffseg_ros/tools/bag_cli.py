@@ -6,6 +6,7 @@
 Topics are those of `mffseg_ros.topics`. Header stamps and bag times start at START_NS and are spaced
 1/rate apart (EndoVis frames are 1 Hz samples, hence its default rate of 1 Hz).
 """
+import argparse
 import re
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from tqdm import tqdm
 
 from mffseg_ros import topics
 from mffseg_ros.errors import DataError
+from mffseg_ros.sizes import parse_size
 from mffseg_ros.tools.bags import LEFT_FRAME_ID, RIGHT_FRAME_ID, STORAGES, BagWriter
 
 # Stamps start at 1 s rather than 0: a zero stamp means "no time" to many ROS tools.
@@ -144,13 +146,7 @@ MAX_SIZE = 4096  # per side; a typo such as 10240x12800 would otherwise run the 
 
 
 def _size(text):
-    match = re.fullmatch(r'(\d+)[xX](\d+)', text)
-    if not match or not all(32 <= int(match.group(i)) <= MAX_SIZE for i in (1, 2)):
-        raise ValueError(text)
-    return int(match.group(1)), int(match.group(2))
-
-
-_size.__name__ = f'HxW size (32 to {MAX_SIZE} per side)'
+    return parse_size(text, what='--size', minimum=32, maximum=MAX_SIZE, error=argparse.ArgumentTypeError)
 
 
 def add_arguments(parser):

@@ -3,7 +3,6 @@ received by a subscriber. Measures publish->receive latency (header stamps are t
 which the node copies to its outputs), the node's own receive->publish latency (from /diagnostics),
 processed rate, drops, the node's CPU use and GPU memory."""
 import os
-import re
 import resource
 import shutil
 import subprocess
@@ -15,6 +14,7 @@ import cv2
 import numpy as np
 
 from mffseg_ros.errors import MffsegError
+from mffseg_ros.sizes import parse_size
 
 NAMESPACE = '/mffseg_bench'
 FOCAL_PX, BASELINE_M = 1035.0, 0.0041  # a da Vinci-like stereo rig (see the SCARED calibration)
@@ -23,10 +23,7 @@ DRAIN_S = 1.0  # time after the last publish for in-flight outputs to arrive
 
 
 def parse_frame_size(text):
-    match = re.fullmatch(r'\s*(\d+)\s*[xX]\s*(\d+)\s*', str(text))
-    if not match or int(match.group(1)) < 32 or int(match.group(2)) < 32:
-        raise MffsegError(f'--frame-size {text!r}: expected HEIGHTxWIDTH of at least 32x32, e.g. 1024x1280')
-    return int(match.group(1)), int(match.group(2))
+    return parse_size(text, what='--frame-size', minimum=32)
 
 
 def synthetic_frames(height, width, count=4, seed=0):

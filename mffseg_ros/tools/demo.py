@@ -10,7 +10,6 @@
 import json
 import logging
 import os
-import re
 import subprocess
 import sys
 import threading
@@ -23,6 +22,7 @@ from mffseg_ros import topics
 from mffseg_ros.errors import MffsegError
 from mffseg_ros.model.classes import TASK_CLASSES
 from mffseg_ros.paths import share_file
+from mffseg_ros.sizes import parse_size
 
 log = logging.getLogger(__name__)
 NODE_TOPIC = '/mffseg'
@@ -43,13 +43,11 @@ def add_arguments(p):
 
 
 def run(args):
-    match = re.fullmatch(r'(\d+)[xX](\d+)', args.size)
-    if not match:
-        raise MffsegError(f'--size must be HxW, e.g. 512x640, got {args.size!r}')
+    size = parse_size(args.size, what='--size', minimum=32)
     if args.frames < 1 or not args.rate > 0:
         raise MffsegError('--frames must be >= 1 and --rate > 0')
     check_setup(args.out, args.weights, args.device)
-    summary = run_demo(args.out, frames=args.frames, size=(int(match[1]), int(match[2])), rate=args.rate,
+    summary = run_demo(args.out, frames=args.frames, size=size, rate=args.rate,
                        seed=args.seed, device=args.device, weights=args.weights,
                        in_process=args.in_process, verbose=not args.quiet)
     return 0 if summary['frames_processed'] > 0 else 1
@@ -208,11 +206,10 @@ class Tracker:
 
 
 def start_in_process_node(context, executor, device, weights):
+    import yaml
     from rclpy.parameter import Parameter
 
     from mffseg_ros.ros.segment_node import SegmentNode
-
-    import yaml
     preset = yaml.safe_load(share_file('config', 'endovis_bag.yaml').read_text())['/**']['ros__parameters']
     overrides = [Parameter(k, value=v) for k, v in preset.items()]
     overrides += [Parameter('device', value=device), Parameter('weights', value=weights)]
@@ -292,9 +289,8 @@ def run_demo(out, *, frames=40, size=(512, 640), rate=2.5, seed=7, device='auto'
 
 
 def summarise(out, tracker, published, gt, size, wall, verbose):
-    from mffseg_ros.visualize import contact_sheet, save_png
-
     from mffseg_ros.inference.instances import SOURCE_CODES
+    from mffseg_ros.visualize import contact_sheet, save_png
 
     type_names = TASK_CLASSES['type']
     source_names = {code: name for name, code in SOURCE_CODES.items()}

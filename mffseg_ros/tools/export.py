@@ -4,12 +4,12 @@ the model to ONNX (fixed shape), then check ONNX Runtime against torch.
 fp16 safetensors copy (how the shipped weights are made), optionally recording evaluation results."""
 import json
 import logging
-import re
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from mffseg_ros import sizes
 from mffseg_ros.errors import MffsegError
 
 log = logging.getLogger(__name__)
@@ -19,14 +19,8 @@ MIN_LABEL_AGREEMENT = 0.999
 
 
 def parse_size(text):
-    """'512x640' -> (512, 640); MffsegError with the reason otherwise."""
-    match = re.fullmatch(r'\s*(\d+)\s*[xX]\s*(\d+)\s*', str(text))
-    if not match:
-        raise MffsegError(f'size {text!r}: expected HEIGHTxWIDTH, e.g. 512x640')
-    height, width = int(match.group(1)), int(match.group(2))
-    if height <= 0 or width <= 0 or height % 32 or width % 32:
-        raise MffsegError(f'size {text!r}: height and width must be positive multiples of 32')
-    return height, width
+    """'512x640' -> (512, 640): a network input size, multiples of 32."""
+    return sizes.parse_size(text, multiple=32)
 
 
 def add_arguments(parser):
