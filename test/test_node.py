@@ -22,6 +22,7 @@ from mffseg_ros.model.classes import TASK_CLASSES
 from mffseg_ros.ros import conversions
 from mffseg_ros.ros.diagnostics import diagnostic_values
 from mffseg_ros.ros.harness import RosHarness
+from mffseg_ros.tools.bags import image_array
 
 H, W = 128, 160
 _stamps = itertools.count(1)
@@ -106,7 +107,7 @@ def test_outputs_carry_the_input_header_at_input_resolution(ros, start):
     assert ros.wait_for(lambda: labels.stamped(stamp) and parts.stamped(stamp) and tips.stamped(stamp))
     for msg in (labels.stamped(stamp)[0], parts.stamped(stamp)[0], tips.stamped(stamp)[0]):
         assert msg.header.frame_id == 'psm_left_optical'
-    lab, par = (conversions.image_to_array(c.stamped(stamp)[0]) for c in (labels, parts))
+    lab, par = (image_array(c.stamped(stamp)[0]) for c in (labels, parts))
     assert labels.stamped(stamp)[0].encoding == 'mono8' and lab.shape == (H, W) and par.shape == (H, W)
     assert lab.max() < len(TASK_CLASSES['type']) and par.max() < len(TASK_CLASSES['parts'])
     cloud = tips.stamped(stamp)[0]
@@ -128,12 +129,12 @@ def test_mask_topics_only_for_present_types(ros, start):
         assert ros.wait_for(lambda: tips.stamped(stamps[-1]))
     time.sleep(0.2)
     for stamp in stamps:
-        lab = conversions.image_to_array(labels.stamped(stamp)[0])
+        lab = image_array(labels.stamped(stamp)[0])
         present = set(np.unique(lab)) - {0}
         got = {t for t, c in masks.items() if c.stamped(stamp)}
         assert got == present
         for t in got:
-            mask = conversions.image_to_array(masks[t].stamped(stamp)[0])
+            mask = image_array(masks[t].stamped(stamp)[0])
             assert set(np.unique(mask)) <= {0, 255}
             np.testing.assert_array_equal(mask == 255, lab == t)
 
@@ -161,7 +162,7 @@ def test_compressed_input(ros, start, fmt, ext):
     _, data = cv2.imencode(ext, cv2.cvtColor(frame(), cv2.COLOR_RGB2BGR))
     pub.publish(CompressedImage(header=header, format=fmt, data=data.tobytes()))
     assert ros.wait_for(lambda: labels.stamped(stamp))
-    assert conversions.image_to_array(labels.stamped(stamp)[0]).shape == (H, W)
+    assert image_array(labels.stamped(stamp)[0]).shape == (H, W)
 
 
 def test_best_effort_node_receives_reliable_and_best_effort_publishers(ros, start):

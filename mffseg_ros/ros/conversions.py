@@ -50,14 +50,6 @@ def image_msg(pixels, header, encoding):
     return msg
 
 
-def image_to_array(msg):
-    """A mono8/rgb8/bgr8 Image this node published -> numpy (for consumers and tests)."""
-    channels = msg.step // msg.width if msg.width else 1
-    flat = np.frombuffer(msg.data, dtype=np.uint8)
-    shape = (msg.height, msg.width, channels) if channels > 1 else (msg.height, msg.width)
-    return flat.reshape(shape)
-
-
 def projection_matrix(info_msg):
     """sensor_msgs/CameraInfo -> 3x4 float P; DataError when uncalibrated (P all zero) or unusable."""
     from mffseg_ros.inference.stereo import projection_from_camera_info
