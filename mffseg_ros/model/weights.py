@@ -4,7 +4,6 @@ import json
 from collections import OrderedDict
 from pathlib import Path
 
-import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 

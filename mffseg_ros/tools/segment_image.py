@@ -85,10 +85,9 @@ def _describe_tips(tips):
 def run(args):
     from tqdm import tqdm
 
+    from mffseg_ros.errors import MffsegError
     from mffseg_ros.inference.segmenter import Segmenter
     from mffseg_ros.visualize import load_rgb
-
-    from mffseg_ros.errors import MffsegError
     if args.min_area is not None and args.min_area < 1:
         raise MffsegError(f'--min-area must be at least 1 pixel, got {args.min_area}')
     files = expand_images(args.images)
