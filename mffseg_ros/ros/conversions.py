@@ -21,16 +21,26 @@ def stamp_ns(header):
     return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
 
 
-def decode_image_msg(msg):
-    """sensor_msgs/Image -> HxWx3 RGB uint8 (raises ImageFormatError)."""
+def decode_image_msg(msg, max_pixels=None):
+    """sensor_msgs/Image -> HxWx3 RGB uint8 (raises ImageFormatError, also above `max_pixels`)."""
     from mffseg_ros.inference.image_codec import decode_image
-    return decode_image(msg.encoding, msg.height, msg.width, msg.step, msg.data, msg.is_bigendian)
+    return decode_image(msg.encoding, msg.height, msg.width, msg.step, msg.data, msg.is_bigendian, max_pixels)
 
 
-def decode_compressed_msg(msg):
-    """sensor_msgs/CompressedImage -> HxWx3 RGB uint8 (raises ImageFormatError)."""
+def decode_compressed_msg(msg, max_pixels=None):
+    """sensor_msgs/CompressedImage -> HxWx3 RGB uint8 (raises ImageFormatError, also above `max_pixels`);
+    the size is read from the jpeg/png header before any pixel is decoded."""
     from mffseg_ros.inference.image_codec import decode_compressed
-    return decode_compressed(msg.format, msg.data)
+    return decode_compressed(msg.format, msg.data, max_pixels)
+
+
+def inspect_image_msg(msg, max_pixels=None):
+    """(height, width) of an Image or CompressedImage that would decode, without decoding its pixels
+    (raises ImageFormatError): the check for an image that is not segmented."""
+    from mffseg_ros.inference.image_codec import inspect_compressed, inspect_image
+    if hasattr(msg, 'format'):
+        return inspect_compressed(msg.format, msg.data, max_pixels)
+    return inspect_image(msg.encoding, msg.height, msg.width, msg.step, msg.data, msg.is_bigendian, max_pixels)
 
 
 def _uint8_array(pixels):

@@ -68,6 +68,13 @@ class StereoPairer:
             self._closed = True
             self._cond.notify_all()
 
+    def reopen(self):
+        """Accept work again after `close` (a lifecycle node re-activated); old frames are let go."""
+        with self._cond:
+            self._closed = False
+            for buf in self._buffers.values():
+                buf.clear()
+
     def pop_newest(self, timeout=None):
         """Newest (left, right) pair (right is None in mono), or None on timeout / close."""
         with self._cond:
