@@ -39,7 +39,7 @@ NODE_NAME = 'mffseg'
 LOG_THROTTLE_S = 2.0
 OUTPUT_QOS = qos_profile('reliable', depth=5)
 QOS_CHECK_PERIOD_S = 1.0  # how often `input_reliability: auto` looks at the publishers again
-SHUTDOWN_JOIN_S = 1.5     # a frame still in the network is abandoned after this on shutdown
+SHUTDOWN_JOIN_S = 1.0     # a frame still in the network is abandoned after this on shutdown
 
 
 def input_qos(reliability):
@@ -517,9 +517,16 @@ def main(argv=None):
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        worker = node._worker
         node.destroy_node(join_timeout=SHUTDOWN_JOIN_S)
         executor.shutdown(timeout_sec=0.5)
         rclpy.try_shutdown()
+    if worker is not None and worker.is_alive():
+        # A frame still in the network cannot be interrupted, and unwinding the interpreter under a
+        # running torch thread aborts the process: leave at once (outputs and ROS are already closed).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 
