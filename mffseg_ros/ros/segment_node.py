@@ -377,6 +377,7 @@ class SegmentNode(Node):
             return
         rgb_left = self._decode('left', left)
         if rgb_left is None:
+            self._check_only('right', right)
             return
         P_left, P_right = self._projections['left'], self._projections['right']
         want_3d = (right is not None and P_left is not None and P_right is not None
