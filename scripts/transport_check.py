@@ -7,7 +7,8 @@ parameters unless --param is given) and this script as the consumer of ~/labels 
 callbacks, superseded (overwritten in DDS before the callback), input age and transport percentiles.
 
     OMP_NUM_THREADS=1 python scripts/transport_check.py --seconds 25 --rate 5 --size 1280x1024
-    python scripts/transport_check.py --camera-reliability best_effort --profile   # shipped XML profile
+    python scripts/transport_check.py --camera-reliability best_effort --profile   # shipped XML profile, both ends
+    python scripts/transport_check.py --profile node                               # the node's end only
 """
 import argparse
 import json
@@ -73,12 +74,14 @@ def check(args):
     from mffseg_ros.ros.diagnostics import diagnostic_values
     from mffseg_ros.ros.qos import qos_profile
     env = dict(os.environ)
-    if args.profile:
-        env['FASTDDS_DEFAULT_PROFILES_FILE'] = os.path.abspath(args.profile_file)
+    env.pop('FASTDDS_DEFAULT_PROFILES_FILE', None)
+    with_profile = {**env, 'FASTDDS_DEFAULT_PROFILES_FILE': os.path.abspath(args.profile_file)}
+    node_env = with_profile if args.profile in ('both', 'node') else env
+    camera_env = with_profile if args.profile in ('both', 'camera') else env
     node_cmd = [sys.executable, '-m', 'mffseg_ros.ros.segment_node', '--ros-args', '-r', f'__ns:={NS}']
     for item in args.param:
         node_cmd += ['-p', item]
-    node_proc = subprocess.Popen(node_cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    node_proc = subprocess.Popen(node_cmd, env=node_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     rclpy.init(args=[])
     probe = rclpy.create_node('transport_probe')
     labels, diags = [], []
@@ -90,7 +93,7 @@ def check(args):
         rclpy.spin_once(probe, timeout_sec=0.2)
     cam_cmd = [sys.executable, __file__, '--role', 'camera', '--rate', str(args.rate), '--size', args.size,
                '--camera-reliability', args.camera_reliability]
-    cam = subprocess.Popen(cam_cmd, env=env, stdout=subprocess.PIPE, text=True)
+    cam = subprocess.Popen(cam_cmd, env=camera_env, stdout=subprocess.PIPE, text=True)
     end = time.monotonic() + args.seconds + 2.0  # the camera waits 2 s after matching
     while time.monotonic() < end:
         rclpy.spin_once(probe, timeout_sec=0.1)
@@ -110,7 +113,7 @@ def check(args):
            **{k: float(values[k]) for k in ('input_age_p50_ms', 'input_age_p99_ms', 'transport_p50_ms',
                                             'transport_p99_ms', 'latency_p50_ms', 'transport_share')},
            'input_qos': during.get('input_qos'), 'errors': int(values['errors']),
-           'camera_reliability': args.camera_reliability, 'profile': bool(args.profile), 'params': args.param,
+           'camera_reliability': args.camera_reliability, 'profile': args.profile, 'params': args.param,
            'node_exit': node_proc.returncode, 'node_errors_logged': node_err.count('[ERROR]')}
     print(json.dumps(out))
     probe.destroy_node()
@@ -124,7 +127,8 @@ def main():
     parser.add_argument('--rate', type=float, default=5.0)
     parser.add_argument('--size', default='1280x1024', help='WIDTHxHEIGHT')
     parser.add_argument('--camera-reliability', choices=('reliable', 'best_effort'), default='reliable')
-    parser.add_argument('--profile', action='store_true', help='both processes use the shipped Fast DDS profile')
+    parser.add_argument('--profile', nargs='?', const='both', default='none', choices=('none', 'both', 'node', 'camera'),
+                        help='which processes use the shipped Fast DDS profile (--profile alone: both)')
     parser.add_argument('--profile-file', default=os.path.join(os.path.dirname(__file__), '..', 'config',
                                                                'fastdds_large_images.xml'))
     parser.add_argument('--param', action='append', default=[], help='node parameter NAME:=VALUE (repeatable)')

@@ -238,3 +238,25 @@ def test_auto_input_qos_follows_the_publishers(ros, start):
         assert ros.wait_for(lambda: labels.stamped(stamp))
     ros.probe.destroy_publisher(best_effort)
     assert ros.wait_for(lambda: node._input_reliability[topic] == 'reliable', timeout=5)
+
+
+def test_transport_delays_and_losses_are_reported(ros, start):
+    node, ns = start(stereo=False)
+    labels = ros.collect(f'{ns}/mffseg/labels', Image)
+    diagnostics = ros.collect('/diagnostics', DiagnosticArray)
+    pub = ros.publisher(f'{ns}/stereo/left/image_raw', Image)
+    assert ros.wait_matched(pub)
+    h, stamp = header()
+    h.stamp.sec, h.stamp.nanosec = divmod(time.time_ns(), 1_000_000_000)  # a camera stamping with our clock
+    stamp = h.stamp.sec * 1_000_000_000 + h.stamp.nanosec
+    pub.publish(conversions.image_msg(frame(), h, 'rgb8'))
+    assert ros.wait_for(lambda: labels.stamped(stamp))
+    # a publisher whose sequence numbers jump by 3 lost 2 frames before the callback: counted, not silent
+    gid = {'data': b'another camera'}
+    for seq in (10, 13):
+        node._count_transport_losses('left', {'publisher_gid': gid, 'publication_sequence_number': seq})
+    assert counts(node)['superseded'] == counts(node)['superseded.left'] == 2
+    assert ros.wait_for(lambda: node_diagnostics(diagnostics, node, lambda v: v.get('superseded') == '2'))
+    values = diagnostic_values(node_diagnostics(diagnostics, node, lambda v: v.get('superseded') == '2'))
+    assert 0.0 <= float(values['input_age_p50_ms']) < 60_000 and 0.0 <= float(values['transport_p99_ms']) < 60_000
+    assert 0.0 <= float(values['transport_share']) <= 1.0 and values['superseded.left'] == '2'

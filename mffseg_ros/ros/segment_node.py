@@ -38,13 +38,17 @@ from mffseg_ros.ros.sync import Frame, StereoPairer
 NODE_NAME = 'mffseg'
 LOG_THROTTLE_S = 2.0
 OUTPUT_QOS = qos_profile('reliable', depth=5)
+# DDS reader queue per input topic: with 1, a frame that arrived before the callback took the previous
+# one replaced it, and a stereo pair missing a half is lost whole. The pairer still keeps only the
+# newest complete pair, so a deeper queue adds no lag.
+INPUT_DEPTH = 3
 QOS_CHECK_PERIOD_S = 1.0  # how often `input_reliability: auto` looks at the publishers again
 SHUTDOWN_JOIN_S = 1.0     # a frame still in the network is abandoned after this on shutdown
 
 
 def input_qos(reliability):
-    """Sensor-data QoS (best effort, keep last 1) or its reliable twin ('auto' starts best effort)."""
-    return qos_profile('best_effort' if reliability == 'auto' else reliability, depth=1)
+    """Best effort or reliable, keep last INPUT_DEPTH, volatile ('auto' starts best effort)."""
+    return qos_profile('best_effort' if reliability == 'auto' else reliability, depth=INPUT_DEPTH)
 
 
 def topic_safe(name):
@@ -80,6 +84,7 @@ class SegmentNode(Node):
         self._image_sizes = {'left': None, 'right': None}  # (height, width) of the last decodable image
         self._sequences = {}  # (side, publisher gid) -> last publication sequence number
         self._input_reliability = {}  # topic -> reliability in use ('auto' resolves per topic)
+        self._qos_timer = None
         self.add_on_set_parameters_callback(self._check_new_parameters)
         self.add_post_set_parameters_callback(self._apply_new_parameters)
         self._last_diag_counts = {}
@@ -110,9 +115,8 @@ class SegmentNode(Node):
     def _deactivate(self, join_timeout=5.0):
         """Stop the worker first (so nothing publishes into a context that goes away), then unsubscribe."""
         self._stop_worker(join_timeout)
-        timer = getattr(self, '_qos_timer', None)
-        if timer is not None:
-            self.destroy_timer(timer)
+        if self._qos_timer is not None:
+            self.destroy_timer(self._qos_timer)
             self._qos_timer = None
         for sub in self._subs.values():
             self.destroy_subscription(sub)
@@ -193,7 +197,8 @@ class SegmentNode(Node):
         # `auto` re-subscribes from a timer: without QoS event handlers, because a multi-threaded executor
         # that is adding a just-destroyed event handler to its wait set dies (rclpy raises InvalidHandle).
         # No incompatible-QoS warning is lost: auto picks a reliability that every publisher matches.
-        events = SubscriptionEventCallbacks(use_default_callbacks=False) if self.cfg.input_reliability == 'auto' else None
+        auto = self.cfg.input_reliability == 'auto'
+        events = SubscriptionEventCallbacks(use_default_callbacks=False) if auto else None
         self._subs[topic] = self.create_subscription(msg_type, topic, callback, input_qos(reliability),
                                                      event_callbacks=events)
         self._input_reliability[topic] = 'best_effort' if reliability == 'auto' else reliability
@@ -211,7 +216,7 @@ class SegmentNode(Node):
         kind = (CompressedImage if cfg.use_compressed else Image).__name__
         self.get_logger().info(
             f'inputs ({"stereo" if cfg.stereo else "mono"}, {kind}): {names}; '
-            f'QoS {cfg.input_reliability}, keep_last 1, volatile: receives from {receives}')
+            f'QoS {cfg.input_reliability}, keep_last {INPUT_DEPTH}, volatile: receives from {receives}')
 
     def _follow_publishers(self):
         """`input_reliability: auto`: match each input topic's publishers (re-checked every second)."""
