@@ -127,7 +127,8 @@ def main():
     parser.add_argument('--rate', type=float, default=5.0)
     parser.add_argument('--size', default='1280x1024', help='WIDTHxHEIGHT')
     parser.add_argument('--camera-reliability', choices=('reliable', 'best_effort'), default='reliable')
-    parser.add_argument('--profile', nargs='?', const='both', default='none', choices=('none', 'both', 'node', 'camera'),
+    parser.add_argument('--profile', nargs='?', const='both', default='none',
+                        choices=('none', 'both', 'node', 'camera'),
                         help='which processes use the shipped Fast DDS profile (--profile alone: both)')
     parser.add_argument('--profile-file', default=os.path.join(os.path.dirname(__file__), '..', 'config',
                                                                'fastdds_large_images.xml'))

@@ -48,13 +48,17 @@ def test_bad_image_message_raises_image_format_error():
         conversions.decode_image_msg(msg)
 
 
-def test_projection_matrix_from_camera_info():
+def test_calibration_from_camera_info():
     info = CameraInfo()
     with pytest.raises(DataError, match='not calibrated'):
-        conversions.projection_matrix(info)  # all zeros: an uncalibrated camera
+        conversions.calibration(info)  # all zeros: an uncalibrated camera
     info.p = [300.0, 0, 80, -1.5, 0, 300.0, 60, 0, 0, 0, 1, 0]
-    P = conversions.projection_matrix(info)
-    assert P.shape == (3, 4) and P[0, 3] == -1.5
+    cal = conversions.calibration(info)
+    assert cal.P.shape == (3, 4) and cal.P[0, 3] == -1.5 and cal.rectify is None and cal.image_size is None
+    info.height, info.width, info.d = 120, 160, [0.1, 0.0, 0.0]  # plumb_bob takes 5
+    with pytest.raises(DataError, match='D has 3 coefficients'):
+        conversions.calibration(info)
+    assert conversions.camera_info_key(info) != conversions.camera_info_key(CameraInfo())
 
 
 def test_stamp_ns():

@@ -29,7 +29,6 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from visualization_msgs.msg import MarkerArray
 
 from mffseg_ros.errors import DataError, ImageFormatError, MffsegError
-from mffseg_ros.inference.camera_model import check_camera_info
 from mffseg_ros.ros import conversions, params, pipeline
 from mffseg_ros.ros.diagnostics import NodeStats, diagnostic_array
 from mffseg_ros.ros.qos import matching_reliability, qos_profile
@@ -255,18 +254,13 @@ class SegmentNode(Node):
             self._sequences.pop(next(iter(self._sequences)))
 
     def _on_camera_info(self, side, msg):
-        fields = (msg.height, msg.width, msg.distortion_model, bytes(memoryview(msg.d)), bytes(memoryview(msg.k)),
-                  bytes(memoryview(msg.r)), bytes(memoryview(msg.p)), msg.binning_x, msg.binning_y,
-                  msg.roi.height, msg.roi.width)
+        fields = conversions.camera_info_key(msg)
         seen = self._info_seen[side]
         if seen is not None and seen[0] == fields:  # a camera repeats its camera_info with every frame
             verdict = seen[1]
         else:
             try:
-                verdict = check_camera_info(
-                    k=msg.k, d=msg.d, r=msg.r, p=msg.p, distortion_model=msg.distortion_model, height=msg.height,
-                    width=msg.width, binning_x=msg.binning_x, binning_y=msg.binning_y, roi_height=msg.roi.height,
-                    roi_width=msg.roi.width, image_size=self._image_sizes[side])
+                verdict = conversions.calibration(msg, self._image_sizes[side])
             except DataError as e:
                 verdict = str(e)
             self._info_seen[side] = (fields, verdict)
