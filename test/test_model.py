@@ -4,7 +4,7 @@ import torch
 
 from mffseg_ros.errors import WeightsError
 from mffseg_ros.model import Discriminator, MFFNet, count_parameters, load_weights, read_metadata, save_weights
-from mffseg_ros.model.mffnet import SumSPP
+from mffseg_ros.model.fusion import SumSPP
 
 
 @pytest.fixture(scope='module')
@@ -38,7 +38,7 @@ class TestMFFNet:
     def test_aux_branch_skips_main_decoder(self, multitask):
         calls = []
         handles = [m.register_forward_hook(lambda *a: calls.append(1))
-                   for m in (multitask.decoder4, *multitask.class_blocks)]
+                   for m in (*multitask.decoder.blocks, *multitask.heads)]
         with torch.no_grad():
             out = multitask(torch.randn(1, 3, 96, 128), branch='aux')
         for h in handles:
@@ -71,7 +71,7 @@ class TestMFFNet:
         unique = count_parameters(model)
         assert unique == 14_227_652
         enc = model.encoder
-        shared = sum(p.numel() for m in (enc.stem, enc.stage1, enc.stage2) for p in m.parameters())
+        shared = sum(p.numel() for m in (enc.conv1, enc.bn1, enc.layer1, enc.layer2) for p in m.parameters())
         assert abs((unique + shared) / 1e6 - 14.91) < 0.01
 
     def test_spp_sums_and_keeps_shape(self):
@@ -92,8 +92,8 @@ class TestWeights:
     def test_round_trip_with_metadata(self, tmp_path, multitask):
         path = save_weights(tmp_path / 'w.safetensors', multitask, {'metrics': {'dice': 0.5}, 'recipe': {'x': 1}})
         model, meta = load_weights(path)
-        assert meta['tasks'] == {'parts': 4, 'type': 8} and meta['metrics'] == {'dice': 0.5}
-        assert meta['class_names']['type'][3] == 'large_needle_driver'
+        assert meta.tasks == {'parts': 4, 'type': 8} and meta.metrics == {'dice': 0.5}
+        assert meta.class_names['type'][3] == 'large_needle_driver' and meta.version == 'mffseg/2'
         x = torch.randn(1, 3, 64, 64)
         with torch.no_grad():
             torch.testing.assert_close(model(x)['out'], multitask(x)['out'])
