@@ -20,6 +20,7 @@ DEFAULTS = {
     'train_size': [256, 320],   # (H, W), multiples of 32
     'input_scale': 0.25,        # frame scale the inference applies before the network (metadata)
     'normalization': DEFAULT_NORMALIZATION,
+    'encoder_weights': None,    # ImageNet ResNet-18 weights (torchvision/timm) to start the encoder from
     'augment': {'hflip': True, 'vflip': True, 'blur': 0.0, 'brightness': 0.0, 'skew': 0.0, 'scale': [1.0, 1.0]},
     'recipe': {
         'iters': 1000, 'batch_size': 8,
