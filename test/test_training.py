@@ -149,6 +149,15 @@ def test_resume_errors_name_the_file(tiny_set, tmp_path):
     other['tasks'] = {'binary': 2}
     with pytest.raises(CheckpointError, match=r'model\.safetensors: does not match'):
         Trainer(other, tmp_path, device='cpu', resume=True)
+    # a checkpoint of the first parameter layout (a run started before the layout changed) resumes
+    from safetensors.torch import load_file, save_file
+    from test_model import old_layout
+    model_file = tmp_path / 'checkpoint' / 'model.safetensors'
+    saved = load_file(str(model_file))
+    save_file(old_layout(saved), str(model_file))
+    resumed = Trainer(cfg, tmp_path, device='cpu', resume=True)
+    for name, tensor in resumed.model.state_dict().items():
+        assert torch.equal(tensor, saved[name]), name
     (tmp_path / 'checkpoint' / 'optimizer.safetensors').write_bytes(b'not a safetensors file')
     with pytest.raises(CheckpointError, match=r'optimizer\.safetensors: unreadable'):
         Trainer(cfg, tmp_path, device='cpu', resume=True)
@@ -285,6 +294,11 @@ def test_encoder_weights_start_the_encoder(tiny_set, tmp_path, caplog):
     trainer.run()
     meta = read_metadata(tmp_path / 'run' / 'weights.safetensors')
     assert meta.provenance.encoder_init == 'resnet18.safetensors' and meta.provenance.iterations == 1
+    paper = build_config(parser.parse_args(['--config', str(REPO / 'configs' / 'endovis17_binary_paper.yaml'),
+                                            '--encoder-weights', str(path)]))
+    assert paper['encoder_weights'] == str(path) and paper['tasks'] == {'binary': 2}
+    with pytest.raises(ConfigError, match='encoder_weights must be a file path'):
+        load_config(overrides=['encoder_weights=[1]', 'data.train=[x]'])
     args.encoder_weights = str(tmp_path / 'missing.pth')
     with pytest.raises(MffsegError, match='missing.pth: encoder weights file not found'):
         Trainer(build_config(args), tmp_path / 'run2', device='cpu')

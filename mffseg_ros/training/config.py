@@ -123,6 +123,8 @@ def _validate(cfg, where):
     bad = [t for t, c in cfg['tasks'].items() if NUM_CLASSES.get(t) != int(c)]
     if bad:
         raise ConfigError(f'{where}: tasks {bad}: known tasks and class counts are {NUM_CLASSES}')
+    if cfg.get('encoder_weights') is not None and not isinstance(cfg['encoder_weights'], str):
+        raise ConfigError(f'{where}: encoder_weights must be a file path or null')
     if not cfg['data']['train']:
         raise ConfigError(f'{where}: data.train is empty (give a data spec, e.g. --data synth:?frames=64)')
 
