@@ -275,7 +275,8 @@ class TestEncoderWeights:
         torch.save({'state_dict': state, 'epoch': 90}, path)
         with caplog.at_level('WARNING'):
             loaded, missing, _ = load_encoder_weights(MFFNet(tasks={'binary': 2}), path)
-        assert len(missing) == 30 and all(k.startswith('layer4.') for k in missing) and 'layer4.0.bn1.bias' in caplog.text
+        assert len(missing) == 30 and all(k.startswith('layer4.') for k in missing)
+        assert 'layer4.0.bn1.bias' in caplog.text
         assert 'conv1.weight' in loaded
 
     def test_foreign_and_unsafe_files_are_refused(self, tmp_path):
