@@ -298,3 +298,19 @@ class TestEncoderWeights:
             load_encoder_weights(model, pickled)
         with pytest.raises(WeightsError, match='not found'):
             load_encoder_weights(model, tmp_path / 'nope.pth')
+
+
+def test_bad_metadata_is_one_clear_error(tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+    path = tmp_path / 'bad.safetensors'
+    for meta, message in (({'architecture': 'mffnet', 'tasks': {'binary': 2}, 'normalization': {'avg': 1}},
+                           "bad metadata \\(KeyError: 'mean'\\)"),
+                          ({'format': 'mffseg/9', 'architecture': 'mffnet', 'tasks': {'binary': 2}},
+                           "unknown weights format 'mffseg/9'"),
+                          ({'format': 'mffseg/2', 'architecture': 'mffnet', 'tasks': {'binary': 2},
+                            'preprocessing': {'std': [1, 0, 1]}}, 'std > 0')):
+        save_file({'w': torch.zeros(1)}, str(path), metadata={'mffseg': json.dumps(meta)})
+        with pytest.raises(WeightsError, match=message):
+            read_metadata(path)

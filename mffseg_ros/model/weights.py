@@ -146,17 +146,17 @@ class WeightsMeta:
         if meta.get('architecture') != 'mffnet' or not isinstance(meta.get('tasks'), dict):
             raise WeightsError(f'{where}: unknown architecture {meta.get("architecture")!r} or missing tasks')
         meta.pop('architecture')
-        if version == 'mffseg/1':
-            meta = _upgrade_metadata(meta)
         try:
+            if version == 'mffseg/1':
+                meta = _upgrade_metadata(meta)
             return cls(tasks=meta.pop('tasks'), class_names=dict(meta.pop('class_names', None) or {}),
                        preprocessing=Preprocessing(**(meta.pop('preprocessing', None) or {})),
                        recipe=meta.pop('recipe', None) or {}, metrics=meta.pop('metrics', None) or {},
                        provenance=Provenance(**(meta.pop('provenance', None) or {})),
                        stored_dtype=str(meta.pop('stored_dtype', 'float32')),
                        random_init=bool(meta.pop('random_init', False)), extra=meta, version=version)
-        except (TypeError, ValueError) as e:
-            raise WeightsError(f'{where}: bad metadata ({e})') from None
+        except (TypeError, ValueError, KeyError) as e:
+            raise WeightsError(f'{where}: bad metadata ({type(e).__name__}: {e})') from None
 
 
 def _plain(d):
@@ -167,8 +167,9 @@ def _upgrade_metadata(meta):
     """'mffseg/1' kept preprocessing and provenance as top-level keys and in recipe/metrics."""
     norm = meta.pop('normalization', None) or DEFAULT_NORMALIZATION
     pre = {'mean': norm['mean'], 'std': norm['std'], 'train_size': meta.pop('train_size', None)}
-    if meta.get('input_scale') is not None:
-        pre['input_scale'] = meta.pop('input_scale')
+    scale = meta.pop('input_scale', None)
+    if scale is not None:
+        pre['input_scale'] = scale
     meta['preprocessing'] = pre
     recipe = meta.get('recipe') if isinstance(meta.get('recipe'), dict) else {}
     metrics = meta.get('metrics') if isinstance(meta.get('metrics'), dict) else {}
