@@ -56,7 +56,7 @@ def trained_model(one_thread):
     model = MFFNet().eval()
     seg = Segmenter(model, default_metadata(model), device='cpu', input_size=(64, 96))
     samples = [synthetic_frame(rng, 64, 96) for _ in range(4)]
-    heads = [block.classify for block in model.class_blocks]
+    heads = [head.classify for head in model.heads]
     features = {}
     hooks = [h.register_forward_hook(lambda mod, inp, out: features.__setitem__(mod, inp[0]))
              for h in heads]

@@ -46,7 +46,7 @@ def run(args):
     log.info('%s; %d frames', segmenter.describe(), len(samples))
     meta = segmenter.metadata
     info = {'weights': str(args.weights), 'data': ' + '.join(args.data), 'model': segmenter.describe(),
-            'weights_git_revision': meta.get('git_revision'), 'train_recipe': meta.get('recipe')}
+            'weights_git_revision': meta.provenance.git_revision, 'train_recipe': meta.recipe}
     report = evaluate(segmenter, samples, tasks=args.task, worst=args.worst, out_dir=args.out, info=info)
     print(format_report(report))
     print(f'\nwrote {args.out / "metrics.json"}, {args.out / "metrics.md"}'

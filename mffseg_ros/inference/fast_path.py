@@ -94,8 +94,7 @@ class FastPath:
             torch.backends.cudnn.benchmark = True
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = segmenter.model.to(memory_format=self.memory_format).eval()
-        self.mean = segmenter._mean.float()
-        self.std = segmenter._std.float()
+        self.mean, self.std = segmenter.preprocessing.mean_std(self.device)
         self.plans = {}
 
     def compute(self, frames_u8, net_size):

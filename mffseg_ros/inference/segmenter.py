@@ -18,9 +18,8 @@ import torch
 
 from mffseg_ros.errors import MffsegError
 from mffseg_ros.inference.results import SegmentationResult, network_maps, results_from_maps  # noqa: F401
-from mffseg_ros.model.classes import TASK_CLASSES
 from mffseg_ros.model.mffnet import BRANCHES, MFFNet
-from mffseg_ros.model.weights import default_metadata, load_weights
+from mffseg_ros.model.weights import WeightsMeta, as_weights_meta, default_metadata, load_weights
 from mffseg_ros.paths import default_weights_path
 
 log = logging.getLogger(__name__)
@@ -62,7 +61,7 @@ def network_size(height, width, *, input_scale=None, input_size=None):
 
 
 class Segmenter:
-    def __init__(self, model: MFFNet, metadata: dict, *, device='cpu', precision='fp32', branch='main',
+    def __init__(self, model: MFFNet, metadata: WeightsMeta | dict, *, device='cpu', precision='fp32', branch='main',
                  input_scale=None, input_size=None, backend='torch', threads=None, weights_path=None,
                  **backend_options):
         self.device = resolve_device(device)
@@ -77,23 +76,21 @@ class Segmenter:
         if branch not in BRANCHES:
             raise MffsegError(f'branch must be one of {BRANCHES}, got {branch!r}')
         self.precision, self.dtype = precision, PRECISIONS[precision]
-        self.metadata = metadata
+        self.metadata = as_weights_meta(model, metadata)
+        self.preprocessing = self.metadata.preprocessing
         self.weights_path = weights_path
         self.tasks = dict(model.tasks)
         self.task_slices = dict(model.task_slices)
-        self.class_names = {t: list(metadata.get('class_names', {}).get(t, TASK_CLASSES.get(t, ())))
-                            for t in self.tasks}
+        self.class_names = {t: self.metadata.names(t) for t in self.tasks}
         # Without an explicit scale or size, frames are resized to about the training frame size
         # (whatever the camera's resolution: the model was trained on whole frames of that size).
-        self.train_size = metadata.get('train_size')
+        self.train_size = self.preprocessing.train_size
         if input_scale is None and not self.train_size:
-            input_scale = metadata.get('input_scale', 0.5)
+            input_scale = self.preprocessing.input_scale
         self.input_scale = input_scale
         self.input_size = input_size
         network_size(64, 64, input_scale=input_scale, input_size=input_size)  # validates both
-        norm = metadata.get('normalization', default_metadata(model)['normalization'])
-        self._mean = torch.tensor(norm['mean'], device=self.device).view(1, 3, 1, 1) * 255
-        self._std = torch.tensor(norm['std'], device=self.device).view(1, 3, 1, 1) * 255
+        self._mean, self._std = self.preprocessing.mean_std(self.device)
         self.branch = branch
         self.backend_name = backend
 
@@ -106,7 +103,7 @@ class Segmenter:
             backend_options.pop('threads', None)
         else:
             from mffseg_ros.inference.backends import make_backend
-            self._backend = make_backend(backend, self.model, metadata, device=self.device,
+            self._backend = make_backend(backend, self.model, self.metadata.to_dict(), device=self.device,
                                          precision=precision, branch=branch, **backend_options)
         self._fast_path = None
         if self.device.type == 'cuda' and backend == 'torch':

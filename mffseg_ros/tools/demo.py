@@ -226,6 +226,7 @@ def run_demo(out, *, frames=40, size=(512, 640), rate=2.5, seed=7, device='auto'
     from rclpy.executors import MultiThreadedExecutor
 
     from mffseg_ros.ros.play import play_bag
+    from mffseg_ros.ros.spin_thread import SpinThread
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -239,8 +240,7 @@ def run_demo(out, *, frames=40, size=(512, 640), rate=2.5, seed=7, device='auto'
     client = rclpy.create_node('mffseg_demo_tracker', context=context)
     executor.add_node(client)
     tracker = Tracker(client)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
+    spinner = SpinThread(executor, name='demo-executor').start()
     node_proc = in_node = None
     published = {}
     try:
@@ -283,10 +283,9 @@ def run_demo(out, *, frames=40, size=(512, 640), rate=2.5, seed=7, device='auto'
             in_node.destroy_node()
         if node_proc is not None:
             node_proc.stop()
-        executor.shutdown()
+        spinner.stop()
         client.destroy_node()
         rclpy.try_shutdown(context=context)
-        spinner.join(5)
     return summarise(out, tracker, published, gt, size, wall, verbose)
 
 
