@@ -136,16 +136,15 @@ def instrument_overlay(rgb, frame, alpha=0.4):
     rgb = np.ascontiguousarray(rgb)
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f'overlay needs an HxWx3 uint8 RGB image, got {rgb.shape} {rgb.dtype}')
-    ids = frame.instance_ids_image()
-    if ids.shape != rgb.shape[:2]:
-        raise ValueError(f'instance image {ids.shape} does not match the image {rgb.shape[:2]}')
+    if tuple(frame.result.size) != rgb.shape[:2]:
+        raise ValueError(f'perception of a {frame.result.size} frame does not match the image {rgb.shape[:2]}')
     out = rgb.copy()
     s = _scale(rgb.shape)
     lut = np.zeros((256, 1, 3), np.uint8)
-    small = np.zeros(ids.shape, np.uint8)  # ids re-numbered 1..N for an 8-bit colour table
-    for k, inst in enumerate(frame.instruments, start=1):
-        lut[k, 0] = instrument_color(inst.track_id)
-        small[ids == inst.track_id] = k
+    order = {inst.track_id: k for k, inst in enumerate(frame.instruments, start=1)}
+    for inst in frame.instruments:
+        lut[order[inst.track_id], 0] = instrument_color(inst.track_id)
+    small = frame.paint(lambda i: order[i.track_id])  # instruments numbered 1..N for an 8-bit colour table
     fg = cv2.inRange(small, 1, 255)
     colours = _colour_map(lut, small)
     cv2.copyTo(cv2.addWeighted(rgb, 1.0 - alpha, colours, alpha, 0.0), fg, out)

@@ -63,8 +63,10 @@ def _principal_axis(pts):
     centre = pts.mean(axis=0)
     if len(pts) < 2:
         return centre, np.array([1.0, 0.0])
-    _, vecs = np.linalg.eigh(np.cov((pts - centre).T) + 1e-9 * np.eye(2))
-    return centre, vecs[:, -1]
+    d = pts - centre
+    sxx, syy, sxy = float(d[:, 0] @ d[:, 0]), float(d[:, 1] @ d[:, 1]), float(d[:, 0] @ d[:, 1])
+    angle = 0.5 * math.atan2(2.0 * sxy, sxx - syy)  # the major axis of the 2x2 scatter matrix
+    return centre, np.array([math.cos(angle), math.sin(angle)])
 
 
 def _entry_point(pts, shape, origin):
@@ -230,10 +232,13 @@ def split_region(mask, parts, *, shape, origin, min_part_area, min_area):
     """Pixel masks (crop-sized) of the instruments in one connected instrument region."""
     if parts is None:
         return [mask]
+    # A head or shaft that can separate instruments is a real piece (a quarter of the smallest
+    # instrument), not a few stray pixels of a noisy parts map.
+    min_piece = max(min_part_area, min_area / 4)
     bridged_heads = cv2.morphologyEx((mask & (parts >= PART_WRIST)).view(np.uint8), cv2.MORPH_CLOSE, _BRIDGE)
-    heads = [m & mask for _, m in _components(bridged_heads.view(bool), min_part_area)]
+    heads = [m & mask for _, m in _components(bridged_heads.view(bool), min_piece)]
     bridged_shafts = cv2.morphologyEx((mask & (parts == PART_SHAFT)).view(np.uint8), cv2.MORPH_CLOSE, _BRIDGE)
-    shafts = [(area, m & mask) for area, m in _components(bridged_shafts.view(bool), max(min_part_area, min_area / 4))]
+    shafts = [(area, m & mask) for area, m in _components(bridged_shafts.view(bool), min_piece)]
     if shafts:  # a shaft fragment a tenth the size of the main one is a segmentation hole, not a tool
         largest = max(area for area, _ in shafts)
         shafts = _merge_collinear([m for area, m in shafts if area >= 0.1 * largest], parts)
@@ -277,28 +282,33 @@ def _attach_orphans(found, parts, shape, min_part_area, reach=0.08):
     instrument nearest to them (within `reach` of the image diagonal), anything farther is dropped
     (dark tissue, a vessel or a highlight taken for metal)."""
     height, width = shape
+    cache = {}
 
     def pixels(f):
-        _, _, region, x0, y0 = f
-        ys, xs = np.nonzero(region)
-        return np.column_stack([xs + x0, ys + y0])
+        if id(f) not in cache:
+            _, _, region, x0, y0 = f
+            ys, xs = np.nonzero(region)
+            cache[id(f)] = np.column_stack([xs + x0, ys + y0])
+        return cache[id(f)]
 
     def anchored(f):
-        pts = pixels(f)
-        on_border = ((pts[:, 0] == 0) | (pts[:, 1] == 0) | (pts[:, 0] == width - 1) | (pts[:, 1] == height - 1)).any()
-        shaft = np.count_nonzero(parts[pts[:, 1], pts[:, 0]] == PART_SHAFT)
-        return on_border or shaft >= min_part_area
+        _, _, region, x0, y0 = f
+        h, w = region.shape
+        if x0 == 0 or y0 == 0 or x0 + w == width or y0 + h == height:  # its box touches the border
+            pts = pixels(f)
+            if ((pts[:, 0] == 0) | (pts[:, 1] == 0) | (pts[:, 0] == width - 1) | (pts[:, 1] == height - 1)).any():
+                return True
+        return np.count_nonzero(parts[y0:y0 + h, x0:x0 + w][region] == PART_SHAFT) >= min_part_area
 
     keep = [f for f in found if anchored(f)]
     orphans = [f for f in found if not anchored(f)]
     if not orphans or not keep:
         return keep
     limit = reach * math.hypot(height, width)
-    masks = {id(f): pixels(f) for f in keep}
     merged = {id(f): [f] for f in keep}
     for orphan in orphans:
         centre = pixels(orphan).mean(axis=0)
-        gaps = [np.sqrt(((masks[id(f)] - centre) ** 2).sum(axis=1).min()) for f in keep]
+        gaps = [np.sqrt(((pixels(f) - centre) ** 2).sum(axis=1).min()) for f in keep]
         best = int(np.argmin(gaps))
         if gaps[best] <= limit:
             merged[id(keep[best])].append(orphan)
@@ -344,7 +354,7 @@ def find_instruments(result, *, min_area=DEFAULT_MIN_AREA, min_part_area=DEFAULT
         for region in split_region(blob, crop_parts, shape=shape, origin=(x0, y0),
                                    min_part_area=min_part_net, min_area=min_area_net):
             row, col = divmod(int(region.argmax()), w)
-            found.append((int(region.sum()), (y0 + row, x0 + col), region, x0, y0))
+            found.append((np.count_nonzero(region), (y0 + row, x0 + col), region, x0, y0))
     if parts is not None:
         found = _attach_orphans(found, parts, shape, min_part_net)
     found.sort(key=lambda f: (-f[0], f[1]))  # largest first; ties in raster order (deterministic)

@@ -78,23 +78,24 @@ class FramePerception:
             self._cache[key] = make()
         return self._cache[key]
 
-    def _by_index(self, values, dtype):
-        """A net-resolution map painting each instrument's pixels with values[instrument]."""
+    def paint(self, value, dtype=np.uint8):
+        """Input-resolution image with each instrument's pixels set to value(instrument), 0 elsewhere
+        (painted on the network grid, then upsampled inside the instrument outline)."""
         lut = np.zeros(max([i.index for i in self.instruments], default=0) + 1, dtype)
         for inst in self.instruments:
-            lut[inst.index] = values(inst)
-        return lut[self.instance_map]
+            lut[inst.index] = value(inst)
+        return self.result.upsample(lut[self.instance_map])
 
     def instance_ids_image(self):
         """uint16 input-resolution image of track ids (0 = background)."""
-        return self._once('instances', lambda: self.result.upsample(self._by_index(lambda i: i.track_id, np.uint16)))
+        return self._once('instances', lambda: self.paint(lambda i: i.track_id, np.uint16))
 
     def labels_image(self):
         """uint8 input-resolution type labels: voted types per instrument, or raw per-pixel types."""
         def make():
             if self.labels_mode == 'pixel' and self.result.net_type is not None:
                 return self.result.type
-            return self.result.upsample(self._by_index(lambda i: i.type_id, np.uint8))
+            return self.paint(lambda i: i.type_id)
         return self._once('labels', make)
 
     def parts_image(self):

@@ -8,7 +8,8 @@ Upsampling (measured against bilinear logit upsampling in docs/BENCHMARKS.md): t
 probability is resized bilinearly and thresholded at 0.5, which keeps the instrument outline as
 smooth as upsampling every logit channel; the labels inside it come from the nearest network pixel,
 with background pixels next to an instrument filled from their instrument neighbour so the smooth
-outline never exposes a background label.
+outline never exposes a background label. Parts are the exception: their three probabilities are
+upsampled bilinearly (a thin wrist would lose a band of pixels to the nearest network pixel).
 """
 import math
 from dataclasses import dataclass, field
@@ -34,19 +35,26 @@ def upsample_probability(prob, size):
     return cv2.resize(np.ascontiguousarray(prob, np.float32), (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
 
 
-def upsample_labels(labels, foreground, size):
+def upsample_labels(labels, foreground, size, inside=None):
     """Net-resolution labels (uint8 or uint16, 0 = background) -> `size`, inside the upsampled instrument
-    outline of `foreground` (net-resolution P(instrument)); see the module doc for the method."""
+    outline of `foreground` (net-resolution P(instrument)); see the module doc for the method.
+    `inside`: that outline, when the caller has it already."""
     if labels.shape == tuple(size):
         return np.where(foreground > FOREGROUND_THRESHOLD, labels, 0).astype(labels.dtype)
-    inside = upsample_probability(foreground, size) > FOREGROUND_THRESHOLD
+    if inside is None:
+        inside = outline(foreground, size)
     filled = labels
     if labels.any():
         # cv2.dilate takes uint8/uint16: a 3x3 maximum gives a background pixel a neighbouring label.
         filled = np.where(labels > 0, labels, cv2.dilate(labels, _FILL_KERNEL))
     up = cv2.resize(filled, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
-    up[~inside] = 0
-    return up
+    return cv2.copyTo(up, inside)  # zero outside (cv2: boolean indexing of a large frame is slow)
+
+
+def outline(foreground, size):
+    """uint8 mask (1 inside) of the instrument outline at `size`: bilinear P(instrument) > 0.5."""
+    prob = upsample_probability(foreground, size)
+    return cv2.threshold(prob, FOREGROUND_THRESHOLD, 1, cv2.THRESH_BINARY)[1].astype(np.uint8)
 
 
 @dataclass
@@ -67,6 +75,7 @@ class SegmentationResult:
     confidence_net: np.ndarray
     size: tuple
     class_names: dict = field(default_factory=dict)
+    parts_probs: np.ndarray | None = None  # P(part | instrument), 3 x h x w: smooth part boundaries on upsampling
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -113,9 +122,13 @@ class SegmentationResult:
             self._cache[key] = make()
         return self._cache[key]
 
+    def _inside(self):
+        """The instrument outline at the input resolution (bilinear P(instrument) > 0.5), made once."""
+        return self._upsampled('inside', lambda: outline(self.foreground, self.size))
+
     def upsample(self, labels):
         """Any net-resolution label map of this frame (e.g. an instance map) -> input resolution."""
-        return upsample_labels(labels, self.foreground, self.size)
+        return upsample_labels(labels, self.foreground, self.size, self._inside())
 
     @property
     def binary(self):
@@ -129,7 +142,20 @@ class SegmentationResult:
         """H x W uint8 0..3 at the input resolution (None without a parts head)."""
         if self.net_parts is None:
             return None
-        return self._upsampled('parts', lambda: self.upsample(self.net_parts))
+        if self.parts_probs is None or self.net_size == tuple(self.size):
+            return self._upsampled('parts', lambda: self.upsample(self.net_parts))
+        return self._upsampled('parts', self._smooth_parts)
+
+    def _smooth_parts(self):
+        """Thin parts (the wrist) lose a band of pixels to nearest-neighbour upsampling: their part
+        probabilities are upsampled bilinearly instead (three channels in one resize), inside the
+        instrument outline."""
+        probs = cv2.resize(np.ascontiguousarray(self.parts_probs.transpose(1, 2, 0), np.float32),
+                           (self.size[1], self.size[0]), interpolation=cv2.INTER_LINEAR)
+        shaft, wrist, claspers = cv2.split(probs)  # argmax of three channels, without a strided argmax
+        parts = np.where(wrist > shaft, np.uint8(2), np.uint8(1))
+        parts[claspers > np.maximum(shaft, wrist)] = 3
+        return cv2.copyTo(parts, self.binary.view(np.uint8))
 
     @property
     def type(self):
@@ -160,21 +186,45 @@ def network_maps(logits, task_slices):
     (on the GPU fast path only these maps come back to the host).
 
     The instrument probability averages the heads (all were trained to agree on it, also from
-    binary-only samples); parts and types are the most likely instrument class inside it."""
+    binary-only samples); parts and types are the most likely instrument class inside it. Written
+    in log space on the instrument logits alone: P(background) = sigmoid(l_0 - logsumexp(l_1..)),
+    P(type | instrument) = softmax(l_1..), argmax of P = argmax of the logits."""
     import torch
-    logits = logits.float()
-    probs = {task: torch.softmax(logits[:, s], 1) for task, s in task_slices.items()}
-    foreground = torch.stack([1.0 - p[:, 0] for p in probs.values()]).mean(0)
-    inside = foreground > FOREGROUND_THRESHOLD
-    maps = {'foreground': foreground}
+    heads = {task: logits[:, s].float().contiguous() for task, s in task_slices.items()}
+    background, log_totals, maps = [], {}, {}
+    for task, head in heads.items():
+        instrument = head[:, 1:]
+        peak = instrument.amax(1, keepdim=True)
+        scaled = torch.exp(instrument - peak)
+        total = scaled.sum(1)
+        log_totals[task] = peak[:, 0] + torch.log(total)  # logsumexp of the instrument logits
+        background.append(torch.sigmoid(head[:, 0] - log_totals[task]))
+        if task in ('parts', 'type'):
+            maps[task] = _channel_argmax(instrument, peak) + 1
+        if task == 'type':
+            maps['type_probs'] = scaled / total[:, None]
+        if task == 'parts':
+            maps['parts_probs'] = scaled / total[:, None]
+    foreground = 1.0 - torch.stack(background).mean(0)
+    outside = foreground <= FOREGROUND_THRESHOLD
     for task in ('parts', 'type'):
-        if task in probs:
-            maps[task] = ((probs[task][:, 1:].argmax(1) + 1) * inside).to(torch.uint8)
-    if 'type' in probs:
-        p = probs['type'][:, 1:]
-        maps['type_probs'] = p / p.sum(1, keepdim=True).clamp_min(1e-6)
-    maps['confidence'] = (probs['type'] if 'type' in probs else next(iter(probs.values()))).amax(1)
+        if task in maps:
+            maps[task][outside] = 0
+    conf_task = 'type' if 'type' in heads else next(iter(heads))
+    head = heads[conf_task]
+    maps['confidence'] = torch.exp(head.amax(1) - torch.logaddexp(head[:, 0], log_totals[conf_task]))
+    maps['foreground'] = foreground
     return maps
+
+
+def _channel_argmax(x, peak):
+    """argmax over dim 1 of (B, C, h, w) as uint8, given peak = x.amax(1, keepdim=True); the first
+    maximum wins, as in torch.argmax. torch's CPU argmax over the channels of NCHW data takes ~40 ms
+    at 2x7x256x320; this (the highest reversed channel weight among the maxima) about 1 ms."""
+    import torch
+    channels = x.shape[1]
+    weights = torch.arange(channels, 0, -1, dtype=torch.uint8, device=x.device).view(1, -1, 1, 1)
+    return (channels - ((x == peak) * weights).amax(1)).to(torch.uint8)
 
 
 def results_from_maps(maps, size, class_names):
@@ -183,7 +233,8 @@ def results_from_maps(maps, size, class_names):
     batch = maps['foreground'].shape[0]
     return [SegmentationResult(foreground=maps['foreground'][i], net_parts=_item(maps, 'parts', i),
                                net_type=_item(maps, 'type', i), type_probs=_item(maps, 'type_probs', i),
-                               confidence_net=maps['confidence'][i], size=tuple(size), class_names=class_names)
+                               confidence_net=maps['confidence'][i], size=tuple(size), class_names=class_names,
+                               parts_probs=_item(maps, 'parts_probs', i))
             for i in range(batch)]
 
 
