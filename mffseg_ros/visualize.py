@@ -8,6 +8,7 @@ import numpy as np
 from mffseg_ros.errors import ImageFormatError, MffsegError
 from mffseg_ros.model.classes import PART_COLORS, TASK_CLASSES, TYPE_COLORS
 
+
 def _lut256(colours):
     """256-entry colour table for cv2.LUT; ids outside the table (e.g. 255 = ignore) map to black."""
     lut = np.zeros((256, 1, 3), np.uint8)
@@ -88,15 +89,105 @@ def _draw_tip(img, tip):
     _text(img, label, (u + r + 2, v - r - 2), 0.45 * s, colour)
 
 
-def _text(img, text, origin, font_scale, colour=(255, 255, 255)):
-    """Text with a dark halo so it reads on any background."""
+def _text_box(img, text, font_scale):
+    """(width, height, baseline, thickness) of `text` as _text draws it."""
     thick = max(1, int(round(font_scale * 2)))
+    (w, h), base = cv2.getTextSize(text, _FONT, font_scale, thick)
+    return w, h, base, thick
+
+
+def _text(img, text, origin, font_scale, colour=(255, 255, 255)):
+    """Text on a dark box (a box, not a halo: a halo drawn thicker than the text leaves ghost strokes).
+    Returns the box (x0, y0, x1, y1) it covered."""
+    w, h, base, thick = _text_box(img, text, font_scale)
     x, y = int(origin[0]), int(origin[1])
-    (w, h), _ = cv2.getTextSize(text, _FONT, font_scale, thick)
-    x = min(max(0, x), max(0, img.shape[1] - w))
-    y = min(max(h, y), img.shape[0] - 1)
-    cv2.putText(img, text, (x, y), _FONT, font_scale, (0, 0, 0), thick + 2, cv2.LINE_AA)
+    x = min(max(0, x), max(0, img.shape[1] - w - 2))
+    y = min(max(h + 2, y), img.shape[0] - base - 2)
+    x0, y0, x1, y1 = x - 2, y - h - 2, x + w + 2, y + base + 1
+    roi = img[max(0, y0):y1, max(0, x0):x1]
+    roi[...] = (roi * 0.35).astype(np.uint8)
     cv2.putText(img, text, (x, y), _FONT, font_scale, tuple(int(c) for c in colour), thick, cv2.LINE_AA)
+    return x0, y0, x1, y1
+
+
+# Distinct colours (RGB) for tracked instruments: colour = INSTRUMENT_COLORS[track id % 10], stable over time.
+INSTRUMENT_COLORS = ((255, 64, 64), (64, 200, 255), (255, 214, 40), (90, 230, 90), (240, 110, 255),
+                     (255, 150, 40), (40, 240, 200), (170, 140, 255), (255, 255, 255), (150, 220, 40))
+
+
+def instrument_color(track_id):
+    return INSTRUMENT_COLORS[int(track_id) % len(INSTRUMENT_COLORS)]
+
+
+def type_name(type_id):
+    """Display name of a type id (the unknown id included)."""
+    names = TASK_CLASSES['type']
+    return names[type_id] if 0 <= type_id < len(names) else 'unknown'
+
+
+def _overlaps(box, boxes):
+    return any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in boxes)
+
+
+def instrument_overlay(rgb, frame, alpha=0.4):
+    """RGB frame with each tracked instrument tinted in its own colour, its parts outlined (thin white
+    lines between shaft, wrist and claspers), its tip marked and numbered, and a legend
+    (colour, id, voted type and score). frame: perception.FramePerception of this image."""
+    rgb = np.ascontiguousarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f'overlay needs an HxWx3 uint8 RGB image, got {rgb.shape} {rgb.dtype}')
+    if tuple(frame.result.size) != rgb.shape[:2]:
+        raise ValueError(f'perception of a {frame.result.size} frame does not match the image {rgb.shape[:2]}')
+    out = rgb.copy()
+    s = _scale(rgb.shape)
+    lut = np.zeros((256, 1, 3), np.uint8)
+    order = {inst.track_id: k for k, inst in enumerate(frame.instruments, start=1)}
+    for inst in frame.instruments:
+        lut[order[inst.track_id], 0] = instrument_color(inst.track_id)
+    small = frame.paint(lambda i: order[i.track_id])  # instruments numbered 1..N for an 8-bit colour table
+    fg = cv2.inRange(small, 1, 255)
+    colours = _colour_map(lut, small)
+    cv2.copyTo(cv2.addWeighted(rgb, 1.0 - alpha, colours, alpha, 0.0), fg, out)
+    parts = cv2.medianBlur(frame.parts_image(), 5)  # outlines of part regions, not of single noisy pixels
+    part_edges = cv2.bitwise_and(_edges(parts), fg)
+    part_edges = cv2.bitwise_and(part_edges, cv2.erode(fg, _KERNEL))  # inner lines only
+    out[part_edges > 0] = (235, 235, 235)
+    cv2.copyTo(colours, cv2.bitwise_and(_edges(small), fg), out)
+    placed = []
+    legend_rows = []
+    for inst in frame.instruments:
+        colour = instrument_color(inst.track_id)
+        u, v = int(round(inst.tip[0])), int(round(inst.tip[1]))
+        r = max(3, int(5 * s))
+        cv2.circle(out, (u, v), r, (0, 0, 0), max(1, int(round(s))) + 2, cv2.LINE_AA)
+        cv2.circle(out, (u, v), r, colour, max(1, int(round(s))), cv2.LINE_AA)
+        label = f'#{inst.track_id}'
+        w, h, base, _ = _text_box(out, label, 0.5 * s)
+        for dx, dy in ((r + 3, -r - 3), (r + 3, r + h + 3), (-r - w - 3, -r - 3), (-r - w - 3, r + h + 3),
+                       (r + 3, -r - 2 * h - 8), (-r - w - 3, r + 2 * h + 8)):
+            box = (u + dx - 2, v + dy - h - 2, u + dx + w + 2, v + dy + base + 1)
+            if not _overlaps(box, placed):
+                break
+        placed.append(_text(out, label, (u + dx, v + dy), 0.5 * s, colour))
+        name = type_name(inst.type_id)
+        legend_rows.append((colour, f'#{inst.track_id} {name} {inst.type_score:.2f}'))
+    _legend(out, legend_rows, s)
+    return out
+
+
+def _legend(img, rows, s):
+    """Legend at the top-right corner: a colour swatch and a line of text per instrument."""
+    if not rows:
+        rows = [((128, 128, 128), 'no instruments')]
+    font = 0.45 * s
+    y = int(6 * s)
+    width = max(_text_box(img, text, font)[0] for _, text in rows)
+    for colour, text in rows:
+        w, h, base, _ = _text_box(img, text, font)
+        x = img.shape[1] - width - h - int(14 * s)
+        box = _text(img, text, (x + h + 6, y + h + 2), font)
+        cv2.rectangle(img, (x, box[1] + 1), (x + h + 2, box[3] - 1), colour, -1)
+        y = box[3] + 2
 
 
 def colorize(label_map, task='type'):

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from mffseg_ros import topics
+from mffseg_ros.evaluation.ground_truth import eye_tips
 from mffseg_ros.cli import main
 from mffseg_ros.errors import DataError
 from mffseg_ros.tools.bag_cli import START_NS, write_endovis_bag
@@ -149,7 +150,7 @@ def test_raw_endovis_frames_are_cropped_and_calibration_follows(tmp_path):
 
 
 def test_writer_and_reader_helpers(tmp_path):
-    from mffseg_ros.inference.instances import TIP_DTYPE
+    from mffseg_ros.inference.tip_records import TIP_DTYPE
     rgb = np.arange(5 * 7 * 3, dtype=np.uint8).reshape(5, 7, 3)
     mono16 = np.arange(35, dtype=np.uint16).reshape(5, 7) * 1000
     tips = np.zeros(2, TIP_DTYPE)
@@ -264,18 +265,23 @@ def test_synth_bag_round_trip(tmp_path):
         np.testing.assert_array_equal(image_array(msgs[topics.GT_INSTANCE][i][1]), frame.labels_left['instance'])
         np.testing.assert_array_equal(image_array(msgs[topics.GT_RIGHT_PREFIX + '/type'][i][1]),
                                       frame.labels_right['type'])
-        tips = cloud_points(msgs[topics.GT_TIPS][i][1])
-        assert len(tips) == len(frame.tips) > 0
-        np.testing.assert_allclose(np.column_stack([tips['x'], tips['y'], tips['z']]),
-                                   [t['xyz'] for t in frame.tips], rtol=1e-6)
-        assert tips['instance_id'].tolist() == [t['instance_id'] for t in frame.tips]
-        assert tips['score'].tolist() == [float(t['visible']) for t in frame.tips]
-        # The true tips project through the bag's P matrices onto their recorded pixels.
-        for side, topic in (('left', topics.LEFT_INFO), ('right', topics.RIGHT_INFO)):
-            P = camera_info_dict(msgs[topic][i][1])['p']
-            xyz1 = np.column_stack([tips['x'], tips['y'], tips['z'], np.ones(len(tips))]).astype(np.float64)
-            uvw = xyz1 @ P.T
-            np.testing.assert_allclose(uvw[:, :2] / uvw[:, 2:], [t[f'uv_{side}'] for t in frame.tips], atol=1e-3)
+        # Ground-truth instruments: the node's tip definition on the true label maps of both eyes.
+        truth = cloud_points(msgs[topics.GT_TIPS][i][1])
+        visible = eye_tips(frame.labels_left['instance'], frame.labels_left['parts'])
+        assert truth['instance_id'].tolist() == sorted(visible) and len(truth) > 0
+        np.testing.assert_allclose(np.column_stack([truth['u'], truth['v']]), [visible[k][:2] for k in sorted(visible)])
+        info = {t['instance_id']: t for t in frame.tips}
+        assert truth['type_id'].tolist() == [info[k]['type_id'] for k in sorted(visible)]
+        np.testing.assert_allclose(np.column_stack([truth['ax'], truth['ay'], truth['az']]),
+                                   [info[k]['axis'] for k in sorted(visible)], rtol=1e-6)
+        # Tips seen by both eyes are triangulated: they project back onto both eyes' tips.
+        right = eye_tips(frame.labels_right['instance'], frame.labels_right['parts'])
+        for record in truth[truth['score'] == 1]:
+            for side, topic, tips in (('left', topics.LEFT_INFO, visible), ('right', topics.RIGHT_INFO, right)):
+                P = camera_info_dict(msgs[topic][i][1])['p']
+                uvw = P @ np.array([record['x'], record['y'], record['z'], 1.0])
+                # Two eyes see slightly different clasper pixels: their centroids agree to a pixel, not exactly.
+                np.testing.assert_allclose(uvw[:2] / uvw[2], tips[int(record['instance_id'])][:2], atol=1.0)
 
 
 def test_synth_bad_arguments(tmp_path, capsys):

@@ -3,8 +3,13 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
+from mffseg_ros.evaluation.ground_truth import GT_TIP_DTYPE
+from mffseg_ros.evaluation.instrument_scores import InstrumentScorer
+from mffseg_ros.inference.instruments import UNKNOWN_TYPE
+from mffseg_ros.inference.tip_records import TIP_DTYPE
 from mffseg_ros.tools.bags import bag_info
 from mffseg_ros.tools.demo import ground_truth, run_demo, score_frame
 
@@ -42,7 +47,10 @@ def test_synth_bag_play_node_outputs_in_process(tmp_path):
     summary = run_demo(tmp_path, frames=3, size=(512, 640), rate=1.0, device='cpu', in_process=True, verbose=False)
     check_summary(summary, 3)
     assert summary['dice_binary_mean'] > 0.8 and summary['dice_parts_mean'] > 0.5
-    assert summary['tips_triangulated'] >= 1 and summary['tip_error_3d_mm_median'] < 30
+    scores = summary['instruments']
+    assert scores['tip_recall'] >= 0.5 and scores['tip_precision'] >= 0.5
+    assert scores['tips_triangulated'] >= 1 and scores['tip_error_3d_mm_median'] < 30
+    assert scores['axis_error_deg_median'] < 45  # the shaft poses arrived, in the order of the tips
 
 
 def test_demo_bad_setup_is_one_line_before_any_work(tmp_path):
@@ -56,10 +64,38 @@ def test_demo_bad_setup_is_one_line_before_any_work(tmp_path):
         assert not (tmp_path / 'o' / 'synth_bag').exists()
 
 
-def test_score_frame_against_ground_truth(out):
-    # Scoring the ground truth against itself is perfect: Dice 1 and every visible tip found at 0 px / 0 mm.
+def test_scoring_the_ground_truth_against_itself_is_perfect(out):
+    """Dice 1, every visible instrument found at 0 px / 0 mm / 0 degrees, no false positive."""
     gt = ground_truth(out / 'synth_bag')
-    frame = next(f for f in gt.values() if (f['tips']['score'] == 1).any())  # one with a visible tip
-    scores = score_frame(frame['type'], frame['parts'], frame['tips'], frame, match_px=5)
-    assert scores['dice_binary'] == 1.0 and scores['tips']
-    assert all(e['found'] and e['px'] == 0 and e['mm'] == 0 for e in scores['tips'])
+    scorer = InstrumentScorer(match_px=5)
+    for frame in gt.values():
+        assert score_frame(frame['type'], frame['parts'], frame)['dice_binary'] == 1.0
+        truth = frame['tips']
+        predicted = np.zeros(len(truth), TIP_DTYPE)
+        for name in ('x', 'y', 'z', 'u', 'v', 'instance_id', 'type_id'):
+            predicted[name] = truth[name]
+        scorer.add(predicted, truth, np.column_stack([truth['ax'], truth['ay'], truth['az']]))
+    s = scorer.summary()
+    assert s['tips_visible'] > 0 and s['tip_precision'] == s['tip_recall'] == s['type_accuracy'] == 1.0
+    assert s['tip_error_2d_px_median'] == 0 and s['track_id_switches'] == 0
+    assert s['tips_triangulated'] == 0 or s['tip_error_3d_mm_median'] == 0
+    assert s['axis_error_deg_median'] < 0.01
+
+
+def test_scores_count_false_positives_missed_instruments_and_id_switches():
+    truth = np.zeros(2, GT_TIP_DTYPE)
+    truth['u'], truth['v'], truth['instance_id'], truth['type_id'] = [100, 300], [100, 100], [1, 2], [3, 5]
+    truth['x'] = truth['y'] = truth['z'] = np.nan
+    scorer = InstrumentScorer(match_px=10)
+    for frame, ids in enumerate(([7, 8], [7, 9], [7, 9])):
+        predicted = np.zeros(3, TIP_DTYPE)
+        predicted['u'], predicted['v'] = [103, 300, 500], [100, 104, 500]  # the third is a false positive
+        predicted['instance_id'] = [*ids, 99]
+        predicted['type_id'] = [3, UNKNOWN_TYPE, 1]
+        scorer.add(predicted if frame else predicted[:2], truth if frame < 2 else truth[:1])
+    s = scorer.summary()
+    assert s['tips_predicted'] == 8 and s['tips_visible'] == 5 and s['tips_matched'] == 5
+    assert s['false_positives'] == 3 and s['tip_precision'] == pytest.approx(5 / 8)
+    assert s['track_id_switches'] == 1  # instrument 2: id 8, then 9
+    assert s['type_accuracy'] == pytest.approx(3 / 5) and s['type_unknown_rate'] == pytest.approx(2 / 5)
+    assert s['tip_error_2d_px_median'] == 3.0

@@ -59,8 +59,7 @@ class GroundTruthSegmenter:
     def segment(self, rgb):
         s = self.by_id[id(rgb)]
         type_map = np.where(s['type'] == 255, 1, s['type']).astype(np.uint8)
-        return SegmentationResult(binary=s['binary'] > 0, parts=s['parts'], type=type_map,
-                                  confidence=np.ones((H, W), np.float32))
+        return SegmentationResult.from_labels(s['parts'], type_map, s['binary'])
 
 
 def test_perfect_predictions_score_perfectly(samples):

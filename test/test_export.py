@@ -122,8 +122,8 @@ def test_fp16_safetensors_copy_records_metrics(tmp_path, weights, model, capsys)
     out = tmp_path / 'half.safetensors'
     assert main(['export', '--fp16', '--weights', str(weights), '--metrics', f'heldout={metrics}', str(out)]) == 0
     meta = read_metadata(out)
-    assert meta['metrics']['heldout'] == {'binary': {'dice': 0.5}} and meta['stored_dtype'] == 'float16'
-    assert meta['recipe'] == 'test'  # the rest of the metadata is kept
+    assert meta.metrics['heldout'] == {'binary': {'dice': 0.5}} and meta.stored_dtype == 'float16'
+    assert meta.recipe == 'test'  # the rest of the metadata is kept
     assert out.stat().st_size < 0.55 * weights.stat().st_size
     half, _ = load_weights(out)
     x = torch.randn(1, 3, 64, 64)

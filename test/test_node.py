@@ -3,8 +3,8 @@ isolated by conftest.py). Frames are published into the node and what arrives is
 
 The network here is the real Segmenter (shipped weights, or a random model until they ship), so
 these tests check the PLUMBING: stamps, frame_ids, sizes, topics, QoS, drops, lazy outputs,
-rejection of bad messages. Tip positions and 3-D accuracy are checked on exact label maps in
-test_node_pipeline.py.
+rejection of bad messages. Instrument-level outputs over DDS on exact label maps are checked in
+test_node_instruments.py, tip positions and 3-D accuracy in test_perception.py.
 """
 import itertools
 import time
@@ -18,6 +18,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Header
 from visualization_msgs.msg import Marker, MarkerArray
 
+from mffseg_ros.inference.instruments import UNKNOWN_TYPE
 from mffseg_ros.model.classes import TASK_CLASSES
 from mffseg_ros.ros import conversions
 from mffseg_ros.ros.diagnostics import diagnostic_values
@@ -109,7 +110,8 @@ def test_outputs_carry_the_input_header_at_input_resolution(ros, start):
         assert msg.header.frame_id == 'psm_left_optical'
     lab, par = (image_array(c.stamped(stamp)[0]) for c in (labels, parts))
     assert labels.stamped(stamp)[0].encoding == 'mono8' and lab.shape == (H, W) and par.shape == (H, W)
-    assert lab.max() < len(TASK_CLASSES['type']) and par.max() < len(TASK_CLASSES['parts'])
+    assert set(np.unique(lab)) <= set(range(len(TASK_CLASSES['type']))) | {UNKNOWN_TYPE}  # voted types
+    assert par.max() < len(TASK_CLASSES['parts'])
     cloud = tips.stamped(stamp)[0]
     assert [f.name for f in cloud.fields] == list(conversions.TIP_DTYPE.names)
     assert cloud.point_step == conversions.TIP_DTYPE.itemsize and cloud.height == 1
@@ -119,6 +121,7 @@ def test_mask_topics_only_for_present_types(ros, start):
     _node, ns = start(stereo=False)
     names = TASK_CLASSES['type']
     masks = {t: ros.collect(f'{ns}/mffseg/masks/{names[t]}', Image) for t in range(1, len(names))}
+    masks[UNKNOWN_TYPE] = ros.collect(f'{ns}/mffseg/masks/unknown', Image)
     labels = ros.collect(f'{ns}/mffseg/labels', Image)
     tips = ros.collect(f'{ns}/mffseg/tips', PointCloud2)  # published after the masks
     left = ros.publisher(f'{ns}/stereo/left/image_raw', Image)

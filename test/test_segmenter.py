@@ -42,14 +42,21 @@ def test_batch_equals_single(seg):
 
 
 def test_matches_model_at_network_size(seg, weights):
-    # At a frame already at network size the pipeline is exactly normalise -> model -> argmax.
+    # At a frame already at network size the pipeline is exactly normalise -> model -> P(instrument)
+    # (the heads' mean of 1 - P(background)) > 0.5 -> the most likely instrument type there.
     rgb = np.random.default_rng(2).integers(0, 255, (64, 96, 3), dtype=np.uint8)
     s = Segmenter.load(weights, device='cpu', input_scale=1.0)
     x = (torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
          - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     with torch.no_grad():
         out = s.model.split(s.model(x)['out'])
-    np.testing.assert_array_equal(s.segment(rgb).type, out['type'].argmax(1)[0].numpy())
+    probs = {task: torch.softmax(logits, 1)[0].numpy() for task, logits in out.items()}
+    foreground = np.mean([1 - p[0] for p in probs.values()], axis=0)
+    expected = np.where(foreground > 0.5, probs['type'][1:].argmax(0) + 1, 0)
+    res = s.segment(rgb)
+    np.testing.assert_allclose(res.foreground, foreground, atol=1e-5)
+    np.testing.assert_array_equal(res.type, expected)
+    np.testing.assert_array_equal(res.binary, foreground > 0.5)
 
 
 def test_aux_branch(weights):

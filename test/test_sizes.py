@@ -14,3 +14,12 @@ def test_parse_size_rules():
         parse_size('5000x640', minimum=32, maximum=4096)
     with pytest.raises(DataError, match='multiples of 32'):
         parse_size('100x640', multiple=32, error=DataError)
+
+
+def test_scalar_values_of_specs_and_node_parameters():
+    from mffseg_ros.data.datasets import parse_data_spec
+    from mffseg_ros.scalars import parse_scalar
+    assert [parse_scalar(t) for t in ('3', '-2', '0.5', '1e-3', 'True', 'off', 'yes', 'fold0-val', '')] == \
+        [3, -2, 0.5, 1e-3, True, False, True, 'fold0-val', '']
+    assert parse_data_spec('synth:?frames=8&hflip=off&scale=1.5') == {'kind': 'synth', 'frames': 8, 'hflip': False,
+                                                                      'scale': 1.5}

@@ -5,9 +5,11 @@ import numpy as np
 import pytest
 
 from mffseg_ros.errors import DataError
-from mffseg_ros.inference.instances import Tip, find_tips
-from mffseg_ros.inference.stereo import (epipolar_distance, fundamental_from_projections, match_and_triangulate,
-                                         match_pairs, projection_from_camera_info, triangulate)
+from mffseg_ros.inference.instruments import Instrument
+from mffseg_ros.inference.perception import InstrumentPerception, PerceptionConfig
+from mffseg_ros.inference.results import SegmentationResult
+from mffseg_ros.inference.stereo import (StereoCalibration, epipolar_distance, fundamental_from_projections,
+                                         match_instruments, projection_from_camera_info, triangulate)
 
 W, H = 1280, 1024
 F_PX, BASELINE = 1050.0, 0.0044  # a da Vinci endoscope: ~1050 px focal length, 4.4 mm baseline
@@ -92,42 +94,40 @@ def test_unusable_camera_info_raises_data_error(bad, problem):
 def test_a_pair_without_baseline_is_refused():
     P1, _ = rectified_rig()
     with pytest.raises(DataError, match='baseline'):
-        match_and_triangulate([], [], P1, P1.ravel().tolist())
+        StereoCalibration(P1, P1.ravel().tolist())
 
 
-def _tip(i, type_id, uv, area=500, source='claspers'):
-    return Tip(i, type_id, float(uv[0]), float(uv[1]), area, 1.0, source)
+def _instrument(index, uv, area=500.0):
+    uv = (float(uv[0]), float(uv[1]))
+    return Instrument(index, area, 1.0, None, uv, 'claspers', (uv[0] - 40.0, uv[1] + 30.0), (0.8, -0.6))
 
 
-def test_matching_by_type_epipolar_line_area_and_depth():
+def test_matching_without_types_by_epipolar_line_disparity_and_area():
     P1, P2 = rectified_rig()
+    calib = StereoCalibration(P1, P2)
     xyz = np.array([[0.01, 0.0, 0.06], [-0.01, 0.002, 0.08], [0.0, 0.004, 0.05], [0.005, -0.01, 0.07]])
     uv1, uv2 = project(P1, xyz), project(P2, xyz)
-    left = [_tip(1, 3, uv1[0]), _tip(2, 6, uv1[1]), _tip(3, 6, uv1[2]), _tip(4, 1, uv1[3]), _tip(5, 2, (300, 300))]
-    right = [_tip(1, 6, uv2[2]), _tip(2, 6, uv2[1]), _tip(3, 3, uv2[0]),
-             _tip(4, 1, uv2[3] + [0, 25]),  # 25 px off its epipolar line: no match
-             _tip(5, 2, (320, 300))]  # right of the left tip: negative disparity, behind the cameras
-    out = match_and_triangulate(left, right, P1, P2)
-    assert [t.instance_id for t in out] == [1, 2, 3, 4, 5]
-    for k in range(3):  # the two type-6 tools are assigned crosswise correctly
-        np.testing.assert_allclose(out[k].xyz, xyz[k], atol=1e-9)
-    assert all(math.isnan(c) for t in out[3:] for c in t.xyz)
-    assert all(math.isnan(c) for t in left for c in t.xyz)  # inputs untouched
-
-    pairs = match_pairs(left, right, P1, P2)
-    assert [(i, j) for i, j, _, _ in pairs] == [(0, 2), (1, 1), (2, 0)]
-    assert match_pairs(left, right, P1, P2, max_epipolar_px=30)[-1][:2] == (3, 3)
-    assert match_pairs(left, right, P1, P2, max_depth=0.055) == [(2, 0, pytest.approx(0.0, abs=1e-6),
-                                                                 pytest.approx(tuple(xyz[2])))]
+    left = [_instrument(1, uv1[0]), _instrument(2, uv1[1]), _instrument(3, uv1[2]), _instrument(4, uv1[3]),
+            _instrument(5, (300, 300))]
+    right = [_instrument(1, uv2[2]), _instrument(2, uv2[1]), _instrument(3, uv2[0]),
+             _instrument(4, uv2[3] + [0, 25]),  # 25 px off its epipolar line: no match
+             _instrument(5, (320, 300))]  # right of the left tip: negative disparity, behind the cameras
+    matches = match_instruments(left, right, calib)
+    assert [(m.left, m.right) for m in matches] == [(0, 2), (1, 1), (2, 0)]
+    for m in matches:
+        np.testing.assert_allclose(m.tip_xyz, xyz[m.left], atol=1e-9)
+    assert [(m.left, m.right) for m in match_instruments(left, right, calib, max_epipolar_px=30)][-1] == (3, 3)
+    near = match_instruments(left, right, calib, max_depth=0.055)  # only the 5 cm tool is close enough
+    assert [(m.left, m.right) for m in near] == [(2, 0)]
 
 
-def test_area_and_source_mismatches_are_not_matched():
+def test_area_mismatches_are_not_matched():
     P1, P2 = rectified_rig()
     xyz = np.array([[0.0, 0.0, 0.06]])
     uv1, uv2 = project(P1, xyz)[0], project(P2, xyz)[0]
-    assert match_pairs([_tip(1, 3, uv1, area=500)], [_tip(1, 3, uv2, area=2000)], P1, P2) == []
-    assert match_pairs([_tip(1, 3, uv1)], [_tip(1, 3, uv2, source='wrist')], P1, P2) == []
-    assert len(match_pairs([_tip(1, 3, uv1)], [_tip(1, 3, uv2, source='wrist')], P1, P2, same_source=False)) == 1
+    calib = StereoCalibration(P1, P2)
+    assert match_instruments([_instrument(1, uv1, area=500)], [_instrument(1, uv2, area=2000)], calib) == []
+    assert len(match_instruments([_instrument(1, uv1, area=500)], [_instrument(1, uv2, area=600)], calib)) == 1
 
 
 # Instruments as 3-D points: (type id, jaw centre, a point on the shaft far behind it).
@@ -160,11 +160,13 @@ def render(P, tools):
 @pytest.mark.parametrize('rig', RIGS)
 def test_tips_from_label_maps_triangulate_within_a_fifth_of_a_millimetre(rig):
     P1, P2 = RIGS[rig]()
-    tips_left, _ = find_tips(*render(P1, TOOLS))
-    tips_right, _ = find_tips(*render(P2, TOOLS[:2]))  # the third tool is hidden from the right camera
-    out = match_and_triangulate(tips_left, tips_right, P1, P2)
-    assert [(t.type_id, t.source) for t in out] == [(1, 'claspers'), (3, 'claspers'), (6, 'claspers')]
-    truth = {type_id: np.array(tip) for type_id, tip, _ in TOOLS}
-    for t in out[1:]:
-        assert np.linalg.norm(np.array(t.xyz) - truth[t.type_id]) < 0.0002, t
-    assert all(math.isnan(c) for c in out[0].xyz)
+    left = SegmentationResult.from_labels(*render(P1, TOOLS)[::-1])
+    right = SegmentationResult.from_labels(*render(P2, TOOLS[:2])[::-1])  # the third tool is hidden on the right
+    frame = InstrumentPerception(PerceptionConfig(max_depth=0.2)).process(left, right, StereoCalibration(P1, P2))
+    got = {i.type_id: i for i in frame.instruments}
+    assert sorted(got) == [1, 3, 6] and all(i.source == 'claspers' for i in frame.instruments)
+    for type_id, tip, shaft in TOOLS[:2]:
+        assert np.linalg.norm(np.array(got[type_id].xyz) - np.array(tip)) < 0.0002, got[type_id]
+        axis = (np.array(tip) - np.array(shaft)) / np.linalg.norm(np.array(tip) - np.array(shaft))
+        assert np.degrees(np.arccos(np.clip(axis @ got[type_id].axis_xyz, -1, 1))) < 3.0
+    assert all(math.isnan(c) for c in got[1].xyz)

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from mffseg_ros.cli import main
+from mffseg_ros.errors import MffsegError
 from mffseg_ros.model import load_weights, read_metadata
 from mffseg_ros.training import losses
 from mffseg_ros.training.checkpoint import CheckpointError
@@ -106,12 +107,14 @@ def test_train_cli_writes_weights_csv_png_and_resume_is_exact(tiny_set, tmp_path
     assert main(common + ['--out', str(straight), '--val', tiny_set]) == 0
     weights = straight / 'weights.safetensors'
     meta = read_metadata(weights)
-    assert meta['tasks'] == {'parts': 4, 'type': 8}
-    assert meta['class_names']['parts'] == ['background', 'shaft', 'wrist', 'claspers']
-    assert meta['train_size'] == [64, 64] and meta['normalization']['mean'][0] == pytest.approx(0.485)
-    assert meta['recipe']['lr'] == 1e-3 and meta['recipe']['aux_weight'] == 0.4
-    assert meta['metrics']['iterations'] == 3 and meta['git_revision']
-    val = meta['metrics']['validation']
+    assert meta.tasks == {'parts': 4, 'type': 8}
+    assert meta.class_names['parts'] == ['background', 'shaft', 'wrist', 'claspers']
+    assert meta.preprocessing.train_size == (64, 64) and meta.preprocessing.mean[0] == pytest.approx(0.485)
+    assert meta.recipe['lr'] == 1e-3 and meta.recipe['aux_weight'] == 0.4
+    assert meta.provenance.iterations == 3 and meta.provenance.git_revision != 'unknown'
+    assert 0 < meta.provenance.hours < 1 and meta.provenance.encoder_init == 'random'
+    assert meta.provenance.train_data[0]['kind'] == 'folder'
+    val = meta.metrics['validation']
     assert set(val) == {'parts', 'type', 'parts_as_binary', 'type_as_binary'}
     assert set(val['type']['iou']) == {'background', 'prograsp_forceps'}  # only classes present
     assert all(0 <= v['miou'] <= 1 for v in val.values())
@@ -146,6 +149,15 @@ def test_resume_errors_name_the_file(tiny_set, tmp_path):
     other['tasks'] = {'binary': 2}
     with pytest.raises(CheckpointError, match=r'model\.safetensors: does not match'):
         Trainer(other, tmp_path, device='cpu', resume=True)
+    # a checkpoint of the first parameter layout (a run started before the layout changed) resumes
+    from safetensors.torch import load_file, save_file
+    from test_model import old_layout
+    model_file = tmp_path / 'checkpoint' / 'model.safetensors'
+    saved = load_file(str(model_file))
+    save_file(old_layout(saved), str(model_file))
+    resumed = Trainer(cfg, tmp_path, device='cpu', resume=True)
+    for name, tensor in resumed.model.state_dict().items():
+        assert torch.equal(tensor, saved[name]), name
     (tmp_path / 'checkpoint' / 'optimizer.safetensors').write_bytes(b'not a safetensors file')
     with pytest.raises(CheckpointError, match=r'optimizer\.safetensors: unreadable'):
         Trainer(cfg, tmp_path, device='cpu', resume=True)
@@ -167,7 +179,7 @@ def test_distributed_path_in_one_process(tiny_set, tmp_path, monkeypatch):
     assert isinstance(trainer.disc_net, torch.nn.parallel.DistributedDataParallel)
     assert trainer.run() == tmp_path / 'weights.safetensors'
     assert not torch.distributed.is_initialized()  # the group is closed after the run
-    assert read_metadata(tmp_path / 'weights.safetensors')['recipe']['world_size'] == 1
+    assert read_metadata(tmp_path / 'weights.safetensors').recipe['world_size'] == 1
     assert len(read_csv(tmp_path / 'train_log.csv')) == 2
 
 
@@ -180,7 +192,7 @@ def test_torchrun_two_processes(tiny_set, tmp_path):
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False,
                           env=dict(os.environ, OMP_NUM_THREADS='1'))
     assert done.returncode == 0, done.stderr[-2000:]
-    assert read_metadata(tmp_path / 'ddp' / 'weights.safetensors')['recipe']['world_size'] == 2
+    assert read_metadata(tmp_path / 'ddp' / 'weights.safetensors').recipe['world_size'] == 2
 
 
 def test_iou_summary_by_hand():
@@ -232,3 +244,61 @@ def test_bad_validation_spec_fails_before_training(tmp_path, capsys):
     assert main(argv + ['--set', 'recipe.iters=[1']) == 2
     err = capsys.readouterr().err.strip()
     assert 'not valid YAML' in err and len(err.splitlines()) == 1
+
+
+def test_non_finite_loss_stops_before_the_weights_move(tiny_set, tmp_path):
+    cfg = tiny_config(tiny_set)
+    trainer = Trainer(cfg, tmp_path, device='cpu')
+    samples = training_samples(cfg, resolve_specs([tiny_set], '.'))
+    batch = torch.utils.data.default_collate([samples[0], samples[1]])
+    batch['image'][0, 0, 0, 0] = float('nan')
+    before = copy.deepcopy(trainer.model.state_dict())
+    with pytest.raises(MffsegError, match='loss became nan at iteration 0'):
+        trainer.step(batch)
+    for name, tensor in trainer.model.state_dict().items():
+        if not name.endswith(('running_mean', 'running_var', 'num_batches_tracked')):  # BN stats move in forward
+            assert torch.equal(tensor, before[name]), name
+    assert trainer.iteration == 0 and not trainer.opt.state  # Adam never stepped
+
+
+def test_stopped_run_closes_the_process_group_and_writes_readable_files(tiny_set, tmp_path, monkeypatch):
+    for key, value in {'RANK': '0', 'LOCAL_RANK': '0', 'WORLD_SIZE': '1', 'MASTER_ADDR': '127.0.0.1',
+                       'MASTER_PORT': str(_free_port())}.items():
+        monkeypatch.setenv(key, value)
+    trainer = Trainer(tiny_config(tiny_set, iters=2), tmp_path, device='cpu')
+    assert torch.distributed.is_initialized()
+    assert trainer.run(until=1) is None
+    assert not torch.distributed.is_initialized()
+    files = sorted((tmp_path / 'checkpoint').iterdir())
+    assert {f.name for f in files} >= {'model.safetensors', 'optimizer.safetensors', 'state.json'}
+    assert all(f.stat().st_mode & 0o777 == 0o644 for f in files), [(f.name, oct(f.stat().st_mode)) for f in files]
+
+
+def test_encoder_weights_start_the_encoder(tiny_set, tmp_path, caplog):
+    from safetensors.torch import save_file
+    from test_model import torchvision_resnet18_state
+    state = torchvision_resnet18_state()
+    path = tmp_path / 'resnet18.safetensors'
+    save_file(state, str(path))
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(['--data', tiny_set, '--iters', '1', '--batch-size', '2', '--train-size', '64', '64',
+                              '--workers', '0', '--encoder-weights', str(path)])
+    cfg = build_config(args)
+    assert cfg['encoder_weights'] == str(path)
+    with caplog.at_level('INFO'):
+        trainer = Trainer(cfg, tmp_path / 'run', device='cpu')
+    assert 'fc.weight' in caplog.text  # the unused classifier is named in the log
+    for name, tensor in trainer.model.encoder.state_dict().items():
+        assert torch.equal(tensor, state[name]), name
+    trainer.run()
+    meta = read_metadata(tmp_path / 'run' / 'weights.safetensors')
+    assert meta.provenance.encoder_init == 'resnet18.safetensors' and meta.provenance.iterations == 1
+    paper = build_config(parser.parse_args(['--config', str(REPO / 'configs' / 'endovis17_binary_paper.yaml'),
+                                            '--encoder-weights', str(path)]))
+    assert paper['encoder_weights'] == str(path) and paper['tasks'] == {'binary': 2}
+    with pytest.raises(ConfigError, match='encoder_weights must be a file path'):
+        load_config(overrides=['encoder_weights=[1]', 'data.train=[x]'])
+    args.encoder_weights = str(tmp_path / 'missing.pth')
+    with pytest.raises(MffsegError, match='missing.pth: encoder weights file not found'):
+        Trainer(build_config(args), tmp_path / 'run2', device='cpu')

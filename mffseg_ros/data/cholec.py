@@ -9,9 +9,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from mffseg_ros.data.datasets import ConcatSamples
 from mffseg_ros.data.endovis import IGNORE, read_rgb, warn_label
 from mffseg_ros.data.generic import FolderDataset
+from mffseg_ros.data.samples import ConcatSamples
 from mffseg_ros.errors import DataError
 
 # CholecSeg8k watershed classes: 31 grasper, 32 L-hook electrocautery; 255 marks region boundaries,

@@ -6,64 +6,20 @@
 
 Every kind also takes `stride=N` (every N-th frame) and `limit=N` (first N frames after the stride).
 """
-import bisect
 from pathlib import Path
 from urllib.parse import parse_qsl
 
+from mffseg_ros.data.cholec import CholecInstanceSeg, cholecseg8k
+from mffseg_ros.data.endovis import EndoVis2017
+from mffseg_ros.data.generic import FolderDataset
+from mffseg_ros.data.samples import ConcatSamples, Subsampled
+from mffseg_ros.data.splits import split_videos
 from mffseg_ros.errors import DataError
+from mffseg_ros.scalars import parse_scalar
 from mffseg_ros.sizes import parse_size
 
 KINDS = ('endovis', 'folder', 'cholecseg8k', 'cholec_instance', 'synth')
 LIST_KEYS = ('videos',)
-
-
-class ConcatSamples:
-    """Several sample sources read as one (index ranges in order)."""
-
-    def __init__(self, parts):
-        self.parts = [p for p in parts if len(p)]
-        self.offsets = [0]
-        for p in self.parts:
-            self.offsets.append(self.offsets[-1] + len(p))
-
-    def __len__(self):
-        return self.offsets[-1]
-
-    def __getitem__(self, index):
-        if not 0 <= index < len(self):
-            raise IndexError(index)
-        k = bisect.bisect_right(self.offsets, index) - 1
-        return self.parts[k][index - self.offsets[k]]
-
-
-class Subsampled:
-    """Every `stride`-th sample, at most `limit` of them."""
-
-    def __init__(self, base, stride=1, limit=None):
-        self.base = base
-        self.indices = list(range(0, len(base), max(1, int(stride))))
-        if limit is not None:
-            self.indices = self.indices[:int(limit)]
-
-    def __len__(self):
-        return len(self.indices)
-
-    def __getitem__(self, index):
-        return self.base[self.indices[index]]
-
-
-def _value(text):
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    low = text.lower()
-    if low in ('true', 'yes', 'on'):
-        return True
-    if low in ('false', 'no', 'off'):
-        return False
-    return text
 
 
 def parse_data_spec(text):
@@ -80,9 +36,9 @@ def parse_data_spec(text):
         spec['root'] = root
     for key, value in parse_qsl(query, keep_blank_values=True):
         if key in LIST_KEYS:
-            spec[key] = [_value(v) for v in value.split(',') if v]
+            spec[key] = [parse_scalar(v) for v in value.split(',') if v]
         else:
-            spec[key] = _value(value)
+            spec[key] = parse_scalar(value)
     return spec
 
 
@@ -94,8 +50,6 @@ def _root(spec):
 
 def _build(kind, opts, spec):
     if kind == 'endovis':
-        from mffseg_ros.data.endovis import EndoVis2017
-        from mffseg_ros.data.splits import split_videos
         videos = opts.pop('videos', None)
         if 'split' in opts:
             videos = split_videos(opts.pop('split'))
@@ -103,13 +57,10 @@ def _build(kind, opts, spec):
             videos = [videos]
         return EndoVis2017(_root(spec), videos, **opts)
     if kind == 'folder':
-        from mffseg_ros.data.generic import FolderDataset
         return FolderDataset(_root(spec), **opts)
     if kind == 'cholecseg8k':
-        from mffseg_ros.data.cholec import cholecseg8k
         return cholecseg8k(_root(spec), **opts)
     if kind == 'cholec_instance':
-        from mffseg_ros.data.cholec import CholecInstanceSeg
         return CholecInstanceSeg(_root(spec), **opts)
     # synth: the synthetic-scene generator's data set, imported only when asked for
     from mffseg_ros.data.synth import SynthDataset

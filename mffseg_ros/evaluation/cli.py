@@ -6,11 +6,16 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser):
-    parser.add_argument('--weights', required=True, help='safetensors weights file (from mffseg train)')
-    parser.add_argument('--data', required=True, action='append', metavar='SPEC',
+    parser.add_argument('--weights', default=None,
+                        help='safetensors weights file (from mffseg train; default: the shipped model)')
+    parser.add_argument('--data', action='append', metavar='SPEC',
                         help='data set spec, e.g. endovis:/data/endovis17?videos=7,8, '
                              'synth:?frames=16 or folder:/imgs?masks=/masks&mapping=map.yaml '
                              '(repeat to concatenate sets)')
+    parser.add_argument('--bag', type=Path, metavar='BAG',
+                        help='instead of --data: a stereo bag with ground truth (mffseg bag synth); scores what '
+                             'the node publishes (instruments, tips, tracks, 3-D, axes) and writes bag_scores.json')
+    parser.add_argument('--limit', type=int, default=None, help='with --bag: score only the first N frames')
     parser.add_argument('--task', default='all', choices=('parts', 'type', 'binary', 'all'),
                         help='task to score (default: every task the model answers)')
     parser.add_argument('--out', required=True, type=Path, help='output folder')
@@ -27,16 +32,21 @@ def run(args):
     from mffseg_ros.evaluation.evaluate import evaluate, format_report
     from mffseg_ros.inference.segmenter import Segmenter
 
+    if (args.data is None) == (args.bag is None):
+        raise MffsegError('give --data SPEC (segmentation metrics) or --bag BAG (instrument-level scores)')
     if args.worst < 0:
         raise MffsegError(f'--worst must be >= 0, got {args.worst}')
     if args.out.exists() and not args.out.is_dir():  # fail now, not after scoring every frame
         raise MffsegError(f'{args.out}: exists and is not a folder (--out is the output folder)')
     segmenter = Segmenter.load(args.weights, device=args.device, input_scale=args.input_scale)
+    if args.bag is not None:
+        from mffseg_ros.tools import bag_eval  # bag reading lives with the bag tools
+        return bag_eval.run(args, segmenter)
     samples = build_datasets(args.data)
     log.info('%s; %d frames', segmenter.describe(), len(samples))
     meta = segmenter.metadata
     info = {'weights': str(args.weights), 'data': ' + '.join(args.data), 'model': segmenter.describe(),
-            'weights_git_revision': meta.get('git_revision'), 'train_recipe': meta.get('recipe')}
+            'weights_git_revision': meta.provenance.git_revision, 'train_recipe': meta.recipe}
     report = evaluate(segmenter, samples, tasks=args.task, worst=args.worst, out_dir=args.out, info=info)
     print(format_report(report))
     print(f'\nwrote {args.out / "metrics.json"}, {args.out / "metrics.md"}'

@@ -12,7 +12,8 @@ from tqdm import tqdm
 from mffseg_ros.errors import MffsegError
 from mffseg_ros.evaluation.metrics import TaskMeter
 from mffseg_ros.model.classes import NUM_CLASSES, TASK_CLASSES
-from mffseg_ros.visualize import contact_sheet, overlay, save_png
+from mffseg_ros.inference.perception import InstrumentPerception
+from mffseg_ros.visualize import contact_sheet, instrument_overlay, overlay, save_png
 
 log = logging.getLogger(__name__)
 TASKS = ('parts', 'type', 'binary')
@@ -39,23 +40,11 @@ def _display_maps(type_map, parts_map, binary_map):
     return type_map, parts_map
 
 
-def _predicted_tips(result):
-    if result.type is None or result.parts is None:
-        return None
-    try:
-        from mffseg_ros.inference.instances import find_tips
-    except ImportError:  # tips are decoration here; the metrics do not need them
-        return None
-    tips, _ = find_tips(result.type, result.parts)
-    return tips
-
-
 def worst_frame_picture(sample, result, score):
     """Side by side: prediction overlay (with tips) and ground-truth overlay, captioned."""
     image = sample['image']
-    pred_type, pred_parts = _display_maps(result.type, result.parts, np.asarray(result.binary, np.uint8))
     gt_type, gt_parts = _display_maps(sample.get('type'), sample.get('parts'), sample.get('binary'))
-    pred = overlay(image, pred_type, pred_parts, tips=_predicted_tips(result))
+    pred = instrument_overlay(image, InstrumentPerception().process(result))
     truth = overlay(image, gt_type, gt_parts)
     name = sample.get('name', '')
     return contact_sheet([pred, truth], cols=2,

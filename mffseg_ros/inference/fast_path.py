@@ -3,9 +3,9 @@
 Per input shape (batch, height, width) a `_Plan` holds preallocated buffers: uint8 frames go into a
 pinned host buffer, one asynchronous copy moves them to the device, and resize (area when shrinking,
 bilinear when enlarging, like the eager pipeline's OpenCV resize), normalisation, the network
-(channels_last, in the segmenter's precision), logits upsampling, argmax and confidence all run there,
-captured once in a CUDA graph and replayed per frame. Only the uint8 label maps and the confidence map
-come back. On the CPU the same code runs eagerly (no pinning, no graphs) so CI can check that it
+(channels_last, in the segmenter's precision) and the network-resolution maps (inference/results.py:
+P(instrument), labels, type probabilities, confidence) all run there, captured once in a CUDA graph and
+replayed per frame. Only those small maps come back; nothing is computed at the camera's resolution. On the CPU the same code runs eagerly (no pinning, no graphs) so CI can check that it
 agrees with the eager pipeline.
 """
 import logging
@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from mffseg_ros.errors import MffsegError
+from mffseg_ros.inference.results import network_maps, results_from_maps
 
 log = logging.getLogger(__name__)
 WARMUP_RUNS = 3  # cuDNN picks its algorithms in these runs, before the graph is captured
@@ -33,27 +34,23 @@ class _Plan:
         self.net_size = fast.segmenter.network_size(height, width)
         self.stream = torch.cuda.Stream(dev) if self.on_cuda else None
         self.graph = None
-        self.labels = self.confidence = None  # device outputs (static when a graph is captured)
+        self.maps = None  # device outputs: name -> tensor (static when a graph is captured)
         if self.on_cuda:
             self._capture()
-        n_tasks = len(fast.task_slices)
-        self.host_labels = torch.empty((batch, n_tasks, height, width), dtype=torch.uint8,
-                                       pin_memory=self.on_cuda)
-        self.host_confidence = torch.empty((batch, height, width), dtype=torch.float32,
-                                           pin_memory=self.on_cuda)
+            self.host_maps = {k: torch.empty(v.shape, dtype=v.dtype, pin_memory=True) for k, v in self.maps.items()}
 
     def _capture(self):
         self.stream.wait_stream(torch.cuda.current_stream())  # buffers were made on the default stream
         with torch.cuda.stream(self.stream):
             for _ in range(WARMUP_RUNS):
-                self.labels, self.confidence = self.fast.compute(self.dev_in, self.size, self.net_size)
+                self.maps = self.fast.compute(self.dev_in, self.net_size)
         self.stream.synchronize()
         if not self.fast.cuda_graphs:
             return
         try:
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, stream=self.stream):
-                self.labels, self.confidence = self.fast.compute(self.dev_in, self.size, self.net_size)
+                self.maps = self.fast.compute(self.dev_in, self.net_size)
             self.graph = graph
         except RuntimeError as e:  # an op that cannot be captured: stay correct, only slower
             log.warning('CUDA graph capture failed (%s); running the fast path without graphs', e)
@@ -63,19 +60,18 @@ class _Plan:
         for i, frame in enumerate(frames):  # one copy into the preallocated (pinned) buffer
             self.host_in[i].numpy()[...] = frame
         if not self.on_cuda:
-            labels, confidence = self.fast.compute(self.dev_in, self.size, self.net_size)
-            return labels.numpy(), confidence.numpy()
+            return {k: v.numpy() for k, v in self.fast.compute(self.dev_in, self.net_size).items()}
         with torch.cuda.stream(self.stream):
             self.dev_in.copy_(self.host_in, non_blocking=True)
             if self.graph is not None:
                 self.graph.replay()
             else:
-                self.labels, self.confidence = self.fast.compute(self.dev_in, self.size, self.net_size)
-            self.host_labels.copy_(self.labels, non_blocking=True)
-            self.host_confidence.copy_(self.confidence, non_blocking=True)
+                self.maps = self.fast.compute(self.dev_in, self.net_size)
+            for k, v in self.maps.items():
+                self.host_maps[k].copy_(v, non_blocking=True)
         self.stream.synchronize()
         # The pinned buffers are reused by the next frame: results get their own copies.
-        return self.host_labels.numpy().copy(), self.host_confidence.numpy().copy()
+        return {k: v.numpy().copy() for k, v in self.host_maps.items()}
 
 
 class FastPath:
@@ -91,7 +87,6 @@ class FastPath:
         self.dtype = segmenter.dtype
         self.branch = segmenter.branch
         self.task_slices = dict(segmenter.task_slices)
-        self.conf_task = 'type' if 'type' in self.task_slices else next(iter(self.task_slices))
         self.cuda_graphs = cuda_graphs and self.device.type == 'cuda'
         if self.device.type == 'cuda':
             # Input shapes are fixed per plan, so autotuned convolution algorithms pay off; the tuning
@@ -99,27 +94,20 @@ class FastPath:
             torch.backends.cudnn.benchmark = True
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = segmenter.model.to(memory_format=self.memory_format).eval()
-        self.mean = segmenter._mean.float()
-        self.std = segmenter._std.float()
+        self.mean, self.std = segmenter.preprocessing.mean_std(self.device)
         self.plans = {}
 
-    def compute(self, frames_u8, size, net_size):
-        """uint8 (B, H, W, 3) on the device -> (labels uint8 (B, tasks, H, W), confidence (B, H, W))."""
+    def compute(self, frames_u8, net_size):
+        """uint8 (B, H, W, 3) on the device -> network_maps (inference/results.py) on the device."""
         with torch.inference_mode():
             x = frames_u8.permute(0, 3, 1, 2).float()
-            if tuple(net_size) != tuple(size):
-                shrink = net_size[0] < size[0]
+            if tuple(net_size) != tuple(x.shape[-2:]):
+                shrink = net_size[0] < x.shape[-2]
                 x = F.interpolate(x, size=net_size, mode='area' if shrink else 'bilinear',
                                   **({} if shrink else {'align_corners': False}))
                 x = x.round().clamp_(0, 255)  # the eager pipeline resizes uint8 images
             x = ((x - self.mean) / self.std).to(self.dtype).contiguous(memory_format=self.memory_format)
-            logits = self.model(x, branch=self.branch)['out'].float()
-            confidence = torch.softmax(logits[:, self.task_slices[self.conf_task]], 1).amax(1, keepdim=True)
-            if tuple(logits.shape[-2:]) != tuple(size):
-                logits = F.interpolate(logits, size=size, mode='bilinear', align_corners=False)
-                confidence = F.interpolate(confidence, size=size, mode='bilinear', align_corners=False)
-            labels = torch.stack([logits[:, s].argmax(1) for s in self.task_slices.values()], 1)
-            return labels.to(torch.uint8), confidence[:, 0]
+            return network_maps(self.model(x, branch=self.branch)['out'], self.task_slices)
 
     def plan(self, batch, height, width):
         key = (batch, height, width)
@@ -130,7 +118,6 @@ class FastPath:
         return self.plans[key]
 
     def segment_batch(self, frames):
-        from mffseg_ros.inference.segmenter import SegmentationResult
         if not frames:
             return []
         for f in frames:
@@ -138,17 +125,8 @@ class FastPath:
         height, width = frames[0].shape[:2]
         if any(f.shape[:2] != (height, width) for f in frames):
             raise MffsegError(f'frames of one batch must have the same size, got {[f.shape for f in frames]}')
-        labels, confidence = self.plan(len(frames), height, width).run(frames)
-        names = list(self.task_slices)
-        results = []
-        for i in range(len(frames)):
-            maps = {t: labels[i, k] for k, t in enumerate(names)}
-            parts, type_ = maps.get('parts'), maps.get('type')
-            first = type_ if type_ is not None else parts if parts is not None else maps[names[0]]
-            results.append(SegmentationResult(binary=first > 0, parts=parts, type=type_,
-                                              confidence=confidence[i],
-                                              class_names=self.segmenter.class_names))
-        return results
+        maps = self.plan(len(frames), height, width).run(frames)
+        return results_from_maps(maps, (height, width), self.segmenter.class_names)
 
     def segment(self, rgb):
         return self.segment_batch([rgb])[0]

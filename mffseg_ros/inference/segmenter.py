@@ -5,36 +5,25 @@
     res.binary, res.parts, res.type                      # at the input's resolution
 
 Pipeline: preprocess (resize to the network size, a multiple of 32; normalise) -> forward (a backend)
--> postprocess (logits upsampled to the input size, argmax per task).
+-> postprocess (probabilities and labels at the network's resolution; input-resolution label maps
+made on access, see inference/results.py).
 """
 import logging
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from mffseg_ros.errors import MffsegError
-from mffseg_ros.model.classes import TASK_CLASSES
+from mffseg_ros.inference.results import SegmentationResult, network_maps, results_from_maps  # noqa: F401
 from mffseg_ros.model.mffnet import BRANCHES, MFFNet
-from mffseg_ros.model.weights import default_metadata, load_weights
+from mffseg_ros.model.weights import WeightsMeta, as_weights_meta, default_metadata, load_weights
 from mffseg_ros.paths import default_weights_path
 
 log = logging.getLogger(__name__)
 PRECISIONS = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
-
-
-@dataclass
-class SegmentationResult:
-    """Per-pixel results at the input resolution. A task the model has no head for is None."""
-    binary: np.ndarray            # H x W bool, instrument vs background
-    parts: np.ndarray | None      # H x W uint8, 0..3 (background, shaft, wrist, claspers)
-    type: np.ndarray | None       # H x W uint8, 0..7 (background + 7 instrument types)
-    confidence: np.ndarray        # H x W float32, max softmax probability of the type (else parts) head
-    class_names: dict = field(default_factory=dict)
 
 
 def resolve_device(device):
@@ -72,7 +61,7 @@ def network_size(height, width, *, input_scale=None, input_size=None):
 
 
 class Segmenter:
-    def __init__(self, model: MFFNet, metadata: dict, *, device='cpu', precision='fp32', branch='main',
+    def __init__(self, model: MFFNet, metadata: WeightsMeta | dict, *, device='cpu', precision='fp32', branch='main',
                  input_scale=None, input_size=None, backend='torch', threads=None, weights_path=None,
                  **backend_options):
         self.device = resolve_device(device)
@@ -87,23 +76,21 @@ class Segmenter:
         if branch not in BRANCHES:
             raise MffsegError(f'branch must be one of {BRANCHES}, got {branch!r}')
         self.precision, self.dtype = precision, PRECISIONS[precision]
-        self.metadata = metadata
+        self.metadata = as_weights_meta(model, metadata)
+        self.preprocessing = self.metadata.preprocessing
         self.weights_path = weights_path
         self.tasks = dict(model.tasks)
         self.task_slices = dict(model.task_slices)
-        self.class_names = {t: list(metadata.get('class_names', {}).get(t, TASK_CLASSES.get(t, ())))
-                            for t in self.tasks}
+        self.class_names = {t: self.metadata.names(t) for t in self.tasks}
         # Without an explicit scale or size, frames are resized to about the training frame size
         # (whatever the camera's resolution: the model was trained on whole frames of that size).
-        self.train_size = metadata.get('train_size')
+        self.train_size = self.preprocessing.train_size
         if input_scale is None and not self.train_size:
-            input_scale = metadata.get('input_scale', 0.5)
+            input_scale = self.preprocessing.input_scale
         self.input_scale = input_scale
         self.input_size = input_size
         network_size(64, 64, input_scale=input_scale, input_size=input_size)  # validates both
-        norm = metadata.get('normalization', default_metadata(model)['normalization'])
-        self._mean = torch.tensor(norm['mean'], device=self.device).view(1, 3, 1, 1) * 255
-        self._std = torch.tensor(norm['std'], device=self.device).view(1, 3, 1, 1) * 255
+        self._mean, self._std = self.preprocessing.mean_std(self.device)
         self.branch = branch
         self.backend_name = backend
 
@@ -116,7 +103,7 @@ class Segmenter:
             backend_options.pop('threads', None)
         else:
             from mffseg_ros.inference.backends import make_backend
-            self._backend = make_backend(backend, self.model, metadata, device=self.device,
+            self._backend = make_backend(backend, self.model, self.metadata.to_dict(), device=self.device,
                                          precision=precision, branch=branch, **backend_options)
         self._fast_path = None
         if self.device.type == 'cuda' and backend == 'torch':
@@ -191,31 +178,11 @@ class Segmenter:
         return self._backend(x)
 
     def postprocess(self, logits, size):
-        """Logits (B, C, h, w) -> results at `size` (H, W): logits upsampled bilinearly, then argmax."""
+        """Logits (B, C, h, w) -> [SegmentationResult] for frames of `size` (H, W): probabilities and
+        labels stay at the network's resolution; input-resolution maps are made on access."""
         with torch.inference_mode():
-            logits = logits.float()
-            conf_task = 'type' if 'type' in self.tasks else next(iter(self.tasks))
-            s = self.task_slices[conf_task]
-            confidence = torch.softmax(logits[:, s], 1).amax(1, keepdim=True)
-            if tuple(logits.shape[-2:]) != tuple(size):
-                logits = F.interpolate(logits, size=size, mode='bilinear', align_corners=False)
-                confidence = F.interpolate(confidence, size=size, mode='bilinear', align_corners=False)
-            labels = {t: logits[:, s].argmax(1).to(torch.uint8).cpu().numpy()
-                      for t, s in self.task_slices.items()}
-            confidence = confidence[:, 0].cpu().numpy()
-        results = []
-        for i in range(logits.shape[0]):
-            parts = labels['parts'][i] if 'parts' in labels else None
-            type_ = labels['type'][i] if 'type' in labels else None
-            if type_ is not None:
-                binary = type_ > 0
-            elif parts is not None:
-                binary = parts > 0
-            else:
-                binary = labels['binary'][i] > 0
-            results.append(SegmentationResult(binary=binary, parts=parts, type=type_,
-                                              confidence=confidence[i], class_names=self.class_names))
-        return results
+            maps = {k: v.cpu().numpy() for k, v in network_maps(logits, self.task_slices).items()}
+        return results_from_maps(maps, size, self.class_names)
 
     def segment_batch(self, frames):
         """Segments same-size frames in ONE forward pass (e.g. a stereo pair)."""

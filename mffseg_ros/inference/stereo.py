@@ -1,11 +1,12 @@
-"""Stereo: match left and right instrument tips by type and the epipolar constraint, triangulate them.
+"""Stereo: match left and right instruments (no types needed) by the epipolar constraint, a disparity range
+and mask overlap; triangulate their tips and shaft axes.
 
 Projection matrices are 3x4 (sensor_msgs/CameraInfo.p). 3-D points come out in the frame both P's
 project from, in the units of their translation: for ROS camera_infos that is the left (rectified)
 camera's optical frame in metres, since P_right = [fx 0 cx Tx; 0 fy cy 0; 0 0 1 0] with Tx = -fx * baseline.
 """
-import dataclasses
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -128,43 +129,132 @@ def depth_in(P, xyz):
     return np.sign(np.linalg.det(M)) * (homogeneous @ P[2]) / np.linalg.norm(M[2])
 
 
-def match_pairs(tips_left, tips_right, P_left, P_right, *, max_epipolar_px=DEFAULT_MAX_EPIPOLAR_PX,
-                max_area_ratio=DEFAULT_MAX_AREA_RATIO, min_depth=0.0, max_depth=math.inf, same_source=True):
-    """Assign right tips to left tips: same type (and tip source), within `max_epipolar_px` of the epipolar
-    line, areas within `max_area_ratio`, triangulating in front of both cameras within (min_depth,
-    max_depth]. Optimal per type (Hungarian) on epipolar distance plus area mismatch.
-    Returns [(left index, right index, epipolar distance px, xyz)]."""
-    P1, P2 = projection_from_camera_info(P_left), projection_from_camera_info(P_right)
-    F = fundamental_from_projections(P1, P2)
+@dataclass
+class StereoCalibration:
+    """What 3-D needs from a camera_info pair: the rectified projections and, for raw images, the
+    raw -> rectified pixel maps (pixel_rectifier; None when the images are rectified)."""
+    P_left: np.ndarray
+    P_right: np.ndarray
+    rectify_left: object = None
+    rectify_right: object = None
+
+    def __post_init__(self):
+        self.P_left = projection_from_camera_info(self.P_left)
+        self.P_right = projection_from_camera_info(self.P_right)
+        self.F = fundamental_from_projections(self.P_left, self.P_right)
+
+    def rectified(self, side, uv):
+        uv = np.asarray(uv, np.float64).reshape(-1, 2)
+        rectify = self.rectify_left if side == 'left' else self.rectify_right
+        return uv if rectify is None or not len(uv) else np.asarray(rectify(uv), np.float64).reshape(-1, 2)
+
+    def disparity_range(self, min_depth, max_depth):
+        """(lowest, highest) horizontal disparity u_left - u_right in rectified pixels of points at
+        depths in [min_depth, max_depth] (m), or None when the rig is not a horizontal one."""
+        P1, P2 = self.P_left, self.P_right
+        if abs(P2[1, 3]) > 1e-9 * max(1.0, abs(P2[0, 3])) or abs(P1[0, 0]) < 1e-12:
+            return None
+        fx_baseline = P1[0, 3] * P2[0, 0] / P1[0, 0] - P2[0, 3]  # fx * baseline for ROS camera_infos
+        offset = P1[0, 2] - P2[0, 2]
+        return (fx_baseline / max_depth + offset, fx_baseline / max(min_depth, 1e-6) + offset)
+
+    def backproject(self, uv, depth):
+        """Rectified left pixel at `depth` (m) -> 3-D point in the left optical frame."""
+        M, p4 = self.P_left[:, :3], self.P_left[:, 3]
+        return np.linalg.solve(M, np.array([uv[0], uv[1], 1.0]) * depth - p4)
+
+
+@dataclass
+class StereoMatch:
+    left: int  # index into the left instruments
+    right: int  # index into the right instruments
+    epipolar_px: float
+    tip_xyz: tuple  # metres, left optical frame
+    axis_xyz: tuple | None  # unit shaft axis pointing to the tip; None when not observable
+    axis_from_stereo: bool  # False: the axis is the image-plane axis at the tip's depth
+
+
+def _shifted_iou(mask_left, mask_right, shift):
+    """IoU of a left mask with the right mask moved right by `shift` network pixels (the disparity)."""
+    ys, xs = np.nonzero(mask_left)
+    xs_r = np.round(xs - shift).astype(np.int64)
+    ok = (xs_r >= 0) & (xs_r < mask_right.shape[1])
+    inter = np.count_nonzero(mask_right[ys[ok], xs_r[ok]])
+    return inter / max(1, len(xs) + np.count_nonzero(mask_right) - inter)
+
+
+def _line_through(a, b):
+    return np.cross([a[0], a[1], 1.0], [b[0], b[1], 1.0])
+
+
+def _axis_3d(calib, tip_xyz, point_left, point_right, dir_right, min_sin=0.12):
+    """Unit 3-D shaft axis from a left axis point and the right image's axis line: the left point's
+    epipolar line cuts the right axis line at its match. (axis, True), or the image-plane fallback
+    (axis, False) when the two lines are nearly parallel (a shaft along the baseline)."""
+    epiline = calib.F @ np.array([point_left[0], point_left[1], 1.0])
+    right_line = _line_through(point_right, point_right + dir_right)
+    cross = np.cross(epiline, right_line)
+    n1, n2 = epiline[:2] / np.linalg.norm(epiline[:2]), right_line[:2] / np.linalg.norm(right_line[:2])
+    sin = abs(n1[0] * n2[1] - n1[1] * n2[0])  # of the angle between the two lines
+    tip = np.asarray(tip_xyz)
+    if sin >= min_sin and abs(cross[2]) > 1e-12:
+        match = cross[:2] / cross[2]
+        second = triangulate(calib.P_left, calib.P_right, [point_left], [match])[0]
+        if np.all(np.isfinite(second)) and depth_in(calib.P_left, second[None])[0] > 0:
+            axis = tip - second
+            norm = np.linalg.norm(axis)
+            if norm > 1e-6:
+                return tuple(axis / norm), True
+    second = calib.backproject(point_left, depth_in(calib.P_left, tip[None])[0])
+    axis = tip - second
+    norm = np.linalg.norm(axis)
+    return (tuple(axis / norm), False) if norm > 1e-9 else (None, False)
+
+
+def match_instruments(left, right, calib, *, left_map=None, right_map=None, net_scale=1.0,
+                      max_epipolar_px=DEFAULT_MAX_EPIPOLAR_PX, min_depth=0.005, max_depth=0.5,
+                      max_area_ratio=DEFAULT_MAX_AREA_RATIO, min_mask_iou=0.05):
+    """Pairs left and right instruments (inference/instruments.Instrument) without looking at types:
+    tips within `max_epipolar_px` of the epipolar line (rectified), a disparity that puts the tip between
+    min_depth and max_depth (m), areas within `max_area_ratio`, and, with the network-resolution
+    instance maps, masks that overlap once shifted by the disparity (`net_scale`: input px per network px).
+    One-to-one (Hungarian) on epipolar distance + area mismatch + (1 - shifted IoU); each pair's tip is
+    triangulated and its shaft axis estimated. Returns [StereoMatch] sorted by left index."""
+    if not left or not right:
+        return []
+    tips_l = calib.rectified('left', [i.tip for i in left])
+    tips_r = calib.rectified('right', [i.tip for i in right])
+    li, rj = np.repeat(np.arange(len(left)), len(right)), np.tile(np.arange(len(right)), len(left))
+    distance = epipolar_distance(calib.F, tips_l[li], tips_r[rj])
     log_ratio = math.log(max(max_area_ratio, 1.0 + 1e-9))
-    pairs = []
-    for type_id in sorted({t.type_id for t in tips_left} & {t.type_id for t in tips_right}):
-        left = [i for i, t in enumerate(tips_left) if t.type_id == type_id]
-        right = [j for j, t in enumerate(tips_right) if t.type_id == type_id]
-        li, rj = np.repeat(left, len(right)), np.tile(right, len(left))  # every candidate pair
-        uv1 = np.array([(tips_left[i].u, tips_left[i].v) for i in li])
-        uv2 = np.array([(tips_right[j].u, tips_right[j].v) for j in rj])
-        distance = epipolar_distance(F, uv1, uv2)
-        areas = np.array([(max(tips_left[i].area_px, 1), max(tips_right[j].area_px, 1)) for i, j in zip(li, rj)])
-        area = np.abs(np.log(areas[:, 0] / areas[:, 1]))
-        xyz = triangulate(P1, P2, uv1, uv2)
-        with np.errstate(invalid='ignore'):
-            d1, d2 = depth_in(P1, xyz), depth_in(P2, xyz)
-            feasible = ((distance <= max_epipolar_px) & (area <= log_ratio) & np.isfinite(d1)
-                        & (d1 > min_depth) & (d1 <= max_depth) & (d2 > 0))
-        if same_source:
-            feasible &= np.array([tips_left[i].source == tips_right[j].source for i, j in zip(li, rj)])
-        cost = np.where(feasible, distance / max_epipolar_px + area / log_ratio, _INFEASIBLE)
-        cost = cost.reshape(len(left), len(right))
-        for a, b in zip(*linear_sum_assignment(cost)):
-            k = a * len(right) + b
+    area = np.abs(np.log(np.array([max(left[i].area_px, 1.0) / max(right[j].area_px, 1.0) for i, j in zip(li, rj)])))
+    xyz = triangulate(calib.P_left, calib.P_right, tips_l[li], tips_r[rj])
+    with np.errstate(invalid='ignore'):
+        d1, d2 = depth_in(calib.P_left, xyz), depth_in(calib.P_right, xyz)
+        feasible = ((distance <= max_epipolar_px) & (area <= log_ratio) & np.isfinite(d1)
+                    & (d1 >= min_depth) & (d1 <= max_depth) & (d2 > 0))
+    disparity = tips_l[li, 0] - tips_r[rj, 0]
+    limits = calib.disparity_range(min_depth, max_depth)
+    if limits is not None:
+        feasible &= (disparity >= limits[0] - max_epipolar_px) & (disparity <= limits[1] + max_epipolar_px)
+    overlap = np.ones(len(li))
+    if left_map is not None and right_map is not None:
+        raw_shift = np.array([left[i].tip[0] - right[j].tip[0] for i, j in zip(li, rj)]) / net_scale
+        for k, (i, j) in enumerate(zip(li, rj)):
             if feasible[k]:
-                pairs.append((left[a], right[b], float(distance[k]), tuple(float(c) for c in xyz[k])))
-    return sorted(pairs)
-
-
-def match_and_triangulate(tips_left, tips_right, P_left, P_right, **options):
-    """Left tips, with xyz filled (metres, left camera frame) where a right tip matches; NaN elsewhere.
-    Options: see match_pairs. The inputs are not modified."""
-    matched = {i: xyz for i, _, _, xyz in match_pairs(tips_left, tips_right, P_left, P_right, **options)}
-    return [dataclasses.replace(t, xyz=matched[i]) if i in matched else t for i, t in enumerate(tips_left)]
+                overlap[k] = _shifted_iou(left_map == left[i].index, right_map == right[j].index, raw_shift[k])
+        feasible &= overlap >= min_mask_iou
+    cost = np.where(feasible, distance / max_epipolar_px + area / log_ratio + (1.0 - overlap), _INFEASIBLE)
+    cost = cost.reshape(len(left), len(right))
+    matches = []
+    for a, b in zip(*linear_sum_assignment(cost)):
+        k = a * len(right) + b
+        if not feasible[k]:
+            continue
+        point_l = calib.rectified('left', [left[a].axis_point])[0]
+        ends_r = calib.rectified('right', [right[b].axis_point,
+                                           np.add(right[b].axis_point, np.multiply(right[b].axis_dir, 20.0))])
+        axis, from_stereo = _axis_3d(calib, xyz[k], point_l, ends_r[0], ends_r[1] - ends_r[0])
+        matches.append(StereoMatch(int(a), int(b), float(distance[k]), tuple(float(c) for c in xyz[k]),
+                                   axis, from_stereo))
+    return sorted(matches, key=lambda m: m.left)

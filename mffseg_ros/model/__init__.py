@@ -5,9 +5,11 @@ Imports are lazy so that `mffseg_ros.model.classes` (class names, colours) loads
 import importlib
 
 _EXPORTS = {
-    'MFFNet': 'mffnet', 'build_mffnet': 'mffnet', 'count_parameters': 'mffnet',
+    'MFFNet': 'mffnet', 'count_parameters': 'mffnet',
     'Discriminator': 'discriminator',
     'save_weights': 'weights', 'load_weights': 'weights', 'read_metadata': 'weights',
+    'WeightsMeta': 'weights', 'Preprocessing': 'weights', 'Provenance': 'weights',
+    'load_encoder_weights': 'pretrained',
 }
 __all__ = list(_EXPORTS)
 

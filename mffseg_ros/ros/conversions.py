@@ -6,15 +6,15 @@ unpacks message fields, so the same rules serve the node, the bag tools and offl
 import array
 
 import numpy as np
-from geometry_msgs.msg import Point
+from geometry_msgs.msg import Point, Pose, PoseArray
 from sensor_msgs.msg import Image, PointCloud2, PointField
 from std_msgs.msg import ColorRGBA
 from visualization_msgs.msg import Marker, MarkerArray
 
-# The ~/tips point layout is defined once, next to the Tip type (36 bytes a point, little endian):
-# a numpy-only consumer reads np.frombuffer(msg.data, dtype=TIP_DTYPE, count=msg.width * msg.height).
-from mffseg_ros.inference.instances import TIP_DTYPE, TIP_POINT_FIELDS, tips_to_records
-from mffseg_ros.model.classes import TASK_CLASSES, TYPE_COLORS
+# The ~/tips point layout is defined once (40 bytes a point, little endian): a numpy-only consumer
+# reads np.frombuffer(msg.data, dtype=TIP_DTYPE, count=msg.width * msg.height).
+from mffseg_ros.inference.tip_records import TIP_DTYPE, TIP_POINT_FIELDS, axis_quaternion, tip_records
+from mffseg_ros.visualize import instrument_color, type_name
 
 
 def stamp_ns(header):
@@ -51,11 +51,13 @@ def _uint8_array(pixels):
 
 
 def image_msg(pixels, header, encoding):
-    """HxW (mono8) or HxWx3 (rgb8/bgr8) uint8 array -> sensor_msgs/Image with `header`."""
-    pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
+    """HxW (mono8, mono16) or HxWx3 (rgb8/bgr8) array -> sensor_msgs/Image with `header`
+    (mono16 little endian, is_bigendian 0)."""
+    dtype = np.dtype('<u2' if encoding == 'mono16' else np.uint8)
+    pixels = np.ascontiguousarray(pixels, dtype=dtype)
     msg = Image(header=header, height=pixels.shape[0], width=pixels.shape[1], encoding=encoding,
                 is_bigendian=0)
-    msg.step = pixels.shape[1] * (pixels.shape[2] if pixels.ndim == 3 else 1)
+    msg.step = pixels.shape[1] * (pixels.shape[2] if pixels.ndim == 3 else 1) * dtype.itemsize
     msg.data = _uint8_array(pixels)
     return msg
 
@@ -77,9 +79,9 @@ def camera_info_key(info_msg):
             bytes(memoryview(m.r)), bytes(memoryview(m.p)), m.binning_x, m.binning_y, m.roi.height, m.roi.width)
 
 
-def tips_cloud(tips, header):
-    """Tips -> sensor_msgs/PointCloud2 (one point per instance, layout TIP_DTYPE)."""
-    points = tips_to_records(tips)
+def tips_cloud(instruments, header):
+    """perception.TrackedInstrument list -> sensor_msgs/PointCloud2 (one point each, layout TIP_DTYPE)."""
+    points = tip_records(instruments)
     cloud = PointCloud2(header=header, height=1, width=len(points), is_bigendian=False,
                         point_step=TIP_DTYPE.itemsize, row_step=TIP_DTYPE.itemsize * len(points),
                         is_dense=False)
@@ -94,28 +96,48 @@ def cloud_to_tips(cloud):
     return np.frombuffer(bytes(cloud.data), dtype=TIP_DTYPE, count=cloud.width * cloud.height)
 
 
-def tip_markers(tips, header, scale=0.004, namespace='mffseg_tips'):
-    """A DELETEALL then a sphere and a text label per tip with a 3-D position (RViz needs 3-D)."""
+def tip_poses(instruments, header):
+    """geometry_msgs/PoseArray in the order of ~/tips: position = 3-D tip, x axis = the shaft axis
+    pointing to the tip. Without 3-D the position is NaN and the orientation the identity."""
+    msg = PoseArray(header=header)
+    for inst in instruments:
+        pose = Pose()
+        pose.position = Point(x=float(inst.xyz[0]), y=float(inst.xyz[1]), z=float(inst.xyz[2]))
+        qx, qy, qz, qw = axis_quaternion(inst.axis_xyz)
+        pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w = qx, qy, qz, qw
+        msg.poses.append(pose)
+    return msg
+
+
+def tip_markers(instruments, header, scale=0.004, namespace='mffseg_tips'):
+    """A DELETEALL, then per instrument with a 3-D tip: a sphere, a shaft arrow and a text label, in the
+    instrument's overlay colour (RViz needs 3-D)."""
     markers = [Marker(header=header, ns=namespace, action=Marker.DELETEALL)]
-    type_names = TASK_CLASSES['type']
-    for tip in tips:
-        if tip.xyz is None or not np.all(np.isfinite(tip.xyz)):
+    for inst in instruments:
+        if not np.all(np.isfinite(inst.xyz)):
             continue
-        position = Point(x=float(tip.xyz[0]), y=float(tip.xyz[1]), z=float(tip.xyz[2]))
-        r, g, b = (c / 255.0 for c in TYPE_COLORS[tip.type_id % len(TYPE_COLORS)])
-        sphere = Marker(header=header, ns=namespace, id=2 * int(tip.instance_id), type=Marker.SPHERE,
-                        action=Marker.ADD, color=ColorRGBA(r=r, g=g, b=b, a=1.0))
+        r, g, b = (c / 255.0 for c in instrument_color(inst.track_id))
+        color = ColorRGBA(r=r, g=g, b=b, a=1.0)
+        position = Point(x=float(inst.xyz[0]), y=float(inst.xyz[1]), z=float(inst.xyz[2]))
+        sphere = Marker(header=header, ns=namespace, id=3 * int(inst.track_id), type=Marker.SPHERE,
+                        action=Marker.ADD, color=color)
         sphere.pose.position = position
         sphere.pose.orientation.w = 1.0
         sphere.scale.x = sphere.scale.y = sphere.scale.z = float(scale)
-        text = Marker(header=header, ns=namespace, id=2 * int(tip.instance_id) + 1,
+        markers.append(sphere)
+        if inst.axis_xyz is not None:
+            arrow = Marker(header=header, ns=namespace, id=3 * int(inst.track_id) + 2, type=Marker.ARROW,
+                           action=Marker.ADD, color=color)
+            start = np.asarray(inst.xyz) - 5 * float(scale) * np.asarray(inst.axis_xyz)
+            arrow.points = [Point(x=float(start[0]), y=float(start[1]), z=float(start[2])), position]
+            arrow.scale.x, arrow.scale.y, arrow.scale.z = 0.25 * float(scale), 0.5 * float(scale), 0.0
+            markers.append(arrow)
+        text = Marker(header=header, ns=namespace, id=3 * int(inst.track_id) + 1,
                       type=Marker.TEXT_VIEW_FACING, action=Marker.ADD,
                       color=ColorRGBA(r=1.0, g=1.0, b=1.0, a=1.0))
         text.pose.position = Point(x=position.x, y=position.y - 2 * float(scale), z=position.z)
         text.pose.orientation.w = 1.0
         text.scale.z = 2 * float(scale)
-        name = type_names[tip.type_id] if tip.type_id < len(type_names) else str(tip.type_id)
-        text.text = f'{name} #{tip.instance_id}'
-        markers.append(sphere)
+        text.text = f'#{inst.track_id} {type_name(inst.type_id)}'
         markers.append(text)
     return MarkerArray(markers=markers)

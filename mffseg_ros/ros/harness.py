@@ -7,7 +7,6 @@ what the node publishes. Used by the node tests and handy for benchmarks and scr
         pub = ros.publisher('/cam/stereo/left/image_raw', Image)
         pub.publish(...); ros.wait_for(lambda: len(labels))
 """
-import threading
 import time
 
 import rclpy
@@ -16,6 +15,7 @@ from rclpy.parameter import Parameter
 
 from mffseg_ros.ros.qos import qos_profile
 from mffseg_ros.ros.segment_node import SegmentNode
+from mffseg_ros.ros.spin_thread import SpinThread
 
 
 class RosHarness:
@@ -28,8 +28,7 @@ class RosHarness:
         self.probe = rclpy.create_node(probe_name, context=self.context)
         self.executor.add_node(self.probe)
         self.nodes = []
-        self._thread = threading.Thread(target=self.executor.spin, name='harness-executor', daemon=True)
-        self._thread.start()
+        self._spinner = SpinThread(self.executor, name='harness-executor').start()
 
     def start_node(self, *, namespace='', parameters=None, segmenter=None, cli_args=None):
         overrides = [Parameter(name, value=value) for name, value in (parameters or {}).items()]
@@ -70,8 +69,7 @@ class RosHarness:
         return self.wait_for(lambda: publisher.get_subscription_count() >= count, timeout)
 
     def close(self):
-        self.executor.shutdown()  # first: waits for running callbacks, so none sees a destroyed node
-        self._thread.join(timeout=5.0)
+        self._spinner.stop()  # first: waits for running callbacks, so none sees a destroyed node
         for node in list(self.nodes):
             self.nodes.remove(node)
             node.destroy_node()

@@ -11,6 +11,7 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from mffseg_ros import topics
 from mffseg_ros.errors import MffsegError
 from mffseg_ros.inference.image_codec import DEFAULT_MAX_PIXELS
+from mffseg_ros.inference.perception import LABEL_MODES, PerceptionConfig
 from mffseg_ros.model.classes import TASK_CLASSES
 
 
@@ -24,6 +25,7 @@ CHOICES = {
     'branch': ('main', 'aux'),
     'backend': ('torch', 'onnx', 'tensorrt'),
     'input_reliability': ('auto', 'best_effort', 'reliable'),
+    'labels_mode': LABEL_MODES,
 }
 
 
@@ -51,12 +53,24 @@ class NodeConfig:
     # Run time
     sync_slop: float = 0.01
     min_instance_area: int = 200
+    min_type_score: float = 0.5
+    labels_mode: str = 'instance'
+    track_max_missed: int = 5
+    track_max_distance: float = 0.2
+    tip_smoothing: bool = False
+    smoothing_min_cutoff: float = 1.0
+    smoothing_beta: float = 0.05
+    min_depth: float = 0.01
+    max_depth: float = 0.3
+    max_epipolar_px: float = 10.0
     frame_id: str = ''
     publish_labels: bool = True
+    publish_instances: bool = True
     publish_parts: bool = True
     publish_masks: bool = True
     publish_tips: bool = True
     publish_tip_markers: bool = True
+    publish_tip_poses: bool = True
     publish_overlay: bool = True
     marker_scale: float = 0.004
     diagnostics_period: float = 1.0
@@ -69,6 +83,15 @@ class NodeConfig:
     @property
     def scale(self):
         return self.input_scale or None
+
+    def perception(self):
+        """The post-processing settings (inference.perception.PerceptionConfig) of this configuration."""
+        return PerceptionConfig(
+            min_instance_area=self.min_instance_area, min_type_score=self.min_type_score,
+            labels_mode=self.labels_mode, track_max_missed=self.track_max_missed,
+            track_max_distance=self.track_max_distance, smoothing=self.tip_smoothing,
+            smoothing_min_cutoff=self.smoothing_min_cutoff, smoothing_beta=self.smoothing_beta,
+            min_depth=self.min_depth, max_depth=self.max_depth, max_epipolar_px=self.max_epipolar_px)
 
 
 READ_ONLY = {'weights', 'device', 'precision', 'branch', 'backend', 'threads', 'input_scale', 'input_height', 'input_width',
@@ -95,9 +118,21 @@ DESCRIPTIONS = {
     'right_info_topic': 'right sensor_msgs/CameraInfo topic',
     'sync_queue_size': 'frames buffered per camera while waiting for the partner image',
     'sync_slop': 'largest left/right stamp difference (s) still paired; 0 = exact stamps only',
-    'min_instance_area': 'connected components smaller than this (px) are not instruments',
+    'min_instance_area': 'instrument regions smaller than this (input px) are not instruments',
+    'min_type_score': 'an instrument whose accumulated type vote is below this is published as type 255 (unknown)',
+    'labels_mode': 'instance: ~/labels paints each instrument with its voted type | pixel: raw per-pixel types',
+    'track_max_missed': 'processed frames a track survives without being seen before its id is retired',
+    'track_max_distance': 'largest tip jump (fraction of the image diagonal) still associated with a track',
+    'tip_smoothing': 'One-Euro filter on the tips (2-D and 3-D) of each track',
+    'smoothing_min_cutoff': 'One-Euro cutoff at rest (Hz): lower = smoother, more lag',
+    'smoothing_beta': 'One-Euro speed coefficient: higher = less lag when the tip moves',
+    'min_depth': 'nearest plausible instrument depth (m): bounds the stereo disparity search',
+    'max_depth': 'farthest plausible instrument depth (m): bounds the stereo disparity search',
+    'max_epipolar_px': 'largest distance (px) of a right tip from the left tip\'s epipolar line',
     'frame_id': 'frame_id for outputs whose input header has an empty one',
     'publish_labels': 'publish ~/labels (mono8 type ids)',
+    'publish_instances': 'publish ~/instances (mono16 instrument ids = the tips\' instance_id)',
+    'publish_tip_poses': 'publish ~/tip_poses (geometry_msgs/PoseArray: tip + shaft axis, order of ~/tips)',
     'publish_parts': 'publish ~/parts (mono8 part ids)',
     'publish_masks': 'publish ~/masks/<type> (mono8 0/255) for the types present',
     'publish_tips': 'publish ~/tips (sensor_msgs/PointCloud2)',
@@ -117,6 +152,14 @@ RANGES = {
     'sync_queue_size': IntegerRange(from_value=1, to_value=100),
     'sync_slop': FloatingPointRange(from_value=0.0, to_value=1.0),
     'min_instance_area': IntegerRange(from_value=1, to_value=10_000_000),
+    'min_type_score': FloatingPointRange(from_value=0.0, to_value=1.0),
+    'track_max_missed': IntegerRange(from_value=0, to_value=1000),
+    'track_max_distance': FloatingPointRange(from_value=0.0, to_value=2.0),
+    'smoothing_min_cutoff': FloatingPointRange(from_value=0.001, to_value=100.0),
+    'smoothing_beta': FloatingPointRange(from_value=0.0, to_value=100.0),
+    'min_depth': FloatingPointRange(from_value=0.0, to_value=10.0),
+    'max_depth': FloatingPointRange(from_value=0.001, to_value=100.0),
+    'max_epipolar_px': FloatingPointRange(from_value=0.1, to_value=1000.0),
     'marker_scale': FloatingPointRange(from_value=0.0001, to_value=1.0),
     'diagnostics_period': FloatingPointRange(from_value=0.1, to_value=60.0),
     'max_input_pixels': IntegerRange(from_value=1, to_value=1 << 28),
@@ -172,6 +215,8 @@ def validate(cfg):
     for name in ('input_height', 'input_width'):
         if getattr(cfg, name) % 32:
             problems.append(f'{name}: {getattr(cfg, name)} is not a multiple of 32')
+    if cfg.min_depth >= cfg.max_depth:
+        problems.append(f'min_depth/max_depth: {cfg.min_depth} must be below {cfg.max_depth}')
     if cfg.input_height and cfg.input_scale:
         problems.append('input_scale: give input_scale or input_height/input_width, not both')
     for name in ('left_image_topic', 'right_image_topic', 'left_info_topic', 'right_info_topic'):

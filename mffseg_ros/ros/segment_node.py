@@ -16,9 +16,9 @@ import threading
 import time
 import warnings
 
-import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import PoseArray
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.exceptions import ParameterException
@@ -29,10 +29,14 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from visualization_msgs.msg import MarkerArray
 
 from mffseg_ros.errors import DataError, ImageFormatError, MffsegError
-from mffseg_ros.ros import conversions, params, pipeline
+from mffseg_ros.inference.instruments import UNKNOWN_TYPE
+from mffseg_ros.inference.perception import InstrumentPerception
+from mffseg_ros.inference.stereo import StereoCalibration
+from mffseg_ros.ros import conversions, params
 from mffseg_ros.ros.diagnostics import NodeStats, diagnostic_array
 from mffseg_ros.ros.qos import matching_reliability, qos_profile
 from mffseg_ros.ros.sync import Frame, StereoPairer
+from mffseg_ros.visualize import instrument_overlay
 
 NODE_NAME = 'mffseg'
 LOG_THROTTLE_S = 2.0
@@ -73,6 +77,7 @@ class SegmentNode(Node):
         self._subs = {}
         self._pubs, self._mask_pubs = {}, {}
         self.stats = NodeStats()
+        self.perception = InstrumentPerception(self.cfg.perception())
         self.pairer = StereoPairer(stereo=self.cfg.stereo, slop_ns=int(self.cfg.sync_slop * 1e9),
                                    depth=self.cfg.sync_queue_size)
         self._projections = {'left': None, 'right': None}
@@ -167,13 +172,16 @@ class SegmentNode(Node):
         pub = self.create_publisher
         self._pubs = {
             'labels': pub(Image, '~/labels', OUTPUT_QOS),
+            'instances': pub(Image, '~/instances', OUTPUT_QOS),
             'parts': pub(Image, '~/parts', OUTPUT_QOS),
             'tips': pub(PointCloud2, '~/tips', OUTPUT_QOS),
+            'tip_poses': pub(PoseArray, '~/tip_poses', OUTPUT_QOS),
             'tip_markers': pub(MarkerArray, '~/tip_markers', OUTPUT_QOS),
             'overlay': pub(Image, '~/overlay', OUTPUT_QOS),
         }
         self._mask_pubs = {type_id: pub(Image, f'~/masks/{topic_safe(name)}', OUTPUT_QOS)
                            for type_id, name in enumerate(self.class_names['type']) if type_id > 0}
+        self._mask_pubs[UNKNOWN_TYPE] = pub(Image, '~/masks/unknown', OUTPUT_QOS)
 
     def _input_topics(self):
         """{topic: (message type, callback)} of every input the configuration asks for."""
@@ -301,6 +309,7 @@ class SegmentNode(Node):
     def _apply_new_parameters(self, parameters):
         self.cfg = self._candidate(parameters)  # one assignment: the worker sees old or new, never half
         self.pairer.set_slop(int(self.cfg.sync_slop * 1e9))
+        self.perception.reconfigure(self.cfg.perception())
 
     # --- worker ----------------------------------------------------------------------------------
     def _work(self):
@@ -350,8 +359,10 @@ class SegmentNode(Node):
     def _check_size(self, side, size):
         """Frames the model cannot take are rejected; a frame that no longer fits its calibration
         loses it (P of another resolution would put every 3-D tip in the wrong place)."""
+        network_size = getattr(self.segmenter, 'network_size', None)  # a stand-in model may state no limits
         try:
-            self.segmenter.network_size(*size)
+            if network_size is not None:
+                network_size(*size)
         except MffsegError as e:
             raise ImageFormatError(str(e)) from None
         self._image_sizes[side] = tuple(size)
@@ -380,7 +391,7 @@ class SegmentNode(Node):
             return
         P_left, P_right = self._projections['left'], self._projections['right']
         want_3d = (right is not None and P_left is not None and P_right is not None
-                   and (wanted['tips'] or wanted['tip_markers']))
+                   and (wanted['tips'] or wanted['tip_markers'] or wanted['tip_poses']))
         rgb_right = self._decode('right', right) if want_3d else self._check_only('right', right)
         if rgb_right is not None and rgb_right.shape == rgb_left.shape:
             res_left, res_right = self.segmenter.segment_batch([rgb_left, rgb_right])
@@ -391,34 +402,43 @@ class SegmentNode(Node):
         self._publish(left, rgb_left, res_left, res_right, P_left, P_right, wanted, cfg)
         self.stats.processed(time.monotonic() - left.received)
 
+    def _calibration(self, P_left, P_right):
+        try:
+            return StereoCalibration(P_left, P_right, self._rectifiers['left'], self._rectifiers['right'])
+        except DataError as e:  # e.g. no baseline: 2-D only, said in diagnostics
+            self.stats.error(f'3-D: {e}')
+            return None
+
     def _publish(self, left, rgb_left, res_left, res_right, P_left, P_right, wanted, cfg):
         header = left.msg.header
         if not header.frame_id and cfg.frame_id:
             header.frame_id = cfg.frame_id
-        maps_left = _label_maps(res_left)
+        calibration = self._calibration(P_left, P_right) if res_right is not None else None
+        frame = self.perception.process(res_left, res_right, calibration, conversions.stamp_ns(header) * 1e-9)
+        if frame.stereo_error:
+            self.stats.error(f'3-D: {frame.stereo_error}')
+            self.get_logger().warning(f'3-D failed for this frame (2-D outputs kept): {frame.stereo_error}',
+                                      throttle_duration_sec=LOG_THROTTLE_S)
         if wanted['labels']:
-            self._pubs['labels'].publish(conversions.image_msg(maps_left.type, header, 'mono8'))
+            self._pubs['labels'].publish(conversions.image_msg(frame.labels_image(), header, 'mono8'))
+        if wanted['instances']:
+            self._pubs['instances'].publish(conversions.image_msg(frame.instance_ids_image(), header, 'mono16'))
         if wanted['parts']:
-            self._pubs['parts'].publish(conversions.image_msg(maps_left.parts, header, 'mono8'))
+            self._pubs['parts'].publish(conversions.image_msg(frame.parts_image(), header, 'mono8'))
         if wanted['masks']:
-            for type_id in pipeline.present_types(maps_left.type, len(self.class_names['type'])):
+            for type_id in frame.present_types():
                 pub = self._mask_pubs.get(type_id)
                 if pub is not None and pub.get_subscription_count():
-                    pub.publish(conversions.image_msg(pipeline.type_mask(maps_left.type, type_id),
-                                                      header, 'mono8'))
-        tips = []
-        if wanted['tips'] or wanted['tip_markers'] or wanted['overlay']:
-            maps_right = _label_maps(res_right) if res_right is not None else None
-            tips = pipeline.frame_tips(maps_left, cfg.min_instance_area, maps_right, P_left, P_right,
-                                       self._rectifiers['left'], self._rectifiers['right'])
+                    pub.publish(conversions.image_msg(frame.type_mask(type_id), header, 'mono8'))
         if wanted['tips']:
-            self._pubs['tips'].publish(conversions.tips_cloud(tips, header))
+            self._pubs['tips'].publish(conversions.tips_cloud(frame.instruments, header))
+        if wanted['tip_poses']:
+            self._pubs['tip_poses'].publish(conversions.tip_poses(frame.instruments, header))
         if wanted['tip_markers']:
-            self._pubs['tip_markers'].publish(conversions.tip_markers(tips, header, cfg.marker_scale))
+            self._pubs['tip_markers'].publish(conversions.tip_markers(frame.instruments, header, cfg.marker_scale))
         if wanted['overlay']:
-            from mffseg_ros.visualize import overlay
             self.stats.add('rendered.overlay')
-            rgb = overlay(rgb_left, maps_left.type, maps_left.parts, tips)
+            rgb = instrument_overlay(rgb_left, frame)
             self._pubs['overlay'].publish(conversions.image_msg(rgb[..., ::-1], header, 'bgr8'))
 
     # --- diagnostics -------------------------------------------------------------------------------
@@ -464,13 +484,6 @@ def default_threads():
     """Inference threads when `threads` is 0: every core but one, which stays free for the DDS
     threads that receive the next frame (all cores busy in torch starved them of large frames)."""
     return max(1, (os.cpu_count() or 2) - 1)
-
-
-def _label_maps(result):
-    """SegmentationResult -> LabelMaps; a model without a type head reports binary as type 1."""
-    type_map = result.type if result.type is not None else result.binary.astype(np.uint8)
-    parts = result.parts if result.parts is not None else np.zeros_like(type_map)
-    return pipeline.LabelMaps(type=type_map, parts=parts, confidence=result.confidence)
 
 
 FASTDDS_PROFILE_FLAG = '--fastdds-large-images'

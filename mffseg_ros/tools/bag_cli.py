@@ -97,9 +97,11 @@ def write_endovis_bag(dataset_dir, out, *, crop=True, rate=1.0, storage='mcap', 
 # ---------------------------------------------------------------- synthetic scenes
 def write_synth_bag(out, *, frames, size=(256, 320), seed=0, rate=10.0, storage='mcap', overwrite=False,
                     **generator_options):
-    """Synthetic stereo scenes -> a bag with left and right ground truth and the true 3-D tips;
+    """Synthetic stereo scenes -> a bag with left and right ground truth and the true instruments (tips
+    by the node's definition, 3-D tips, shaft axes: evaluation/ground_truth.py);
     returns the number of frames written. `generator_options` go to SceneGenerator."""
     from mffseg_ros.data.synth import SceneGenerator, StereoRig
+    from mffseg_ros.evaluation.ground_truth import ground_truth_records
 
     _check_rate(rate)
     if frames < 1:
@@ -117,23 +119,10 @@ def write_synth_bag(out, *, frames, size=(256, 320), seed=0, rate=10.0, storage=
                           frame.rig.camera_info('right'))
             _write_labels(bag, stamp, frame.labels_left, topics.GT_PREFIX, LEFT_FRAME_ID)
             _write_labels(bag, stamp, frame.labels_right, topics.GT_RIGHT_PREFIX, RIGHT_FRAME_ID)
-            bag.write_points(topics.GT_TIPS, stamp, tip_records(frame.tips, frame.labels_left['instance']),
-                             LEFT_FRAME_ID)
+            records = ground_truth_records(frame.labels_left, frame.labels_right, rig.P_left, rig.P_right,
+                                           frame.tips)
+            bag.write_points(topics.GT_TIPS, stamp, records, LEFT_FRAME_ID)
     return frames
-
-
-def tip_records(tips, instance_left):
-    """Generator tips -> records in the node's ~/tips layout (inference.instances.TIP_DTYPE):
-    x y z in the left optical frame, u v in the left image, area_px of the instance in the left image,
-    score 1 if the tip lies on its own clasper pixels in both eyes (observable) else 0."""
-    from mffseg_ros.inference.instances import SOURCE_CODES, TIP_DTYPE
-
-    records = np.zeros(len(tips), TIP_DTYPE)
-    areas = np.bincount(instance_left.ravel(), minlength=max([t['instance_id'] for t in tips], default=0) + 1)
-    for i, tip in enumerate(tips):
-        records[i] = (*tip['xyz'], *tip['uv_left'], areas[tip['instance_id']], float(tip['visible']),
-                      tip['instance_id'], tip['type_id'], SOURCE_CODES['claspers'])
-    return records
 
 
 # ---------------------------------------------------------------- command line

@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from mffseg_ros.errors import MffsegError
+from mffseg_ros.scalars import parse_scalar
 from mffseg_ros.sizes import parse_size
 
 NAMESPACE = '/mffseg_bench'
@@ -60,17 +61,8 @@ def _node_parameters(args, opts):
         if ':=' not in item:
             raise MffsegError(f'--node-param {item!r}: expected NAME:=VALUE')
         name, value = item.split(':=', 1)
-        params[name.strip()] = _parse_value(value.strip())
+        params[name.strip()] = parse_scalar(value.strip())
     return params
-
-
-def _parse_value(text):
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return {'true': True, 'false': False}.get(text.lower(), text)
 
 
 class _NodeProcess:

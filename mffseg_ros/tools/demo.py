@@ -3,8 +3,10 @@
 1. generate (or reuse) a synthetic stereo bag with exact ground truth (labels, 3-D tips);
 2. start the segment node with the default configuration (its own process, like `ros2 launch`);
 3. replay the bag through it over DDS;
-4. subscribe to its outputs like a downstream tool tracker, print each frame's tips (2-D and 3-D);
-5. summarise: frames, processed rate, latency, Dice against ground truth, 3-D tip error; write a
+4. subscribe to its outputs like a downstream tool tracker, print each frame's instruments (2-D and 3-D);
+5. summarise: frames, processed rate, latency, Dice against ground truth, and the instrument-level
+   scores (tip precision AND recall, instruments per frame, types, id switches, 2-D/3-D tip and axis
+   errors: evaluation/instrument_scores.py); write a
    contact sheet of overlays, an overlay video and summary.json into the results folder.
 """
 import json
@@ -19,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from mffseg_ros import topics
+from mffseg_ros.evaluation.instrument_scores import format_summary, match_radius
 from mffseg_ros.errors import MffsegError
-from mffseg_ros.model.classes import TASK_CLASSES
 from mffseg_ros.paths import share_file
 from mffseg_ros.sizes import parse_size
 
@@ -104,32 +106,25 @@ def dice(a, b):
     return 1.0 if total == 0 else float(2 * np.logical_and(a, b).sum() / total)
 
 
-def score_frame(labels, parts, tips, gt, match_px):
-    """Binary and parts Dice, and each ground-truth tip's nearest predicted tip of the same type."""
+def score_frame(labels, parts, gt):
+    """Binary and parts Dice of one frame against its ground truth (255 = not labelled)."""
     valid = gt['type'] != 255
     scores = {'dice_binary': dice((labels > 0) & valid, (gt['type'] > 0) & valid)}
     present = [c for c in (1, 2, 3) if (gt['parts'] == c).any()]
     if parts is not None and present:
         scores['dice_parts'] = float(np.mean([dice((parts == c) & valid, gt['parts'] == c) for c in present]))
-    errors = []
-    for true in gt['tips']:
-        if true['score'] < 1:  # not observable in both eyes
-            continue
-        same = [t for t in tips if t['type_id'] == true['type_id']]
-        if not same:
-            errors.append({'type_id': int(true['type_id']), 'found': False})
-            continue
-        best = min(same, key=lambda t: np.hypot(t['u'] - true['u'], t['v'] - true['v']))
-        px = float(np.hypot(best['u'] - true['u'], best['v'] - true['v']))
-        if px > match_px:
-            errors.append({'type_id': int(true['type_id']), 'found': False})
-            continue
-        xyz = np.array([best['x'], best['y'], best['z']], float)
-        true_xyz = np.array([true['x'], true['y'], true['z']], float)
-        mm = float(np.linalg.norm(xyz - true_xyz) * 1000) if np.isfinite(xyz).all() else None
-        errors.append({'type_id': int(true['type_id']), 'found': True, 'px': px, 'mm': mm})
-    scores['tips'] = errors
     return scores
+
+
+def pose_axes(pose_array):
+    """geometry_msgs/PoseArray from ~/tip_poses -> N x 3 shaft axes (the poses' x axes; NaN without 3-D)."""
+    from mffseg_ros.inference.tip_records import rotate_x_axis
+    axes = []
+    for pose in pose_array.poses:
+        q = pose.orientation
+        axis = rotate_x_axis((q.x, q.y, q.z, q.w))
+        axes.append(axis if np.isfinite(pose.position.z) else np.full(3, np.nan))
+    return np.array(axes).reshape(-1, 3)
 
 
 def percentile(values, q):
@@ -175,6 +170,7 @@ class Tracker:
 
     def __init__(self, node):
         from diagnostic_msgs.msg import DiagnosticArray
+        from geometry_msgs.msg import PoseArray
         from sensor_msgs.msg import Image, PointCloud2
 
         from mffseg_ros.ros.qos import qos_profile as qos
@@ -183,7 +179,8 @@ class Tracker:
         self.diagnostics = None
         self.lock = threading.Lock()
         reliable = qos('reliable', depth=20)
-        for name, msg_type in (('labels', Image), ('parts', Image), ('tips', PointCloud2), ('overlay', Image)):
+        for name, msg_type in (('labels', Image), ('parts', Image), ('tips', PointCloud2), ('overlay', Image),
+                               ('tip_poses', PoseArray)):
             node.create_subscription(msg_type, f'{NODE_TOPIC}/{name}',
                                      lambda msg, name=name: self._store(name, msg), reliable)
         node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, reliable)
@@ -193,7 +190,12 @@ class Tracker:
         from mffseg_ros.tools.bags import image_array
 
         now = time.monotonic()
-        value = cloud_to_tips(msg) if name == 'tips' else image_array(msg)
+        if name == 'tips':
+            value = cloud_to_tips(msg)
+        elif name == 'tip_poses':
+            value = pose_axes(msg)
+        else:
+            value = image_array(msg)
         with self.lock:
             entry = self.received.setdefault(stamp_ns(msg.header), {})
             entry[name] = value
@@ -224,6 +226,7 @@ def run_demo(out, *, frames=40, size=(512, 640), rate=2.5, seed=7, device='auto'
     from rclpy.executors import MultiThreadedExecutor
 
     from mffseg_ros.ros.play import play_bag
+    from mffseg_ros.ros.spin_thread import SpinThread
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -237,8 +240,7 @@ def run_demo(out, *, frames=40, size=(512, 640), rate=2.5, seed=7, device='auto'
     client = rclpy.create_node('mffseg_demo_tracker', context=context)
     executor.add_node(client)
     tracker = Tracker(client)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
+    spinner = SpinThread(executor, name='demo-executor').start()
     node_proc = in_node = None
     published = {}
     try:
@@ -281,42 +283,42 @@ def run_demo(out, *, frames=40, size=(512, 640), rate=2.5, seed=7, device='auto'
             in_node.destroy_node()
         if node_proc is not None:
             node_proc.stop()
-        executor.shutdown()
+        spinner.stop()
         client.destroy_node()
         rclpy.try_shutdown(context=context)
-        spinner.join(5)
     return summarise(out, tracker, published, gt, size, wall, verbose)
 
 
 def summarise(out, tracker, published, gt, size, wall, verbose):
-    from mffseg_ros.inference.instances import SOURCE_CODES
-    from mffseg_ros.visualize import contact_sheet, save_png
+    from mffseg_ros.evaluation.instrument_scores import InstrumentScorer
+    from mffseg_ros.inference.instruments import SOURCE_NAMES
+    from mffseg_ros.visualize import contact_sheet, save_png, type_name
 
-    type_names = TASK_CLASSES['type']
-    source_names = {code: name for name, code in SOURCE_CODES.items()}
-    match_px = 0.05 * max(size)
+    scorer = InstrumentScorer(match_px=match_radius(size))
     rows, overlays = [], []
     for stamp in sorted(tracker.received):
         entry = tracker.received[stamp]
         if 'labels' not in entry or stamp not in gt:
             continue
-        tips = entry.get('tips', [])
-        scores = score_frame(entry['labels'], entry.get('parts'), tips, gt[stamp], match_px)
+        tips = entry.get('tips', np.zeros(0))
+        scores = score_frame(entry['labels'], entry.get('parts'), gt[stamp])
+        axes = entry.get('tip_poses')
+        scorer.add(tips, gt[stamp]['tips'], axes if axes is not None and len(axes) == len(tips) else None)
         latency = (entry['t']['labels'] - published[stamp]) * 1000 if stamp in published else None
-        rows.append({'stamp_ns': stamp, 'latency_ms': latency, **scores})
+        rows.append({'stamp_ns': stamp, 'latency_ms': latency, 'instruments': len(tips),
+                     'visible': len(gt[stamp]['tips']), **scores})
         if 'overlay' in entry:
             overlays.append((stamp, entry['overlay'][..., ::-1]))  # bgr8 -> RGB
         if verbose:
             desc = '; '.join(
-                f"{type_names[t['type_id']]} {source_names.get(int(t['source']), '?')} uv=({t['u']:.0f},{t['v']:.0f})"
+                f"#{t['instance_id']} {type_name(int(t['type_id']))} ({t['type_score']:.2f}) "
+                f"{SOURCE_NAMES.get(int(t['source']), '?')} uv=({t['u']:.0f},{t['v']:.0f})"
                 + (f" xyz=({t['x'] * 1000:+.1f},{t['y'] * 1000:+.1f},{t['z'] * 1000:.1f}) mm"
                    if np.isfinite(t['z']) else ' xyz=n/a')
                 for t in tips) or 'no instruments'
-            print(f"[demo] t={stamp / 1e9:6.2f}s  dice={scores['dice_binary']:.3f}  {len(tips)} tip(s): {desc}")
+            print(f"[demo] t={stamp / 1e9:6.2f}s  dice={scores['dice_binary']:.3f}  "
+                  f"{len(tips)} instrument(s) for {len(gt[stamp]['tips'])} visible: {desc}")
 
-    tip_rows = [e for r in rows for e in r['tips']]
-    found = [e for e in tip_rows if e['found']]
-    mm = [e['mm'] for e in found if e['mm'] is not None]
     latencies = [r['latency_ms'] for r in rows if r['latency_ms'] is not None]
     summary = {
         'frames_published': len(published),
@@ -328,10 +330,7 @@ def summarise(out, tracker, published, gt, size, wall, verbose):
         'dice_binary_mean': float(np.mean([r['dice_binary'] for r in rows])) if rows else None,
         'dice_parts_mean': (float(np.mean([r['dice_parts'] for r in rows if 'dice_parts' in r]))
                             if any('dice_parts' in r for r in rows) else None),
-        'tips_ground_truth': len(tip_rows), 'tips_found': len(found),
-        'tip_error_2d_px_median': percentile([e['px'] for e in found], 50),
-        'tip_error_3d_mm_median': percentile(mm, 50), 'tip_error_3d_mm_p90': percentile(mm, 90),
-        'tips_triangulated': len(mm),
+        'instruments': scorer.summary(),
         'frames': rows,
     }
     (out / 'summary.json').write_text(json.dumps(summary, indent=1))
@@ -374,8 +373,6 @@ def print_summary(s, out):
         for k in keys:
             print(f'  node {k:<12} {diag[k]}')
     print(f"  Dice             binary {fmt(s['dice_binary_mean'], '', 3)}, parts {fmt(s['dice_parts_mean'], '', 3)}")
-    print(f"  tips             {s['tips_found']} of {s['tips_ground_truth']} visible ground-truth tips found, "
-          f"2-D error median {fmt(s['tip_error_2d_px_median'], ' px')}")
-    print(f"  3-D tip error    median {fmt(s['tip_error_3d_mm_median'], ' mm')}, p90 "
-          f"{fmt(s['tip_error_3d_mm_p90'], ' mm')} ({s['tips_triangulated']} triangulated)")
+    for line in format_summary(s['instruments']):
+        print(f'  {line}')
     print(f'  results          {out}/summary.json, contact_sheet.png, overlay.mp4')

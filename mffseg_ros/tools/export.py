@@ -2,6 +2,7 @@
 the model to ONNX (fixed shape), then check ONNX Runtime against torch.
 `mffseg export --fp16 [--weights W] [--metrics NAME=metrics.json ...] OUT.safetensors`: a half-size
 fp16 safetensors copy (how the shipped weights are made), optionally recording evaluation results."""
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -50,8 +51,8 @@ def load_model(weights):
 
 
 def default_size(metadata):
-    size = metadata.get('train_size')
-    if isinstance(size, (list, tuple)) and len(size) == 2 and all(int(s) % 32 == 0 for s in size):
+    size = metadata.preprocessing.train_size
+    if size and all(int(s) % 32 == 0 for s in size):
         return int(size[0]), int(size[1])
     return 512, 640
 
@@ -74,7 +75,7 @@ def export_fp16(args):
     if output.suffix != '.safetensors':
         raise MffsegError(f'{output}: output file name must end in .safetensors')
     model, metadata = load_model(args.weights)
-    metrics = dict(metadata.get('metrics') or {})
+    metrics = dict(metadata.metrics)
     for item in args.metrics:
         name, _, file = item.partition('=')
         if not name or not file:
@@ -83,7 +84,7 @@ def export_fp16(args):
             metrics[name] = json.loads(Path(file).read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise MffsegError(f'{file}: cannot read evaluation metrics ({e})') from None
-    save_weights(output, model, dict(metadata, metrics=metrics, stored_dtype='float16'), dtype=torch.float16)
+    save_weights(output, model, dataclasses.replace(metadata, metrics=metrics), dtype=torch.float16)
     print(f'wrote {output} ({output.stat().st_size / 1e6:.1f} MB, fp16)')
     return 0
 
@@ -101,7 +102,7 @@ def run(args):
     size = parse_size(args.size) if args.size else default_size(metadata)
     if args.batch < 1:
         raise MffsegError(f'--batch {args.batch}: must be at least 1')
-    export_onnx(model, output, size=size, batch=args.batch, branch=args.branch, metadata=metadata,
+    export_onnx(model, output, size=size, batch=args.batch, branch=args.branch, metadata=metadata.to_dict(),
                 opset=args.opset)
     print(f'wrote {output} ({output.stat().st_size / 1e6:.1f} MB, input {args.batch}x3x{size[0]}x{size[1]}, '
           f'branch {args.branch}, opset {args.opset})')

@@ -48,38 +48,36 @@ def generated_sample(seed=0, height=512, width=640):
     return next((s for s in scenes if (s['parts'] == 3).any()), scenes[0])
 
 
-def _tips(result, min_area):
-    if result.type is None or result.parts is None:
-        return []
-    from mffseg_ros.inference.instances import DEFAULT_MIN_AREA, find_tips
-    tips, _ = find_tips(result.type, result.parts, confidence=result.confidence,
-                        min_area=DEFAULT_MIN_AREA if min_area is None else min_area)
-    return tips
+def _instruments(result, min_area):
+    """One image's instruments (a fresh perception per image: separate images share no tracks)."""
+    from mffseg_ros.inference.instruments import DEFAULT_MIN_AREA
+    from mffseg_ros.inference.perception import InstrumentPerception, PerceptionConfig
+    config = PerceptionConfig(min_instance_area=DEFAULT_MIN_AREA if min_area is None else min_area)
+    return InstrumentPerception(config).process(result)
 
 
-def write_result(out_dir, stem, rgb, result, tips, ground_truth=None):
+def write_result(out_dir, stem, rgb, result, frame, ground_truth=None):
     """<stem>_overlay.png (prediction | ground truth when given), <stem>_parts.png, <stem>_type.png
-    (uint8 label images, ids as in model.classes). Returns the written paths."""
-    from mffseg_ros.visualize import contact_sheet, overlay, save_png
-    type_map = result.type if result.type is not None else np.asarray(result.binary, np.uint8) * 7
-    picture = overlay(rgb, type_map, result.parts, tips=tips)
+    (uint8 label images, ids as in model.classes), <stem>_instances.png (uint16 instrument ids).
+    Returns the written paths."""
+    from mffseg_ros.visualize import contact_sheet, instrument_overlay, overlay, save_png
+    picture = instrument_overlay(rgb, frame)
     if ground_truth is not None:
         gt_type = np.where(ground_truth['type'] == 255, 0, ground_truth['type']).astype(np.uint8)
         gt_parts = np.where(ground_truth['parts'] == 255, 0, ground_truth['parts']).astype(np.uint8)
         picture = contact_sheet([picture, overlay(rgb, gt_type, gt_parts)], cols=2,
                                 labels=['prediction', 'ground truth'])
     paths = [save_png(out_dir / f'{stem}_overlay.png', picture)]
-    for task in ('parts', 'type'):
-        labels = getattr(result, task)
-        if labels is not None:
-            paths.append(save_png(out_dir / f'{stem}_{task}.png', labels))
+    paths.append(save_png(out_dir / f'{stem}_parts.png', frame.parts_image()))
+    paths.append(save_png(out_dir / f'{stem}_type.png', frame.labels_image()))
+    paths.append(save_png(out_dir / f'{stem}_instances.png', frame.instance_ids_image()))
     return paths
 
 
-def _describe_tips(tips):
-    from mffseg_ros.model.classes import TASK_CLASSES
-    return ', '.join(f'#{t.instance_id} {TASK_CLASSES["type"][t.type_id]} at ({t.u:.0f}, {t.v:.0f})'
-                     for t in tips) or 'no instrument found'
+def _describe(frame):
+    from mffseg_ros.visualize import type_name
+    return ', '.join(f'#{i.track_id} {type_name(i.type_id)} ({i.type_score:.2f}) tip at ({i.tip[0]:.0f}, '
+                     f'{i.tip[1]:.0f})' for i in frame.instruments) or 'no instrument found'
 
 
 def run(args):
@@ -96,18 +94,18 @@ def run(args):
     if not files:
         sample = generated_sample(args.seed)
         result = segmenter.segment(sample['image'])
-        tips = _tips(result, args.min_area)
-        paths = write_result(args.out, sample['name'], sample['image'], result, tips, ground_truth=sample)
-        print(f'generated frame {sample["image"].shape[1]}x{sample["image"].shape[0]}: {_describe_tips(tips)}')
+        frame = _instruments(result, args.min_area)
+        paths = write_result(args.out, sample['name'], sample['image'], result, frame, ground_truth=sample)
+        print(f'generated frame {sample["image"].shape[1]}x{sample["image"].shape[0]}: {_describe(frame)}')
         print('wrote ' + ', '.join(map(str, paths)))
         return 0
     stems = {}
     for path in tqdm(files, desc='segment', unit='image', disable=len(files) < 2):
         rgb = load_rgb(path)
         result = segmenter.segment(rgb)
-        tips = _tips(result, args.min_area)
+        frame = _instruments(result, args.min_area)
         stem = path.stem if path.stem not in stems else f'{path.parent.name}_{path.stem}'
         stems[stem] = path
-        paths = write_result(args.out, stem, rgb, result, tips)
-        tqdm.write(f'{path}: {_describe_tips(tips)} -> {paths[0]}')
+        paths = write_result(args.out, stem, rgb, result, frame)
+        tqdm.write(f'{path}: {_describe(frame)} -> {paths[0]}')
     return 0

@@ -5,21 +5,16 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from mffseg_ros.errors import MffsegError
+from mffseg_ros.model.weights import upgrade_state_dict, write_safetensors
 
 STATE_FILE = 'state.json'
 
 
 class CheckpointError(MffsegError):
     """A checkpoint folder is missing, incomplete or does not match the run's model."""
-
-
-def _save(tensors, path):
-    tmp = path.with_name(path.name + '.tmp')
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
-    tmp.replace(path)
 
 
 def _load(path):
@@ -58,17 +53,17 @@ def save_checkpoint(folder, *, model, discriminator, optimizer, disc_optimizer, 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / STATE_FILE).unlink(missing_ok=True)  # incomplete until state.json is back
-    _save(model.state_dict(), folder / 'model.safetensors')
-    _save(discriminator.state_dict(), folder / 'discriminator.safetensors')
+    write_safetensors(model.state_dict(), folder / 'model.safetensors')
+    write_safetensors(discriminator.state_dict(), folder / 'discriminator.safetensors')
     opt_tensors, opt_info = optimizer_to_tensors(optimizer)
-    _save(opt_tensors or {'_empty': torch.zeros(0)}, folder / 'optimizer.safetensors')
+    write_safetensors(opt_tensors or {'_empty': torch.zeros(0)}, folder / 'optimizer.safetensors')
     dopt_tensors, dopt_info = optimizer_to_tensors(disc_optimizer)
-    _save(dopt_tensors or {'_empty': torch.zeros(0)}, folder / 'disc_optimizer.safetensors')
+    write_safetensors(dopt_tensors or {'_empty': torch.zeros(0)}, folder / 'disc_optimizer.safetensors')
     rng = {'torch_cpu': torch.get_rng_state()}
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             rng[f'torch_cuda{i}'] = s
-    _save(rng, folder / 'rng.safetensors')
+    write_safetensors(rng, folder / 'rng.safetensors')
     state = {'counters': counters, 'optimizer': opt_info, 'disc_optimizer': dopt_info,
              'scalers': {k: s.state_dict() for k, s in (scalers or {}).items()}}
     tmp = folder / (STATE_FILE + '.tmp')
@@ -87,8 +82,11 @@ def load_checkpoint(folder, *, model, discriminator, optimizer, disc_optimizer, 
     except (OSError, ValueError) as e:
         raise CheckpointError(f'{state_path}: unreadable ({e})') from None
     for module, name in ((model, 'model'), (discriminator, 'discriminator')):
+        tensors = _load(folder / f'{name}.safetensors')
+        if module is model:  # checkpoints of the first model layout resume too
+            tensors = upgrade_state_dict(tensors)
         try:
-            module.load_state_dict(_load(folder / f'{name}.safetensors'))
+            module.load_state_dict(tensors)
         except RuntimeError as e:
             raise CheckpointError(f'{folder / name}.safetensors: does not match the configured model '
                                   f'({str(e).splitlines()[0]})') from None

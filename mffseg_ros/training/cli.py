@@ -21,6 +21,9 @@ def add_arguments(parser):
     parser.add_argument('--seed', type=int, help='override seed')
     parser.add_argument('--no-aux', action='store_true', help='drop the auxiliary loss (Table I ablation)')
     parser.add_argument('--no-adversarial', action='store_true', help='drop the adversarial loss')
+    parser.add_argument('--encoder-weights', metavar='PATH',
+                        help='start the encoder from ImageNet ResNet-18 weights: torchvision or timm, '
+                             '.safetensors or a torchvision .pth (read weights-only, never unpickled)')
     parser.add_argument('--device', default='auto', help='auto, cpu, cuda or cuda:N (torchrun sets the rank)')
     parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
                         help='override any config key, e.g. --set augment.skew=0.1')
@@ -44,6 +47,8 @@ def build_config(args):
                        (args.workers, 'workers'), (args.seed, 'seed'), (args.data_root, 'data.root')):
         if value is not None:
             overrides.append(f'{key}={value}')
+    if args.encoder_weights:
+        cfg['encoder_weights'] = str(Path(args.encoder_weights).expanduser().resolve())
     if args.train_size:
         overrides.append(f'train_size=[{args.train_size[0]}, {args.train_size[1]}]')
     if args.no_aux:

@@ -20,6 +20,7 @@ DEFAULTS = {
     'train_size': [256, 320],   # (H, W), multiples of 32
     'input_scale': 0.25,        # frame scale the inference applies before the network (metadata)
     'normalization': DEFAULT_NORMALIZATION,
+    'encoder_weights': None,    # ImageNet ResNet-18 weights (torchvision/timm) to start the encoder from
     'augment': {'hflip': True, 'vflip': True, 'blur': 0.0, 'brightness': 0.0, 'skew': 0.0, 'scale': [1.0, 1.0]},
     'recipe': {
         'iters': 1000, 'batch_size': 8,
@@ -122,6 +123,8 @@ def _validate(cfg, where):
     bad = [t for t, c in cfg['tasks'].items() if NUM_CLASSES.get(t) != int(c)]
     if bad:
         raise ConfigError(f'{where}: tasks {bad}: known tasks and class counts are {NUM_CLASSES}')
+    if cfg.get('encoder_weights') is not None and not isinstance(cfg['encoder_weights'], str):
+        raise ConfigError(f'{where}: encoder_weights must be a file path or null')
     if not cfg['data']['train']:
         raise ConfigError(f'{where}: data.train is empty (give a data spec, e.g. --data synth:?frames=64)')
 

@@ -3,7 +3,8 @@ so a run is reproducible whatever the number of loader workers, and a resumed ru
 import numpy as np
 import torch
 
-from mffseg_ros.data.datasets import ConcatSamples, build_dataset
+from mffseg_ros.data.datasets import build_dataset
+from mffseg_ros.data.samples import ConcatSamples
 from mffseg_ros.data.transforms import Augment, normalize_image, prepare_sample
 
 TARGET_KEYS = ('parts', 'type', 'binary')

@@ -14,8 +14,8 @@ from tqdm import tqdm
 
 from mffseg_ros.errors import MffsegError
 from mffseg_ros.model import Discriminator, MFFNet
-from mffseg_ros.model.classes import TASK_CLASSES
-from mffseg_ros.model.weights import save_weights
+from mffseg_ros.model.pretrained import load_encoder_weights
+from mffseg_ros.model.weights import Preprocessing, Provenance, WeightsMeta, save_weights
 from mffseg_ros.training import losses
 from mffseg_ros.training.checkpoint import load_checkpoint, save_checkpoint
 from mffseg_ros.training.config import resolve_specs
@@ -92,7 +92,10 @@ class Trainer:
         self.dist = Distributed()
         self.device = self.dist.device(device)
         seed_everything(int(cfg['seed']))
-        self.model = MFFNet(tasks=cfg['tasks']).to(self.device)
+        self.model = MFFNet(tasks=cfg['tasks'])
+        if cfg.get('encoder_weights') and not resume:  # a resumed run gets its weights from the checkpoint
+            load_encoder_weights(self.model, cfg['encoder_weights'])
+        self.model.to(self.device)
         self.disc = Discriminator(self.model.num_outputs).to(self.device)
         r = self.recipe
         self.opt = torch.optim.Adam(self.model.parameters(), lr=r['lr'], weight_decay=r['weight_decay'])
@@ -110,10 +113,13 @@ class Trainer:
         else:
             self.disc_net = self.disc
         self.iteration = 0
+        self.hours_before = 0.0  # training hours of the earlier parts of a resumed run
         if resume:
             counters = load_checkpoint(self.out / 'checkpoint', model=self.model, discriminator=self.disc,
                                        optimizer=self.opt, disc_optimizer=self.disc_opt, scalers=self.scalers)
             self.iteration = int(counters['iteration'])
+            self.hours_before = float(counters.get('hours', 0.0))
+        self._started = time.perf_counter()
         self.metrics = {}
 
     # -- one step ---------------------------------------------------------------------------------
@@ -165,6 +171,7 @@ class Trainer:
         adversarial = self.recipe['adversarial']
         self.disc.requires_grad_(False)  # the segmenter's step must not move the discriminator
         total, terms, main, targets = self.seg_losses(batch)
+        self._check_finite(total)  # before any step: the weights stay as they were
         self.opt.zero_grad(set_to_none=True)
         self.scalers['seg'].scale(total).backward()
         self.scalers['seg'].step(self.opt)
@@ -174,16 +181,20 @@ class Trainer:
         row.update({k: float(v.detach()) for k, v in terms.items()})
         if adversarial:
             d_loss = self.disc_loss({k: v.detach() for k, v in main.items()}, targets)
+            self._check_finite(d_loss, 'discriminator loss')
             self.disc_opt.zero_grad(set_to_none=True)
             self.scalers['disc'].scale(d_loss).backward()
             self.scalers['disc'].step(self.disc_opt)
             self.scalers['disc'].update()
             row['disc'] = float(d_loss.detach())
-        if not np.isfinite(row['loss']):
-            raise MffsegError(f'{self.out}: loss became {row["loss"]} at iteration {self.iteration} '
-                              f'(lower recipe.lr, or check the data)')
         self.iteration += 1
         return row
+
+    def _check_finite(self, loss, what='loss'):
+        value = float(loss.detach())
+        if not np.isfinite(value):
+            raise MffsegError(f'{self.out}: {what} became {value} at iteration {self.iteration} '
+                              f'(lower recipe.lr, or check the data)')
 
     # -- the run ----------------------------------------------------------------------------------
     def _loader(self, samples, epoch, skip_batches):
@@ -206,7 +217,14 @@ class Trainer:
 
     def run(self, until=None):
         """Trains to recipe.iters and writes the weights; with `until`, stops at that iteration with a
-        checkpoint only (a time-sliced run; continue it with resume=True). Returns the weights path."""
+        checkpoint only (a time-sliced run; continue it with resume=True). Returns the weights path, or
+        None after a stop at `until`. The process group (torchrun) is closed however the run ends."""
+        try:
+            return self._run(until)
+        finally:
+            self.dist.close()
+
+    def _run(self, until):
         cfg, r = self.cfg, self.recipe
         data_root = cfg['data']['root']
         train_specs = resolve_specs(cfg['data']['train'], data_root)
@@ -254,21 +272,19 @@ class Trainer:
         if val_specs:
             self.validate(val_specs)
         self.metrics['final_loss'] = last.get('loss')
-        self.metrics['iterations'] = self.iteration
         self.checkpoint()
         path = self.out / WEIGHTS_FILE
         if self.dist.main:
             self._write_weights(path, train_specs, val_specs)  # curves were plotted by checkpoint()
             log.info('wrote %s (%d iterations)', path, self.iteration)
-        self.dist.close()
         return path
 
     def checkpoint(self):
         if not self.dist.main:
             return
         save_checkpoint(self.out / 'checkpoint', model=self.model, discriminator=self.disc, optimizer=self.opt,
-                        disc_optimizer=self.disc_opt, counters={'iteration': self.iteration},
-                        scalers=self.scalers)
+                        disc_optimizer=self.disc_opt, scalers=self.scalers,
+                        counters={'iteration': self.iteration, 'hours': self.hours()})
         if (self.out / 'train_log.csv').is_file():
             plot_curves(self.out / 'train_log.csv', self.out / 'train_curves.png', title=self.cfg['name'])
 
@@ -296,15 +312,19 @@ class Trainer:
 
     def _write_weights(self, path, train_specs, val_specs):
         cfg = self.cfg
-        recipe = dict(cfg['recipe'], seed=cfg['seed'], augment=cfg['augment'], train_data=train_specs,
-                      val_data=val_specs, world_size=self.dist.world, config_name=cfg['name'])
-        meta = {
-            'class_names': {t: list(TASK_CLASSES[t]) for t in self.model.tasks if t in TASK_CLASSES},
-            'normalization': cfg['normalization'],
-            'input_scale': float(cfg['input_scale']),
-            'train_size': [int(v) for v in cfg['train_size']],
-            'recipe': recipe,
-            'metrics': self.metrics,
-            'git_revision': git_revision(),
-        }
+        recipe = dict(cfg['recipe'], seed=cfg['seed'], augment=cfg['augment'], world_size=self.dist.world,
+                      config_name=cfg['name'])
+        norm = cfg['normalization']
+        preprocessing = Preprocessing(mean=norm['mean'], std=norm['std'], train_size=cfg['train_size'],
+                                      input_scale=cfg['input_scale'])
+        encoder = cfg.get('encoder_weights')
+        provenance = Provenance(git_revision=git_revision(), iterations=self.iteration,
+                                hours=round(self.hours(), 4), train_data=train_specs, val_data=val_specs,
+                                encoder_init=Path(encoder).name if encoder else 'random')
+        meta = WeightsMeta.for_model(self.model, preprocessing=preprocessing, recipe=recipe, metrics=self.metrics,
+                                     provenance=provenance)
         save_weights(path, self.model, meta)
+
+    def hours(self):
+        """Training hours so far, over all the sessions of a resumed run."""
+        return self.hours_before + (time.perf_counter() - self._started) / 3600

@@ -15,7 +15,7 @@ from mffseg_ros.data.synth.render import render_instruments
 from mffseg_ros.data.synth.rig import StereoRig
 from mffseg_ros.data.synth.texture import DEPTH_DOWNSAMPLE, bake_tissue, smoke_field
 from mffseg_ros.errors import DataError
-from mffseg_ros.model.classes import PART_CLASPERS, TASK_CLASSES
+from mffseg_ros.model.classes import PART_CLASPERS, PART_SHAFT, TASK_CLASSES
 
 NUM_TYPES = len(TASK_CLASSES['type']) - 1
 # EndoVis-like draw: "other" is rarer than the named da Vinci tools.
@@ -213,7 +213,7 @@ class SceneGenerator:
         """The stereo frame number i (>= 0)."""
         ep, t, posed = self._pose(i)
         eyes = {side: self._render_eye(i, side, ep, t, posed) for side in ('left', 'right')}
-        tips = [self._tip(inst, tip, eyes) for inst, _, tip in posed]
+        tips = [self._tip(inst, tip, eyes, caps) for inst, caps, tip in posed]
         return StereoFrame(index=int(i), rig=self.rig, left=eyes['left'][0], right=eyes['right'][0],
                            labels_left=eyes['left'][1], labels_right=eyes['right'][1], tips=tips,
                            depth_left=eyes['left'][2], depth_right=eyes['right'][2])
@@ -261,8 +261,11 @@ class SceneGenerator:
                                                          borderMode=cv2.BORDER_REFLECT)
         return colour, np.ascontiguousarray(depth), density
 
-    def _tip(self, inst, xyz, eyes):
+    def _tip(self, inst, xyz, eyes, capsules):
         out = dict(instance_id=inst.instance_id, type_id=inst.type_id, xyz=tuple(float(v) for v in xyz))
+        shaft = next(c for c in capsules if c.part == PART_SHAFT)  # its axis: trocar -> wrist
+        axis = np.asarray(shaft.b, np.float64) - np.asarray(shaft.a, np.float64)
+        out['axis'] = tuple(float(v) for v in axis / np.linalg.norm(axis))
         visible = {}
         for side in ('left', 'right'):
             u, v = self.rig.project(xyz, side)

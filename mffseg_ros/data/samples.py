@@ -1,0 +1,37 @@
+"""Combinators of sample sources (anything with len and getitem -> sample dict)."""
+import bisect
+
+
+class ConcatSamples:
+    """Several sample sources read as one (index ranges in order)."""
+
+    def __init__(self, parts):
+        self.parts = [p for p in parts if len(p)]
+        self.offsets = [0]
+        for p in self.parts:
+            self.offsets.append(self.offsets[-1] + len(p))
+
+    def __len__(self):
+        return self.offsets[-1]
+
+    def __getitem__(self, index):
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        k = bisect.bisect_right(self.offsets, index) - 1
+        return self.parts[k][index - self.offsets[k]]
+
+
+class Subsampled:
+    """Every `stride`-th sample, at most `limit` of them."""
+
+    def __init__(self, base, stride=1, limit=None):
+        self.base = base
+        self.indices = list(range(0, len(base), max(1, int(stride))))
+        if limit is not None:
+            self.indices = self.indices[:int(limit)]
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, index):
+        return self.base[self.indices[index]]

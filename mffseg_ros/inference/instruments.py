@@ -1,0 +1,379 @@
+"""Instruments in one image: instances of the instrument mask, voted types, tips and shaft axes.
+
+An instance is one instrument: a connected region of the instrument (binary) mask, so per-pixel type
+noise cannot shatter it. Instruments that touch or cross form one region; it is split when its parts
+show more than one instrument (more wrist/clasper "heads" or more separate shafts than one):
+each instrument is modelled as a line (its shaft axis, ending at its distal end) and every pixel of the
+region goes to the line it lies closest to, a pixel beyond a line's distal end paying that distance.
+The lines come from the separate shafts when there are two or more (large, reliably segmented),
+else from the heads and the shaft pixels next to each.
+Shafts are straight, so crossing shafts stay with their own axis, and jaws that touch stay with their
+own shaft.
+
+The tip (`instrument_tip`, also used to make the synthetic ground truth, so both mean the same point):
+the centroid of the instrument's clasper pixels (their largest connected piece); without claspers, of
+its wrist pixels; without either,
+the distal end of its shaft (the end away from where the shaft enters the view). A centroid that falls
+outside the part (open jaws) moves to the nearest pixel of the part, so a tip is always on its
+instrument. Coordinates: u = column, v = row, pixel centres at integers.
+"""
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from mffseg_ros.inference.results import to_input_coords
+from mffseg_ros.model.classes import PART_CLASPERS, PART_SHAFT, PART_WRIST
+
+UNKNOWN_TYPE = 255  # type id of an instrument whose type vote is below the confidence threshold
+DEFAULT_MIN_AREA = 100  # input px; below this a region is segmentation noise at endoscope resolutions
+DEFAULT_MIN_PART_AREA = 10  # input px of claspers/wrist needed before they define the tip
+# Tip source -> code published in the tips cloud: the part that gave the tip (0: the whole instance).
+SOURCE_CODES = {'claspers': PART_CLASPERS, 'wrist': PART_WRIST, 'shaft_end': PART_SHAFT, 'instance_end': 0}
+SOURCE_NAMES = {code: name for name, code in SOURCE_CODES.items()}
+_MIN_AXIS_PIXELS = 6
+# Gaps of up to 4 network pixels inside one instrument (jaws cut off from the wrist by a thin
+# misclassified band, a shaft broken by a highlight) are bridged before regions are formed.
+_BRIDGE = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
+
+
+@dataclass
+class Instrument:
+    """One instrument in one image. Positions are input-image pixels."""
+    index: int  # its value in the frame's network-resolution instance map
+    area_px: float  # input pixels
+    score: float  # mean P(instrument) over its pixels
+    type_votes: np.ndarray | None  # mean P(type | instrument) over its pixels, types 1..T (None: no type head)
+    tip: tuple  # (u, v)
+    source: str  # 'claspers' | 'wrist' | 'shaft_end' | 'instance_end'
+    axis_point: tuple  # (u, v): a point on the shaft axis (the centroid of the shaft pixels)
+    axis_dir: tuple  # (du, dv): unit direction of the shaft axis, pointing towards the tip
+
+
+def _components(mask, min_area):
+    """[(area, pixel mask)] of 8-connected components of `mask` with at least `min_area` pixels."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=8)
+    return [(int(stats[k, cv2.CC_STAT_AREA]), labels == k) for k in range(1, count)
+            if stats[k, cv2.CC_STAT_AREA] >= min_area]
+
+
+def _principal_axis(pts):
+    """(centre, unit major axis) of Nx2 points."""
+    centre = pts.mean(axis=0)
+    if len(pts) < 2:
+        return centre, np.array([1.0, 0.0])
+    d = pts - centre
+    sxx, syy, sxy = float(d[:, 0] @ d[:, 0]), float(d[:, 1] @ d[:, 1]), float(d[:, 0] @ d[:, 1])
+    angle = 0.5 * math.atan2(2.0 * sxy, sxx - syy)  # the major axis of the 2x2 scatter matrix
+    return centre, np.array([math.cos(angle), math.sin(angle)])
+
+
+def _entry_point(pts, shape, origin):
+    """Where the instrument enters the view: the mean of its pixels on the image border, or None."""
+    height, width = shape
+    x = pts[:, 0] + origin[0]
+    y = pts[:, 1] + origin[1]
+    on_border = (x <= 0.5) | (y <= 0.5) | (x >= width - 1.5) | (y >= height - 1.5)
+    return pts[on_border].mean(axis=0) if on_border.any() else None
+
+
+def distal_end(pts, shape, origin=(0, 0)):
+    """The distal end of an elongated blob (Nx2 x, y in a crop at `origin` of an image of `shape`):
+    the mean of its last slab along the principal axis, at the end away from where it enters the view
+    (its border pixels; without any, the end farther from the image border)."""
+    centre, axis = _principal_axis(pts)
+    if len(pts) < 2:
+        return centre
+    proj = (pts - centre) @ axis
+    lo, hi = proj.min(), proj.max()
+    band = max(1.5, 0.05 * (hi - lo))
+    ends = [pts[proj <= lo + band].mean(axis=0), pts[proj >= hi - band].mean(axis=0)]
+    entry = _entry_point(pts, shape, origin)
+    if entry is not None:
+        return ends[int(np.argmax([np.hypot(*(e - entry)) for e in ends]))]
+    height, width = shape
+    border = [min(x + origin[0], y + origin[1], width - 1 - x - origin[0], height - 1 - y - origin[1])
+              for x, y in ends]
+    return ends[int(np.argmax(border))]  # tie -> the first end, deterministic
+
+
+def _snap(point, pts):
+    """`point` if it lies on one of the pixels `pts` (Nx2), else the nearest of them."""
+    d2 = ((pts - point) ** 2).sum(axis=1)
+    k = int(np.argmin(d2))
+    return point if d2[k] <= 0.5 else pts[k]
+
+
+def _main_part(mask):
+    """Pixels (Nx2 x, y) of the largest connected piece of a part mask, small gaps bridged (two open jaws
+    are one piece): a stray pixel of the part elsewhere on the instrument must not pull the tip."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(
+        cv2.morphologyEx(mask.view(np.uint8), cv2.MORPH_CLOSE, _BRIDGE), connectivity=8)
+    if count <= 1:
+        return np.zeros((0, 2))
+    k = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    ys, xs = np.nonzero((labels == k) & mask)
+    return np.column_stack([xs, ys]).astype(np.float64)
+
+
+def instrument_tip(mask, parts, *, shape=None, origin=(0, 0), min_part_area=DEFAULT_MIN_PART_AREA):
+    """(u, v, source) of one instrument: `mask` its pixels, `parts` the part labels (same crop, or None),
+    `origin` the crop's top-left corner in an image of `shape` (default: the crop is the image).
+    u, v are in the crop's coordinates plus `origin`."""
+    shape = mask.shape if shape is None else shape
+    if parts is not None:
+        for part, source in ((PART_CLASPERS, 'claspers'), (PART_WRIST, 'wrist')):
+            pts = _main_part(mask & (parts == part))
+            if len(pts) >= min_part_area:
+                u, v = _snap(pts.mean(axis=0), pts)
+                return u + origin[0], v + origin[1], source
+        ys, xs = np.nonzero(mask & (parts == PART_SHAFT))
+    else:
+        xs = ()
+    source = 'shaft_end'
+    if len(xs) == 0:  # no part labels here: the whole instance's shape
+        ys, xs = np.nonzero(mask)
+        source = 'instance_end'
+    pts = np.column_stack([xs, ys]).astype(np.float64)
+    end = distal_end(pts, shape, origin)
+    ys_all, xs_all = np.nonzero(mask)
+    u, v = _snap(end, np.column_stack([xs_all, ys_all]).astype(np.float64))
+    return u + origin[0], v + origin[1], source
+
+
+def shaft_axis(mask, parts, tip):
+    """(point, unit direction towards `tip`) of the instrument's shaft axis (crop coordinates): the
+    principal axis of its shaft pixels (of all its pixels when the shaft is too small)."""
+    ys, xs = np.nonzero(mask & (parts == PART_SHAFT)) if parts is not None else ((), ())
+    if len(xs) < _MIN_AXIS_PIXELS:
+        ys, xs = np.nonzero(mask)
+    centre, axis = _principal_axis(np.column_stack([xs, ys]).astype(np.float64))
+    if (np.asarray(tip) - centre) @ axis < 0:
+        axis = -axis
+    return centre, axis
+
+
+# --- splitting touching and crossing instruments ------------------------------------------------
+def _head_line(head, shaft_pts, blob_centre):
+    """(point, direction to the tip, extent beyond the point) of an instrument seen by its head
+    (wrist + claspers pixels, Nx2): its axis from the head and the shaft pixels nearest to it (as many
+    as the head has: its own shaft, not a neighbour's further away)."""
+    centre = head.mean(axis=0)
+    near = shaft_pts
+    if len(shaft_pts) > 2 * len(head):
+        d2 = ((shaft_pts - centre) ** 2).sum(axis=1)
+        near = shaft_pts[np.argpartition(d2, 2 * len(head))[:2 * len(head)]]
+    if len(near) >= _MIN_AXIS_PIXELS:
+        _, axis = _principal_axis(np.vstack([near, head]))
+        if (centre - near.mean(axis=0)) @ axis < 0:
+            axis = -axis
+    else:
+        _, axis = _principal_axis(head)
+        if (centre - blob_centre) @ axis < 0:
+            axis = -axis
+    extent = float(((head - centre) @ axis).max())
+    return centre, axis, extent
+
+
+def _shaft_line(shaft, shape, origin):
+    """(distal end, direction to it, 0) of an instrument seen by its shaft pixels (Nx2)."""
+    end = distal_end(shaft, shape, origin)
+    centre, axis = _principal_axis(shaft)
+    if (end - centre) @ axis < 0:
+        axis = -axis
+    return end, axis, 0.0
+
+
+def _gap_has_head(a, b, axis, parts):
+    """Whether wrist or clasper pixels lie between the facing ends of two shaft pieces (Nx2 each) on one
+    line: then they are two instruments meeting head on, not one shaft hidden behind another tool."""
+    pa, pb = a @ axis, b @ axis
+    if pa.mean() > pb.mean():
+        a, b, pa, pb = b, a, pb, pa
+    start, end = a[np.argmax(pa)], b[np.argmin(pb)]
+    steps = int(np.ceil(np.linalg.norm(end - start))) + 1
+    samples = np.round(start + np.linspace(0, 1, steps)[:, None] * (end - start)).astype(int)
+    return bool((parts[samples[:, 1], samples[:, 0]] >= PART_WRIST).any())
+
+
+def _merge_collinear(shafts, parts, max_angle_deg=12.0):
+    """Shaft pieces that lie on one line (a shaft cut in two by another tool crossing in front of it)
+    are one shaft."""
+    pieces = [np.column_stack(np.nonzero(m)[::-1]).astype(np.float64) for m in shafts]
+    masks = list(shafts)
+    merged = True
+    while merged and len(masks) > 1:
+        merged = False
+        lines = [_principal_axis(p) for p in pieces]
+        for i in range(len(masks)):
+            for j in range(i + 1, len(masks)):
+                (ci, ai), (cj, aj) = lines[i], lines[j]
+                if abs(ai @ aj) < math.cos(math.radians(max_angle_deg)):
+                    continue
+                big, small = (i, j) if len(pieces[i]) >= len(pieces[j]) else (j, i)
+                c_big, a_big = lines[big]
+                extent = np.ptp(pieces[big] @ a_big) + 1.0
+                half_width = 0.5 * len(pieces[big]) / extent  # area / length of a straight band
+                rel = lines[small][0] - c_big
+                if (abs(rel[0] * a_big[1] - rel[1] * a_big[0]) <= max(half_width, 2.0)
+                        and not _gap_has_head(pieces[i], pieces[j], a_big, parts)):
+                    masks[i] = masks[i] | masks[j]
+                    pieces[i] = np.vstack([pieces[i], pieces[j]])
+                    del masks[j], pieces[j]
+                    merged = True
+                    break
+            if merged:
+                break
+    return masks
+
+
+def split_region(mask, parts, *, shape, origin, min_part_area, min_area):
+    """Pixel masks (crop-sized) of the instruments in one connected instrument region."""
+    if parts is None:
+        return [mask]
+    # A head or shaft that can separate instruments is a real piece (a quarter of the smallest
+    # instrument), not a few stray pixels of a noisy parts map.
+    min_piece = max(min_part_area, min_area / 4)
+    bridged_heads = cv2.morphologyEx((mask & (parts >= PART_WRIST)).view(np.uint8), cv2.MORPH_CLOSE, _BRIDGE)
+    heads = [m & mask for _, m in _components(bridged_heads.view(bool), min_piece)]
+    bridged_shafts = cv2.morphologyEx((mask & (parts == PART_SHAFT)).view(np.uint8), cv2.MORPH_CLOSE, _BRIDGE)
+    shafts = [(area, m & mask) for area, m in _components(bridged_shafts.view(bool), min_piece)]
+    if shafts:  # a shaft fragment a tenth the size of the main one is a segmentation hole, not a tool
+        largest = max(area for area, _ in shafts)
+        shafts = _merge_collinear([m for area, m in shafts if area >= 0.1 * largest], parts)
+    if max(len(heads), len(shafts)) < 2:
+        return [mask]
+    ys, xs = np.nonzero(mask)
+    pts = np.column_stack([xs, ys]).astype(np.float64)
+    if len(shafts) >= 2:
+        lines = [_shaft_line(np.column_stack(np.nonzero(m)[::-1]).astype(np.float64), shape, origin) for m in shafts]
+    else:
+        sy, sx = np.nonzero(mask & (parts == PART_SHAFT))
+        shaft_pts = np.column_stack([sx, sy]).astype(np.float64)
+        centre = pts.mean(axis=0)
+        lines = [_head_line(np.column_stack(np.nonzero(h)[::-1]).astype(np.float64), shaft_pts, centre)
+                 for h in heads]
+    costs = []
+    for point, axis, extent in lines:
+        rel = pts - point
+        along = rel @ axis
+        across = np.abs(rel[:, 0] * axis[1] - rel[:, 1] * axis[0])
+        costs.append(across + np.maximum(0.0, along - extent))
+    owner = np.argmin(np.stack(costs, axis=1), axis=1)
+    if len(shafts) >= 2:
+        # Wrist and jaws sit beyond their own shaft's distal end: each goes to the nearest shaft end
+        # (a thick neighbouring shaft may pass closer to them than their own thin axis does).
+        head = parts[ys, xs] >= PART_WRIST
+        ends = np.array([point for point, _, _ in lines])
+        owner[head] = np.argmin(((pts[head, None, :] - ends[None]) ** 2).sum(axis=2), axis=1)
+    regions = []
+    for k in range(len(lines)):
+        region = np.zeros_like(mask)
+        region[ys[owner == k], xs[owner == k]] = True
+        if region.sum() >= min_area:
+            regions.append(region)
+    return regions or [mask]
+
+
+def _attach_orphans(found, parts, shape, min_part_area, reach=0.08):
+    """Regions without a shaft that do not reach the image border cannot be whole instruments (shafts
+    come in from outside the view): jaws cut off from their wrist by a segmentation gap join the
+    instrument nearest to them (within `reach` of the image diagonal), anything farther is dropped
+    (dark tissue, a vessel or a highlight taken for metal)."""
+    height, width = shape
+    cache = {}
+
+    def pixels(f):
+        if id(f) not in cache:
+            _, _, region, x0, y0 = f
+            ys, xs = np.nonzero(region)
+            cache[id(f)] = np.column_stack([xs + x0, ys + y0])
+        return cache[id(f)]
+
+    def anchored(f):
+        _, _, region, x0, y0 = f
+        h, w = region.shape
+        if x0 == 0 or y0 == 0 or x0 + w == width or y0 + h == height:  # its box touches the border
+            pts = pixels(f)
+            if ((pts[:, 0] == 0) | (pts[:, 1] == 0) | (pts[:, 0] == width - 1) | (pts[:, 1] == height - 1)).any():
+                return True
+        return np.count_nonzero(parts[y0:y0 + h, x0:x0 + w][region] == PART_SHAFT) >= min_part_area
+
+    keep = [f for f in found if anchored(f)]
+    orphans = [f for f in found if not anchored(f)]
+    if not orphans or not keep:
+        return keep
+    limit = reach * math.hypot(height, width)
+    merged = {id(f): [f] for f in keep}
+    for orphan in orphans:
+        centre = pixels(orphan).mean(axis=0)
+        gaps = [np.sqrt(((pixels(f) - centre) ** 2).sum(axis=1).min()) for f in keep]
+        best = int(np.argmin(gaps))
+        if gaps[best] <= limit:
+            merged[id(keep[best])].append(orphan)
+    out = []
+    for f in keep:
+        group = merged[id(f)]
+        if len(group) == 1:
+            out.append(f)
+            continue
+        x0 = min(g[3] for g in group)
+        y0 = min(g[4] for g in group)
+        x1 = max(g[3] + g[2].shape[1] for g in group)
+        y1 = max(g[4] + g[2].shape[0] for g in group)
+        region = np.zeros((y1 - y0, x1 - x0), bool)
+        for _, _, r, gx, gy in group:
+            region[gy - y0:gy - y0 + r.shape[0], gx - x0:gx - x0 + r.shape[1]] |= r
+        row, col = divmod(int(region.argmax()), region.shape[1])
+        out.append((int(region.sum()), (y0 + row, x0 + col), region, x0, y0))
+    return out
+
+
+def find_instruments(result, *, min_area=DEFAULT_MIN_AREA, min_part_area=DEFAULT_MIN_PART_AREA):
+    """(instruments, instance map) of one SegmentationResult (inference/results.py), computed on the
+    network's grid. The instance map (uint16, network resolution) holds each instrument's `index`;
+    instruments come largest first. Areas are in input pixels, as are tips and axes."""
+    fg = result.net_binary
+    parts = result.net_parts
+    shape = fg.shape
+    sx, sy = result.scale
+    min_area_net = max(1.0, min_area / (sx * sy))
+    min_part_net = max(1.0, min_part_area / (sx * sy))
+    bridged = cv2.morphologyEx(fg.view(np.uint8), cv2.MORPH_CLOSE, _BRIDGE)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(bridged, connectivity=8)
+    found = []  # (area, first pixel, region mask in its box, x0, y0)
+    for k in range(1, count):
+        x0, y0, w, h = (int(stats[k, c]) for c in (cv2.CC_STAT_LEFT, cv2.CC_STAT_TOP,
+                                                     cv2.CC_STAT_WIDTH, cv2.CC_STAT_HEIGHT))
+        box = np.s_[y0:y0 + h, x0:x0 + w]
+        blob = (labels[box] == k) & fg[box]  # the bridge joins regions; only instrument pixels count
+        if np.count_nonzero(blob) < min_area_net:
+            continue
+        crop_parts = parts[box] if parts is not None else None
+        for region in split_region(blob, crop_parts, shape=shape, origin=(x0, y0),
+                                   min_part_area=min_part_net, min_area=min_area_net):
+            row, col = divmod(int(region.argmax()), w)
+            found.append((np.count_nonzero(region), (y0 + row, x0 + col), region, x0, y0))
+    if parts is not None:
+        found = _attach_orphans(found, parts, shape, min_part_net)
+    found.sort(key=lambda f: (-f[0], f[1]))  # largest first; ties in raster order (deterministic)
+
+    instance_map = np.zeros(shape, np.uint16)
+    instruments = []
+    for index, (area, _, region, x0, y0) in enumerate(found, start=1):
+        h, w = region.shape
+        box = np.s_[y0:y0 + h, x0:x0 + w]
+        instance_map[box][region] = index
+        crop_parts = parts[box] if parts is not None else None
+        u, v, source = instrument_tip(region, crop_parts, shape=shape, origin=(x0, y0), min_part_area=min_part_net)
+        centre, axis = shaft_axis(region, crop_parts, (u - x0, v - y0))
+        tip_in, point_in = to_input_coords([[u, v], centre + (x0, y0)], shape, result.size)
+        direction = np.array([axis[0] * sx, axis[1] * sy])
+        direction /= max(np.linalg.norm(direction), 1e-12)
+        votes = result.type_probs[:, y0:y0 + h, x0:x0 + w][:, region].mean(axis=1) \
+            if result.type_probs is not None else None
+        score = float(result.foreground[box][region].mean())
+        instruments.append(Instrument(index, result.input_area(area), score, votes, tuple(tip_in),
+                                      source, tuple(point_in), tuple(direction)))
+    return instruments, instance_map

@@ -1,0 +1,178 @@
+"""The post-processing the node (and any other caller) runs on segmentation results, without ROS:
+instruments, voted and tracked types, tips, stereo 3-D tips and shaft poses, and the images to publish.
+
+    perception = InstrumentPerception(PerceptionConfig())
+    frame = perception.process(result_left, result_right, calibration, stamp_s)
+    frame.instruments            # [TrackedInstrument], ordered by track id
+    frame.labels_image()         # input-resolution images, computed on demand
+"""
+import math
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from mffseg_ros.inference.instruments import (DEFAULT_MIN_AREA, DEFAULT_MIN_PART_AREA, SOURCE_CODES, UNKNOWN_TYPE,
+                                              find_instruments)
+from mffseg_ros.inference.stereo import match_instruments
+from mffseg_ros.inference.tracking import Tracker
+
+NAN3 = (math.nan, math.nan, math.nan)
+LABEL_MODES = ('instance', 'pixel')
+
+
+@dataclass(frozen=True)
+class PerceptionConfig:
+    """min_instance_area, min_part_area: input px. min_type_score: below it a type is UNKNOWN_TYPE.
+    labels_mode: 'instance' paints each instrument with its voted type, 'pixel' the raw per-pixel types.
+    track_max_missed: processed frames a track survives unseen; track_max_distance: tip gate, fraction
+    of the image diagonal. smoothing: One-Euro filter on the tips (min_cutoff Hz, beta).
+    min_depth, max_depth (m), max_epipolar_px (input px), max_area_ratio: stereo matching."""
+    min_instance_area: float = DEFAULT_MIN_AREA
+    min_part_area: float = DEFAULT_MIN_PART_AREA
+    min_type_score: float = 0.5
+    labels_mode: str = 'instance'
+    track_max_missed: int = 5
+    track_max_distance: float = 0.2
+    smoothing: bool = False
+    smoothing_min_cutoff: float = 1.0
+    smoothing_beta: float = 0.05
+    min_depth: float = 0.01
+    max_depth: float = 0.3
+    max_epipolar_px: float = 10.0
+    max_area_ratio: float = 3.0
+
+
+@dataclass
+class TrackedInstrument:
+    """One instrument of a processed frame, as published (positions in input pixels, metres)."""
+    track_id: int
+    type_id: int  # 1..7, or UNKNOWN_TYPE
+    type_score: float  # the track's accumulated vote for type_id
+    score: float  # mean P(instrument) over its pixels
+    area_px: float
+    tip: tuple  # (u, v) left image
+    source: str
+    axis_point: tuple  # (u, v) a point on the shaft axis
+    axis_dir: tuple  # (du, dv) unit, towards the tip
+    xyz: tuple = NAN3  # tip, left optical frame (m); NaN without 3-D
+    axis_xyz: tuple | None = None  # unit 3-D shaft axis pointing to the tip
+    index: int = 0  # value in the frame's network-resolution instance map
+
+    @property
+    def source_code(self):
+        return SOURCE_CODES[self.source]
+
+
+@dataclass
+class FramePerception:
+    """One processed frame: the instruments and, on demand, its images at the input resolution."""
+    result: object  # the left SegmentationResult
+    instruments: list
+    instance_map: np.ndarray  # network resolution, values = TrackedInstrument.index
+    labels_mode: str = 'instance'
+    stereo_error: str | None = None  # why 3-D failed for this frame (2-D outputs are unaffected)
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    def _once(self, key, make):
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
+    def paint(self, value, dtype=np.uint8):
+        """Input-resolution image with each instrument's pixels set to value(instrument), 0 elsewhere
+        (painted on the network grid, then upsampled inside the instrument outline)."""
+        lut = np.zeros(max([i.index for i in self.instruments], default=0) + 1, dtype)
+        for inst in self.instruments:
+            lut[inst.index] = value(inst)
+        return self.result.upsample(lut[self.instance_map])
+
+    def instance_ids_image(self):
+        """uint16 input-resolution image of track ids (0 = background)."""
+        return self._once('instances', lambda: self.paint(lambda i: i.track_id, np.uint16))
+
+    def labels_image(self):
+        """uint8 input-resolution type labels: voted types per instrument, or raw per-pixel types."""
+        def make():
+            if self.labels_mode == 'pixel' and self.result.net_type is not None:
+                return self.result.type
+            return self.paint(lambda i: i.type_id)
+        return self._once('labels', make)
+
+    def parts_image(self):
+        if self.result.net_parts is None:
+            return np.zeros(self.result.size, np.uint8)
+        return self.result.parts
+
+    def present_types(self):
+        """Type ids (incl. UNKNOWN_TYPE) of this frame's instruments, ascending."""
+        return sorted({i.type_id for i in self.instruments})
+
+    def type_mask(self, type_id):
+        """mono8 0/255 mask of the instruments with `type_id` (the labels image's pixels of that type)."""
+        return np.where(self.labels_image() == type_id, np.uint8(255), np.uint8(0))
+
+
+class InstrumentPerception:
+    """Stateful per camera stream (the tracker): one object per node / per replayed sequence."""
+
+    def __init__(self, config=PerceptionConfig()):
+        self.config = config
+        self.tracker = self._new_tracker(config)
+
+    @staticmethod
+    def _new_tracker(cfg):
+        return Tracker(max_missed=cfg.track_max_missed, max_distance=cfg.track_max_distance,
+                       smoothing=cfg.smoothing, min_cutoff=cfg.smoothing_min_cutoff, beta=cfg.smoothing_beta)
+
+    def reconfigure(self, config):
+        """New parameters; tracks survive unless a tracking parameter changed."""
+        old, self.config = self.config, config
+        tracking = ('track_max_missed', 'track_max_distance', 'smoothing', 'smoothing_min_cutoff', 'smoothing_beta')
+        if any(getattr(old, k) != getattr(config, k) for k in tracking):
+            self.tracker = self._new_tracker(config)
+
+    def reset(self):
+        self.tracker.reset()
+
+    def process(self, left, right=None, calibration=None, stamp=None):
+        """left/right: SegmentationResult of the two eyes (right optional); calibration: a
+        stereo.StereoCalibration for 3-D (optional); stamp: seconds, for tip smoothing."""
+        cfg = self.config
+        found, instance_map = find_instruments(left, min_area=cfg.min_instance_area, min_part_area=cfg.min_part_area)
+        tracks = self.tracker.update(found, instance_map, left.size)
+        instruments = []
+        for inst, track in zip(found, tracks):
+            type_id, type_score = track.type_vote()
+            if type_id is None:  # no type head: every instrument is of unknown type
+                type_id, type_score = UNKNOWN_TYPE, 0.0
+            elif type_score < cfg.min_type_score:
+                type_id = UNKNOWN_TYPE
+            tip = self.tracker.smooth(track, 'tip', inst.tip, stamp)
+            instruments.append(TrackedInstrument(track.track_id, type_id, type_score, inst.score, inst.area_px,
+                                                 tuple(tip), inst.source, inst.axis_point, inst.axis_dir,
+                                                 index=inst.index))
+        stereo_error = None
+        if right is not None and calibration is not None and found:
+            try:
+                instruments = self._add_3d(instruments, found, instance_map, right, calibration, tracks, stamp)
+            except Exception as e:  # noqa: BLE001 - a 3-D failure must never cost the frame's 2-D outputs
+                stereo_error = f'{type(e).__name__}: {e}'
+        instruments.sort(key=lambda i: i.track_id)
+        return FramePerception(left, instruments, instance_map, cfg.labels_mode, stereo_error)
+
+    def _add_3d(self, instruments, found, instance_map, right, calibration, tracks, stamp):
+        cfg = self.config
+        found_right, map_right = find_instruments(right, min_area=cfg.min_instance_area,
+                                                  min_part_area=cfg.min_part_area)
+        sx, sy = right.scale
+        net_scale = math.sqrt(sx * sy)  # input px per network px
+        matches = match_instruments(found, found_right, calibration, left_map=instance_map, right_map=map_right,
+                                    net_scale=net_scale, max_epipolar_px=cfg.max_epipolar_px,
+                                    min_depth=cfg.min_depth, max_depth=cfg.max_depth,
+                                    max_area_ratio=cfg.max_area_ratio)
+        out = list(instruments)
+        for m in matches:
+            xyz = self.tracker.smooth(tracks[m.left], 'xyz', m.tip_xyz, stamp)
+            out[m.left] = replace(out[m.left], xyz=tuple(xyz), axis_xyz=m.axis_xyz)
+        return out
+

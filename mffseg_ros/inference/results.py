@@ -1,0 +1,242 @@
+"""What the network gives for one frame, kept at the network's resolution.
+
+Instances, tips and tracking run on the network's output grid (a few hundred thousand pixels whatever
+the camera's resolution); label images at the input resolution are made only when asked for
+(`result.type`, `result.parts`, ...), and cached.
+
+Upsampling (measured against bilinear logit upsampling in docs/BENCHMARKS.md): the instrument
+probability is resized bilinearly and thresholded at 0.5, which keeps the instrument outline as
+smooth as upsampling every logit channel; the labels inside it come from the nearest network pixel,
+with background pixels next to an instrument filled from their instrument neighbour so the smooth
+outline never exposes a background label. Parts are the exception: their three probabilities are
+upsampled bilinearly (a thin wrist would lose a band of pixels to the nearest network pixel).
+"""
+import math
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+FOREGROUND_THRESHOLD = 0.5  # P(instrument) above which a pixel belongs to an instrument
+_FILL_KERNEL = np.ones((3, 3), np.uint8)
+
+
+def to_input_coords(uv, net_size, size):
+    """Network-grid pixel coordinates (..., 2: u, v) -> input-image coordinates (pixel centres at integers)."""
+    uv = np.asarray(uv, np.float64)
+    sx, sy = size[1] / net_size[1], size[0] / net_size[0]
+    return np.stack([(uv[..., 0] + 0.5) * sx - 0.5, (uv[..., 1] + 0.5) * sy - 0.5], axis=-1)
+
+
+def upsample_probability(prob, size):
+    """HxW float map -> `size` (H, W), bilinear with half-pixel centres (as torch align_corners=False)."""
+    if prob.shape == tuple(size):
+        return prob
+    return cv2.resize(np.ascontiguousarray(prob, np.float32), (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+
+
+def upsample_labels(labels, foreground, size, inside=None):
+    """Net-resolution labels (uint8 or uint16, 0 = background) -> `size`, inside the upsampled instrument
+    outline of `foreground` (net-resolution P(instrument)); see the module doc for the method.
+    `inside`: that outline, when the caller has it already."""
+    if labels.shape == tuple(size):
+        return np.where(foreground > FOREGROUND_THRESHOLD, labels, 0).astype(labels.dtype)
+    if inside is None:
+        inside = outline(foreground, size)
+    filled = labels
+    if labels.any():
+        # cv2.dilate takes uint8/uint16: a 3x3 maximum gives a background pixel a neighbouring label.
+        filled = np.where(labels > 0, labels, cv2.dilate(labels, _FILL_KERNEL))
+    up = cv2.resize(filled, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
+    return cv2.copyTo(up, inside)  # zero outside (cv2: boolean indexing of a large frame is slow)
+
+
+def outline(foreground, size):
+    """uint8 mask (1 inside) of the instrument outline at `size`: bilinear P(instrument) > 0.5."""
+    prob = upsample_probability(foreground, size)
+    return cv2.threshold(prob, FOREGROUND_THRESHOLD, 1, cv2.THRESH_BINARY)[1].astype(np.uint8)
+
+
+@dataclass
+class SegmentationResult:
+    """One frame's network output at the network's resolution (h x w), with lazily upsampled maps.
+
+    foreground: P(instrument) (mean over the heads of 1 - P(background)), float32 h x w.
+    net_parts: 0..3 per pixel (0 where foreground <= 0.5), or None without a parts head.
+    net_type: the per-pixel most likely instrument type 1..7 (0 where foreground <= 0.5), or None.
+    type_probs: T x h x w float32, P(type | instrument) for types 1..T, or None without a type head.
+    confidence_net: max softmax probability of the type (else parts) head.
+    size: (H, W) of the input frame the maps describe.
+    """
+    foreground: np.ndarray
+    net_parts: np.ndarray | None
+    net_type: np.ndarray | None
+    type_probs: np.ndarray | None
+    confidence_net: np.ndarray
+    size: tuple
+    class_names: dict = field(default_factory=dict)
+    parts_probs: np.ndarray | None = None  # P(part | instrument), 3 x h x w: smooth part boundaries on upsampling
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_labels(cls, parts=None, type_map=None, binary=None, *, size=None, num_types=7, class_names=None):
+        """A result that is certain of the given label maps (ground truth, tests): P(instrument) 1 on
+        instrument pixels (of `binary`, else `type_map`, else `parts`), one-hot type probabilities.
+        255 (not labelled) counts as background."""
+        maps = [m for m in (type_map, parts, binary) if m is not None]
+        if not maps:
+            raise ValueError('from_labels needs at least one label map')
+        shape = np.asarray(maps[0]).shape
+        clean = [None if m is None else np.where(np.asarray(m) == 255, 0, m).astype(np.uint8)
+                 for m in (parts, type_map, binary)]
+        parts, type_map, binary = clean
+        fg = next(m for m in (binary, type_map, parts) if m is not None) > 0
+        type_probs = None
+        if type_map is not None:
+            type_map = np.where(fg, type_map, 0).astype(np.uint8)
+            type_probs = np.zeros((num_types, *shape), np.float32)
+            for t in range(num_types):
+                type_probs[t] = type_map == t + 1
+            type_probs[:, ~fg] = 1.0 / num_types
+        if parts is not None:
+            parts = np.where(fg, parts, 0).astype(np.uint8)
+        return cls(foreground=fg.astype(np.float32), net_parts=parts, net_type=type_map, type_probs=type_probs,
+                   confidence_net=np.ones(shape, np.float32), size=tuple(size or shape),
+                   class_names=class_names or {})
+
+    @property
+    def net_size(self):
+        return self.foreground.shape
+
+    @property
+    def net_binary(self):
+        return self.foreground > FOREGROUND_THRESHOLD
+
+    @property
+    def scale(self):
+        """(sx, sy): input pixels per network pixel."""
+        return self.size[1] / self.net_size[1], self.size[0] / self.net_size[0]
+
+    def _upsampled(self, key, make):
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
+    def _inside(self):
+        """The instrument outline at the input resolution (bilinear P(instrument) > 0.5), made once."""
+        return self._upsampled('inside', lambda: outline(self.foreground, self.size))
+
+    def upsample(self, labels):
+        """Any net-resolution label map of this frame (e.g. an instance map) -> input resolution."""
+        return upsample_labels(labels, self.foreground, self.size, self._inside())
+
+    @property
+    def binary(self):
+        """H x W bool at the input resolution."""
+        # The same procedure as parts and type (whose non-zero pixels are exactly the network's
+        # instrument pixels), so binary, parts > 0 and type > 0 always agree.
+        return self._upsampled('binary', lambda: self.upsample(self.net_binary.view(np.uint8)) > 0)
+
+    @property
+    def parts(self):
+        """H x W uint8 0..3 at the input resolution (None without a parts head)."""
+        if self.net_parts is None:
+            return None
+        if self.parts_probs is None or self.net_size == tuple(self.size):
+            return self._upsampled('parts', lambda: self.upsample(self.net_parts))
+        return self._upsampled('parts', self._smooth_parts)
+
+    def _smooth_parts(self):
+        """Thin parts (the wrist) lose a band of pixels to nearest-neighbour upsampling: their part
+        probabilities are upsampled bilinearly instead (three channels in one resize), inside the
+        instrument outline."""
+        probs = cv2.resize(np.ascontiguousarray(self.parts_probs.transpose(1, 2, 0), np.float32),
+                           (self.size[1], self.size[0]), interpolation=cv2.INTER_LINEAR)
+        shaft, wrist, claspers = cv2.split(probs)  # argmax of three channels, without a strided argmax
+        parts = np.where(wrist > shaft, np.uint8(2), np.uint8(1))
+        parts[claspers > np.maximum(shaft, wrist)] = 3
+        return cv2.copyTo(parts, self.binary.view(np.uint8))
+
+    @property
+    def type(self):
+        """H x W uint8 per-pixel types at the input resolution (None without a type head)."""
+        if self.net_type is None:
+            return None
+        return self._upsampled('type', lambda: self.upsample(self.net_type))
+
+    @property
+    def confidence(self):
+        """H x W float32 at the input resolution."""
+        return self._upsampled('confidence', lambda: upsample_probability(self.confidence_net, self.size))
+
+    def input_area(self, net_pixels):
+        """Input-image pixels covered by `net_pixels` network pixels."""
+        sx, sy = self.scale
+        return net_pixels * sx * sy
+
+    def net_length(self, input_pixels):
+        """A length in input pixels -> network pixels (geometric mean of the two scales)."""
+        sx, sy = self.scale
+        return input_pixels / math.sqrt(sx * sy)
+
+
+def network_maps(logits, task_slices):
+    """Logits (B, C, h, w, torch, any device) -> dict of small torch maps at the network resolution:
+    foreground, parts, type, type_probs, confidence (absent tasks missing). Runs where the logits are
+    (on the GPU fast path only these maps come back to the host).
+
+    The instrument probability averages the heads (all were trained to agree on it, also from
+    binary-only samples); parts and types are the most likely instrument class inside it. Written
+    in log space on the instrument logits alone: P(background) = sigmoid(l_0 - logsumexp(l_1..)),
+    P(type | instrument) = softmax(l_1..), argmax of P = argmax of the logits."""
+    import torch
+    heads = {task: logits[:, s].float().contiguous() for task, s in task_slices.items()}
+    background, log_totals, maps = [], {}, {}
+    for task, head in heads.items():
+        instrument = head[:, 1:]
+        peak = instrument.amax(1, keepdim=True)
+        scaled = torch.exp(instrument - peak)
+        total = scaled.sum(1)
+        log_totals[task] = peak[:, 0] + torch.log(total)  # logsumexp of the instrument logits
+        background.append(torch.sigmoid(head[:, 0] - log_totals[task]))
+        if task in ('parts', 'type'):
+            maps[task] = _channel_argmax(instrument, peak) + 1
+        if task == 'type':
+            maps['type_probs'] = scaled / total[:, None]
+        if task == 'parts':
+            maps['parts_probs'] = scaled / total[:, None]
+    foreground = 1.0 - torch.stack(background).mean(0)
+    outside = foreground <= FOREGROUND_THRESHOLD
+    for task in ('parts', 'type'):
+        if task in maps:
+            maps[task][outside] = 0
+    conf_task = 'type' if 'type' in heads else next(iter(heads))
+    head = heads[conf_task]
+    maps['confidence'] = torch.exp(head.amax(1) - torch.logaddexp(head[:, 0], log_totals[conf_task]))
+    maps['foreground'] = foreground
+    return maps
+
+
+def _channel_argmax(x, peak):
+    """argmax over dim 1 of (B, C, h, w) as uint8, given peak = x.amax(1, keepdim=True); the first
+    maximum wins, as in torch.argmax. torch's CPU argmax over the channels of NCHW data takes ~40 ms
+    at 2x7x256x320; this (the highest reversed channel weight among the maxima) about 1 ms."""
+    import torch
+    channels = x.shape[1]
+    weights = torch.arange(channels, 0, -1, dtype=torch.uint8, device=x.device).view(1, -1, 1, 1)
+    return (channels - ((x == peak) * weights).amax(1)).to(torch.uint8)
+
+
+def results_from_maps(maps, size, class_names):
+    """network_maps output (numpy arrays or CPU tensors) -> [SegmentationResult] for `size` (H, W)."""
+    maps = {k: np.asarray(v) for k, v in maps.items()}
+    batch = maps['foreground'].shape[0]
+    return [SegmentationResult(foreground=maps['foreground'][i], net_parts=_item(maps, 'parts', i),
+                               net_type=_item(maps, 'type', i), type_probs=_item(maps, 'type_probs', i),
+                               confidence_net=maps['confidence'][i], size=tuple(size), class_names=class_names,
+                               parts_probs=_item(maps, 'parts_probs', i))
+            for i in range(batch)]
+
+
+def _item(maps, key, i):
+    return maps[key][i] if key in maps else None

@@ -1,0 +1,139 @@
+"""Instrument identities over time: frame-to-frame association, type votes per track, tip smoothing.
+
+Association is one-to-one (Hungarian) on mask overlap and tip distance: cost = (1 - IoU of the
+network-resolution masks) + tip distance / max_distance; a pair is allowed when the masks overlap or
+the tips are closer than max_distance (the node may skip frames, so masks of a fast tool may not
+overlap). Unmatched instruments start new tracks; a track missed for more than `max_missed`
+processed frames is retired. A track's type is the vote accumulated over its whole life: an
+instrument does not change type mid-procedure.
+"""
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+_INFEASIBLE = 1e6
+MAX_TRACK_ID = 65535  # ids are published as uint16 (instance images, tips cloud)
+
+
+class OneEuroFilter:
+    """One-Euro filter (Casiez et al., CHI 2012) for a vector signal: a low-pass filter whose cutoff rises
+    with speed, so a still tip stops jittering while a moving one lags little.
+    min_cutoff (Hz): smoothing at rest (lower = smoother); beta: how fast the cutoff rises with speed
+    (higher = less lag); d_cutoff (Hz): smoothing of the speed estimate."""
+
+    def __init__(self, min_cutoff=1.0, beta=0.05, d_cutoff=1.0):
+        self.min_cutoff, self.beta, self.d_cutoff = min_cutoff, beta, d_cutoff
+        self.value = self.speed = self.time = None
+
+    @staticmethod
+    def _alpha(cutoff, dt):
+        tau = 1.0 / (2 * math.pi * cutoff)
+        return 1.0 / (1.0 + tau / dt)
+
+    def __call__(self, value, t):
+        value = np.asarray(value, np.float64)
+        if not np.all(np.isfinite(value)):
+            return value  # nothing to smooth; keep the state for the next finite value
+        if self.value is None or t <= self.time:
+            self.value, self.speed, self.time = value, np.zeros_like(value), t
+            return value
+        dt = t - self.time
+        speed = (value - self.value) / dt
+        a_d = self._alpha(self.d_cutoff, dt)
+        self.speed = a_d * speed + (1 - a_d) * self.speed
+        cutoff = self.min_cutoff + self.beta * float(np.linalg.norm(self.speed))
+        a = self._alpha(cutoff, dt)
+        self.value = a * value + (1 - a) * self.value
+        self.time = t
+        return self.value
+
+
+@dataclass
+class Track:
+    track_id: int
+    mask: np.ndarray  # network-resolution bool mask of its last detection
+    tip: tuple  # last (u, v), input px
+    votes_sum: np.ndarray | None  # summed per-frame type votes
+    frames: int = 1
+    missed: int = 0
+    filters: dict = field(default_factory=dict)
+
+    def type_vote(self):
+        """(type id 1..T, score) of the accumulated vote, or (None, 0.0) without a type head."""
+        if self.votes_sum is None:
+            return None, 0.0
+        mean = self.votes_sum / self.frames
+        best = int(np.argmax(mean))
+        return best + 1, float(mean[best])
+
+
+class Tracker:
+    """Assigns stable ids to the instruments of successive frames of one camera."""
+
+    def __init__(self, *, max_missed=5, max_distance=0.2, smoothing=False, min_cutoff=1.0, beta=0.05):
+        """max_distance: tip distance gate as a fraction of the image diagonal."""
+        self.max_missed = int(max_missed)
+        self.max_distance = float(max_distance)
+        self.smoothing = smoothing
+        self.filter_args = dict(min_cutoff=min_cutoff, beta=beta)
+        self.tracks = []
+        self._next_id = 1
+
+    def reset(self):
+        self.tracks = []
+
+    def _new_id(self):
+        track_id = self._next_id
+        self._next_id = self._next_id % MAX_TRACK_ID + 1
+        return track_id
+
+    def update(self, instruments, instance_map, image_size):
+        """Associates this frame's instruments (inference/instruments.py) with the tracks; returns the
+        Track of each instrument, in the instruments' order."""
+        diagonal = math.hypot(*image_size)
+        gate = self.max_distance * diagonal
+        masks = [instance_map == inst.index for inst in instruments]
+        tracks = [t for t in self.tracks if t.mask.shape == instance_map.shape]  # a new input size: new tracks
+        cost = np.full((len(tracks), len(instruments)), _INFEASIBLE)
+        for i, track in enumerate(tracks):
+            area_t = track.mask.sum()
+            for j, (inst, mask) in enumerate(zip(instruments, masks)):
+                inter = np.count_nonzero(track.mask & mask)
+                iou = inter / max(1, area_t + mask.sum() - inter)
+                distance = math.hypot(track.tip[0] - inst.tip[0], track.tip[1] - inst.tip[1])
+                if iou > 0 or distance < gate:
+                    cost[i, j] = (1.0 - iou) + distance / max(gate, 1e-9)
+        assigned = [None] * len(instruments)
+        matched_tracks = set()
+        if cost.size:
+            for i, j in zip(*linear_sum_assignment(cost)):
+                if cost[i, j] < _INFEASIBLE:
+                    assigned[j] = tracks[i]
+                    matched_tracks.add(i)
+        for j, (inst, mask) in enumerate(zip(instruments, masks)):
+            track = assigned[j]
+            votes = None if inst.type_votes is None else np.asarray(inst.type_votes, np.float64)
+            if track is None:
+                track = Track(self._new_id(), mask, inst.tip, votes)
+                assigned[j] = track
+            else:
+                track.mask, track.tip, track.missed = mask, inst.tip, 0
+                track.frames += 1
+                if votes is not None:
+                    track.votes_sum = votes if track.votes_sum is None else track.votes_sum + votes
+        for i, track in enumerate(tracks):
+            if i not in matched_tracks:
+                track.missed += 1
+        alive = [t for i, t in enumerate(tracks) if i in matched_tracks or t.missed <= self.max_missed]
+        new = [t for t in assigned if t not in alive]
+        self.tracks = alive + new
+        return assigned
+
+    def smooth(self, track, key, value, t):
+        """`value` (2-D tip, 3-D tip, ...) through the track's One-Euro filter for `key` when smoothing is on."""
+        if not self.smoothing or t is None:
+            return value
+        filt = track.filters.setdefault(key, OneEuroFilter(**self.filter_args))
+        return tuple(float(x) for x in filt(value, t))

@@ -1,0 +1,107 @@
+"""`mffseg evaluate --bag`: the node's whole post-processing, in process, over a stereo bag with ground
+truth (written by `mffseg bag synth`), scored like a tool tracker would judge it.
+
+Every stereo frame of the bag is segmented (both eyes in one batch), passed through one
+InstrumentPerception (tracking state carries over, as in the node) and scored: Dice of the published
+label images, and the instrument-level scores of evaluation/instrument_scores.py.
+"""
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from mffseg_ros import topics
+from mffseg_ros.errors import DataError
+from mffseg_ros.evaluation.instrument_scores import InstrumentScorer, format_summary, match_radius
+from mffseg_ros.inference.image_codec import decode_image
+from mffseg_ros.inference.perception import InstrumentPerception, PerceptionConfig
+from mffseg_ros.inference.stereo import StereoCalibration, pixel_rectifier
+from mffseg_ros.inference.tip_records import tip_records
+from mffseg_ros.tools.bags import cloud_points, image_array, read_bag
+
+log = logging.getLogger(__name__)
+_KEYS = {topics.LEFT_IMAGE: 'left', topics.RIGHT_IMAGE: 'right', topics.LEFT_INFO: 'info_left',
+         topics.RIGHT_INFO: 'info_right', topics.GT_TYPE: 'type', topics.GT_PARTS: 'parts', topics.GT_TIPS: 'tips'}
+
+
+def _dice(a, b):
+    total = a.sum() + b.sum()
+    return 1.0 if total == 0 else float(2 * np.logical_and(a, b).sum() / total)
+
+
+def _rgb(msg):
+    return decode_image(msg.encoding, msg.height, msg.width, msg.step, bytes(msg.data), msg.is_bigendian)
+
+
+def _calibration(info_left, info_right):
+    rectifiers = [pixel_rectifier(i.k, i.d, i.r, i.p, i.distortion_model) for i in (info_left, info_right)]
+    return StereoCalibration(info_left.p, info_right.p, *rectifiers)
+
+
+def read_frames(bag, limit=None):
+    """{stamp ns: {'left', 'right', 'info_left', 'info_right', 'type', 'parts', 'tips'}} (messages)."""
+    frames = {}
+    for topic, stamp, msg in read_bag(bag, topics=list(_KEYS)):
+        frames.setdefault(stamp, {})[_KEYS[topic]] = msg
+    complete = {s: f for s, f in frames.items() if {'left', 'tips', 'type'} <= set(f)}
+    if not complete:
+        raise DataError(f'{bag}: no frames with a left image and ground truth ({topics.GT_TIPS}, {topics.GT_TYPE}); '
+                        'write one with `mffseg bag synth`')
+    stamps = sorted(complete)[:limit]
+    return {s: complete[s] for s in stamps}
+
+
+def evaluate_bag(segmenter, bag, *, config=PerceptionConfig(), limit=None, stereo=True):
+    """Scores of `segmenter` + the post-processing on `bag`: a dict with 'instruments' (see
+    instrument_scores.InstrumentScorer.summary), 'dice_binary_mean', 'dice_parts_mean', 'frames'."""
+    frames = read_frames(bag, limit)
+    perception = InstrumentPerception(config)
+    scorer = scores = None
+    rows = []
+    calibration = None
+    for stamp, f in tqdm(frames.items(), desc='evaluate bag', unit='frame'):
+        left = _rgb(f['left'])
+        use_right = stereo and 'right' in f and 'info_left' in f and 'info_right' in f
+        if use_right and calibration is None:
+            calibration = _calibration(f['info_left'], f['info_right'])
+        if scorer is None:
+            scorer = InstrumentScorer(match_radius(left.shape[:2]))
+        results = segmenter.segment_batch([left, _rgb(f['right'])] if use_right else [left])
+        frame = perception.process(results[0], results[1] if use_right else None,
+                                   calibration if use_right else None, stamp * 1e-9)
+        truth = cloud_points(f['tips'])
+        axes = np.array([i.axis_xyz if i.axis_xyz is not None else (np.nan,) * 3 for i in frame.instruments])
+        scorer.add(tip_records(frame.instruments), truth, axes.reshape(-1, 3))
+        gt_type, gt_parts = image_array(f['type']), image_array(f['parts']) if 'parts' in f else None
+        valid = gt_type != 255
+        row = {'stamp_ns': stamp, 'instruments': len(frame.instruments), 'visible': len(truth),
+               'dice_binary': _dice((frame.labels_image() > 0) & valid, (gt_type > 0) & valid)}
+        present = [c for c in (1, 2, 3) if gt_parts is not None and (gt_parts == c).any()]
+        if present:
+            parts = frame.parts_image()
+            row['dice_parts'] = float(np.mean([_dice((parts == c) & valid, gt_parts == c) for c in present]))
+        rows.append(row)
+    scores = {
+        'bag': str(bag), 'model': segmenter.describe(),
+        'dice_binary_mean': float(np.mean([r['dice_binary'] for r in rows])),
+        'dice_parts_mean': float(np.mean([r['dice_parts'] for r in rows if 'dice_parts' in r]))
+        if any('dice_parts' in r for r in rows) else None,
+        'instruments': scorer.summary(), 'frames': rows,
+    }
+    return scores
+
+
+def run(args, segmenter):
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    scores = evaluate_bag(segmenter, args.bag, limit=args.limit)
+    (out / 'bag_scores.json').write_text(json.dumps(scores, indent=1))
+    print(f"{args.bag}: {len(scores['frames'])} frames, {scores['model']}")
+    print(f"Dice         binary {scores['dice_binary_mean']:.3f}, parts "
+          + (f"{scores['dice_parts_mean']:.3f}" if scores['dice_parts_mean'] is not None else 'n/a'))
+    for line in format_summary(scores['instruments']):
+        print(line)
+    print(f'\nwrote {out / "bag_scores.json"}')
+    return 0

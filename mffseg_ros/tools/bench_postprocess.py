@@ -1,0 +1,108 @@
+"""What the work around the network costs, and what post-processing at the network's resolution changes.
+
+1. Accuracy: label maps made the old way (every logit channel upsampled bilinearly to the input size,
+   then argmax) against the new way (argmax and instances on the network grid; P(instrument) upsampled
+   bilinearly, labels from the nearest network pixel inside it): per-task label agreement, and Dice of
+   both against the synthetic ground truth.
+2. CPU time, per stereo frame, side by side in one run (one torch thread): the network alone, the old
+   postprocess, the new postprocess, instruments + tracking + stereo, the label/instance/parts images,
+   the overlay.
+
+    python -m mffseg_ros.tools.bench_postprocess --size 1024x1280 --frames 6
+"""
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from mffseg_ros.data.synth import SceneGenerator, StereoRig
+from mffseg_ros.inference.perception import InstrumentPerception
+from mffseg_ros.inference.segmenter import Segmenter
+from mffseg_ros.inference.stereo import StereoCalibration
+from mffseg_ros.sizes import parse_size
+from mffseg_ros.visualize import instrument_overlay
+
+
+def _dice(a, b):
+    total = a.sum() + b.sum()
+    return float('nan') if total == 0 else float(2 * np.logical_and(a, b).sum() / total)
+
+
+def old_postprocess(seg, logits, size):
+    """The previous method: all logits bilinearly upsampled to the input size, argmax per task."""
+    with torch.inference_mode():
+        up = F.interpolate(logits.float(), size=size, mode='bilinear', align_corners=False)
+        return {t: up[:, s].argmax(1).to(torch.uint8).numpy() for t, s in seg.task_slices.items()}
+
+
+def _timed(fn, times, key):
+    """Runs fn, recording the CPU time of this thread (ms): with one torch thread everything runs
+    here, and a shared machine's other processes do not inflate the figures the way wall time is."""
+    start = time.thread_time()
+    out = fn()
+    times.setdefault(key, []).append(1000 * (time.thread_time() - start))
+    return out
+
+
+def run(weights=None, size=(1024, 1280), frames=6, seed=5, threads=1):
+    torch.set_num_threads(threads)
+    seg = Segmenter.load(weights, device='cpu')
+    rig = StereoRig.endovis_like().resized(size[1], size[0])
+    scenes = SceneGenerator(rig, seed=seed, num_instruments=(2, 3))
+    calibration = StereoCalibration(rig.P_left, rig.P_right)
+    perception = InstrumentPerception()
+    times, agreement, dice = {}, {'parts': [], 'type': [], 'binary': []}, {}
+    for i in tqdm(range(frames), desc='postprocess bench', unit='frame'):
+        frame = scenes.frame(i * 7)
+        pair = [frame.left, frame.right]
+        x = seg.preprocess(pair)
+        logits = _timed(lambda: seg.forward(x), times, 'network (stereo batch)')
+        old = _timed(lambda: old_postprocess(seg, logits, size), times, 'old postprocess (upsample logits)')
+        results = _timed(lambda: seg.postprocess(logits, size), times, 'new postprocess (network grid)')
+        out = _timed(lambda: perception.process(results[0], results[1], calibration, i * 0.1), times,
+                     'instruments + tracking + stereo')
+        _timed(lambda: (out.labels_image(), out.instance_ids_image(), out.parts_image()), times,
+               'label, instance, parts images')
+        _timed(lambda: instrument_overlay(frame.left, out), times, 'overlay')
+        truth = frame.labels_left
+        new = {'parts': results[0].parts, 'type': results[0].type, 'binary': results[0].binary}
+        old_binary = old['type'][0] > 0
+        for task, old_map in (('parts', old['parts'][0]), ('type', old['type'][0]), ('binary', old_binary)):
+            agreement[task].append(float((old_map == new[task]).mean()))
+        for name, parts_map, binary in (('old', old['parts'][0], old_binary), ('new', new['parts'], new['binary'])):
+            dice.setdefault(f'{name} binary', []).append(_dice(binary, truth['binary'] > 0))
+            for c, part in ((1, 'shaft'), (2, 'wrist'), (3, 'claspers')):
+                dice.setdefault(f'{name} {part}', []).append(_dice(parts_map == c, truth['parts'] == c))
+    medians = {k: float(np.median(v)) for k, v in times.items()}
+    network = medians['network (stereo batch)']
+    return {
+        'size': list(size), 'frames': frames, 'threads': threads, 'model': seg.describe(),
+        'median_cpu_ms': medians, 'ratio_to_network': {k: v / network for k, v in medians.items()},
+        'label_agreement_old_vs_new': {k: float(np.mean(v)) for k, v in agreement.items()},
+        'dice_vs_ground_truth': {k: float(np.nanmean(v)) for k, v in dice.items()},
+    }
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--weights', default=None)
+    p.add_argument('--size', default='1024x1280')
+    p.add_argument('--frames', type=int, default=6)
+    p.add_argument('--threads', type=int, default=1)
+    p.add_argument('--out', type=Path, default=None, help='write the report as JSON here')
+    args = p.parse_args(argv)
+    report = run(args.weights, parse_size(args.size, what='--size'), args.frames, threads=args.threads)
+    print(json.dumps(report, indent=1))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())

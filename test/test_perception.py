@@ -1,0 +1,329 @@
+"""The instrument-level post-processing on exact label maps (no network): one instance per instrument
+whatever the per-pixel types, voted types, tips, splitting of crossing and touching instruments,
+tracking, type-free stereo with shaft axes, and the published records. The node's DDS plumbing is
+checked in test_node.py."""
+import cv2
+import numpy as np
+import pytest
+from std_msgs.msg import Header
+
+from mffseg_ros.inference.instruments import UNKNOWN_TYPE, find_instruments, instrument_tip
+from mffseg_ros.inference.perception import InstrumentPerception, PerceptionConfig
+from mffseg_ros.inference.results import SegmentationResult
+from mffseg_ros.inference.stereo import StereoCalibration, pixel_rectifier
+from mffseg_ros.inference.tip_records import TIP_DTYPE, axis_quaternion, rotate_x_axis
+from mffseg_ros.model.classes import PART_CLASPERS, PART_SHAFT, PART_WRIST
+from mffseg_ros.ros import conversions
+
+H, W = 192, 256
+F, BASELINE = 250.0, 0.005  # px, m: a 5 mm stereo endoscope
+K = np.array([[F, 0, W / 2], [0, F, H / 2], [0, 0, 1]])
+P_LEFT = np.hstack([K, np.zeros((3, 1))])
+P_RIGHT = np.hstack([K, K @ np.array([[-BASELINE], [0], [0]])])
+SHIFT = 4  # cv2 fixed-point bits: draw at sub-pixel positions
+CONFIG = PerceptionConfig(min_instance_area=30)
+
+
+def project(P, xyz):
+    p = P @ np.append(xyz, 1.0)
+    return p[:2] / p[2]
+
+
+def _pt(uv):
+    return tuple(round(c * (1 << SHIFT)) for c in uv)
+
+
+def draw_instrument(type_map, parts_map, type_id, tip_uv, toward_uv, parts=('shaft', 'wrist', 'claspers'),
+                    width=9):
+    """A shaft from `toward_uv` (at the border) to the wrist, a wrist disk and a clasper disk centred
+    exactly on `tip_uv` (drawn last, so its centroid is the tip)."""
+    tip_uv, toward_uv = np.asarray(tip_uv, float), np.asarray(toward_uv, float)
+    direction = (toward_uv - tip_uv) / np.linalg.norm(toward_uv - tip_uv)
+    wrist_uv = tip_uv + 9 * direction
+    layers = {
+        'shaft': (PART_SHAFT, lambda img, v: cv2.line(img, _pt(wrist_uv), _pt(toward_uv), v, width, cv2.LINE_8,
+                                                      SHIFT)),
+        'wrist': (PART_WRIST, lambda img, v: cv2.circle(img, _pt(wrist_uv), 5 << SHIFT, v, -1, cv2.LINE_8, SHIFT)),
+        'claspers': (PART_CLASPERS, lambda img, v: cv2.circle(img, _pt(tip_uv), 4 << SHIFT, v, -1, cv2.LINE_8,
+                                                              SHIFT)),
+    }
+    for name in ('shaft', 'wrist', 'claspers'):
+        if name in parts:
+            part_id, draw = layers[name]
+            draw(type_map, int(type_id))
+            draw(parts_map, int(part_id))
+
+
+def blank():
+    return np.zeros((H, W), np.uint8), np.zeros((H, W), np.uint8)
+
+
+def result(type_map, parts_map):
+    return SegmentationResult.from_labels(parts_map, type_map)
+
+
+def process(type_map, parts_map, config=CONFIG):
+    return InstrumentPerception(config).process(result(type_map, parts_map))
+
+
+def test_tips_are_the_clasper_centroids_and_types_are_voted():
+    type_map, parts_map = blank()
+    draw_instrument(type_map, parts_map, 3, (80.3, 70.6), (0, 20))
+    draw_instrument(type_map, parts_map, 6, (170.2, 120.4), (W - 1, H - 1))
+    frame = process(type_map, parts_map)
+    tips = {i.type_id: i for i in frame.instruments}
+    assert sorted(tips) == [3, 6]
+    assert tips[3].tip == pytest.approx((80.3, 70.6), abs=0.3) and tips[3].source == 'claspers'
+    assert tips[6].tip == pytest.approx((170.2, 120.4), abs=0.3)
+    assert tips[3].type_score == pytest.approx(1.0)
+
+
+def test_a_shuffled_type_map_still_gives_one_instance_per_instrument():
+    """Per-pixel type noise (a checkerboard of types) must not shatter an instrument: instances come
+    from the instrument mask, the type from the vote."""
+    type_map, parts_map = blank()
+    draw_instrument(type_map, parts_map, 3, (80, 70), (0, 20))
+    draw_instrument(type_map, parts_map, 6, (170, 120), (W - 1, H - 1))
+    rng = np.random.default_rng(0)
+    noisy = np.where(type_map > 0, rng.integers(1, 8, type_map.shape), 0).astype(np.uint8)
+    frame = process(noisy, parts_map)
+    assert len(frame.instruments) == 2
+    assert all(i.type_score < 0.3 for i in frame.instruments)  # a vote over 7 random types is weak
+    assert all(i.type_id == UNKNOWN_TYPE for i in frame.instruments)  # ... so it is not guessed
+    assert sorted(np.unique(frame.labels_image())) == [0, UNKNOWN_TYPE]
+    pixel = InstrumentPerception(PerceptionConfig(min_instance_area=30, labels_mode='pixel')).process(
+        result(noisy, parts_map))
+    assert len(np.unique(pixel.labels_image())) == 8  # raw per-pixel types on request
+
+
+def test_a_mostly_right_vote_wins():
+    type_map, parts_map = blank()
+    draw_instrument(type_map, parts_map, 4, (120, 90), (0, 10))
+    rng = np.random.default_rng(1)
+    noisy = np.where((type_map > 0) & (rng.random(type_map.shape) < 0.3), 2, type_map).astype(np.uint8)
+    (inst,) = process(noisy, parts_map).instruments
+    assert inst.type_id == 4 and 0.6 < inst.type_score < 0.8
+
+
+def test_crossing_instruments_stay_two_instances():
+    type_map, parts_map = blank()
+    draw_instrument(type_map, parts_map, 1, (200, 40), (0, H - 1), width=11)  # bottom-left -> top-right
+    draw_instrument(type_map, parts_map, 2, (60, 40), (W - 1, H - 1), width=11)  # bottom-right -> top-left
+    frame = process(type_map, parts_map)
+    assert len(frame.instruments) == 2
+    got = sorted((round(i.tip[0]), round(i.tip[1])) for i in frame.instruments)
+    assert np.allclose(got, [(60, 40), (200, 40)], atol=1.5)
+    for inst in frame.instruments:  # each instance holds its own claspers, and far shaft pixels of its own
+        ids = frame.instance_ids_image()
+        assert ids[int(round(inst.tip[1])), int(round(inst.tip[0]))] == inst.track_id
+    ids = frame.instance_ids_image()
+    tip_of = {round(i.tip[0]): i.track_id for i in frame.instruments}
+    assert ids[H - 8, 8] == tip_of[200] and ids[H - 8, W - 8] == tip_of[60]
+
+
+def test_instruments_touching_at_the_jaws_stay_two_instances():
+    type_map, parts_map = blank()
+    draw_instrument(type_map, parts_map, 1, (120, 96), (0, 96))
+    draw_instrument(type_map, parts_map, 5, (128, 96), (W - 1, 96))  # jaws overlap head on
+    frame = process(type_map, parts_map)
+    assert len(frame.instruments) == 2
+    ids = frame.instance_ids_image()
+    left, right = sorted(frame.instruments, key=lambda i: i.tip[0])
+    assert ids[96, 10] == left.track_id and ids[96, W - 10] == right.track_id
+    assert left.tip[0] < right.tip[0] and abs(left.tip[0] - 120) < 4 and abs(right.tip[0] - 128) < 4
+
+
+def test_tip_falls_back_to_the_wrist_then_the_shaft_end_away_from_the_border():
+    type_map, parts_map = blank()
+    draw_instrument(type_map, parts_map, 2, (100, 100), (0, 100), parts=('shaft', 'wrist'))
+    (inst,) = process(type_map, parts_map).instruments
+    assert inst.source == 'wrist' and inst.tip == pytest.approx((91, 100), abs=0.6)
+    type_map, parts_map = blank()
+    draw_instrument(type_map, parts_map, 2, (100, 100), (W - 1, 100), parts=('shaft',))
+    (inst,) = process(type_map, parts_map).instruments
+    assert inst.source == 'shaft_end' and abs(inst.tip[0] - 109) < 4  # the distal end, not the border end
+
+
+def test_the_tip_of_open_jaws_lies_on_the_jaws():
+    """Two clasper prongs in a V: their centroid is between them; the tip moves onto a clasper pixel."""
+    parts = np.zeros((60, 60), np.uint8)
+    cv2.line(parts, (0, 30), (20, 30), PART_SHAFT, 5)
+    cv2.line(parts, (20, 30), (40, 15), PART_CLASPERS, 3)
+    cv2.line(parts, (20, 30), (40, 45), PART_CLASPERS, 3)
+    u, v, source = instrument_tip(parts > 0, parts)
+    assert source == 'claspers' and parts[int(v), int(u)] == PART_CLASPERS
+
+
+def test_tracks_keep_ids_while_moving_and_retire_after_missed_frames():
+    perception = InstrumentPerception(PerceptionConfig(min_instance_area=30, track_max_missed=2))
+    ids = []
+    for step in range(8):
+        type_map, parts_map = blank()
+        draw_instrument(type_map, parts_map, 3, (60 + 6 * step, 60), (0, 20))
+        draw_instrument(type_map, parts_map, 6, (180 - 5 * step, 130), (W - 1, H - 1))
+        frame = perception.process(result(type_map, parts_map))
+        ids.append(sorted((i.type_id, i.track_id) for i in frame.instruments))
+    assert all(f == ids[0] for f in ids) and len({t for _, t in ids[0]}) == 2
+    empty = blank()
+    for _ in range(3):  # more than track_max_missed frames without instruments: ids retire
+        perception.process(result(*empty))
+    type_map, parts_map = blank()
+    draw_instrument(type_map, parts_map, 3, (60, 60), (0, 20))
+    (inst,) = perception.process(result(type_map, parts_map)).instruments
+    assert inst.track_id not in {t for _, t in ids[0]}
+
+
+def test_tip_smoothing_reduces_jitter_of_a_still_tool():
+    def run(smoothing):
+        perception = InstrumentPerception(PerceptionConfig(min_instance_area=30, smoothing=smoothing,
+                                                           smoothing_min_cutoff=0.5))
+        rng = np.random.default_rng(3)
+        tips = []
+        for k in range(20):
+            type_map, parts_map = blank()
+            draw_instrument(type_map, parts_map, 3, (100 + rng.normal(0, 1.5), 80 + rng.normal(0, 1.5)), (0, 20))
+            (inst,) = perception.process(result(type_map, parts_map), stamp=k * 0.1).instruments
+            tips.append(inst.tip)
+        return np.std(np.array(tips)[5:], axis=0).mean()
+    assert run(True) < 0.6 * run(False)
+
+
+def stereo_results(truth, P_right=P_RIGHT):
+    maps = {}
+    for side, P in (('left', P_LEFT), ('right', P_right)):
+        type_map, parts_map = blank()
+        for type_id, xyz, border in truth:
+            draw_instrument(type_map, parts_map, type_id, project(P, xyz), border)
+        maps[side] = result(type_map, parts_map)
+    return maps
+
+
+def test_3d_tips_and_shaft_axes_from_projected_stereo_without_types():
+    truth = [(3, np.array([-0.012, -0.004, 0.07]), (0, 0)),
+             (5, np.array([0.010, 0.006, 0.09]), (W - 1, H - 1))]
+    maps = stereo_results(truth)
+    # The right eye's types are all different: matching must not need them.
+    maps['right'].net_type[maps['right'].net_type > 0] = 7
+    frame = InstrumentPerception(CONFIG).process(maps['left'], maps['right'], StereoCalibration(P_LEFT, P_RIGHT))
+    assert frame.stereo_error is None
+    got = {i.type_id: i for i in frame.instruments}
+    for type_id, xyz, border in truth:
+        inst = got[type_id]
+        assert np.linalg.norm(np.asarray(inst.xyz) - xyz) < 0.002, (inst.xyz, xyz)
+        assert inst.axis_xyz is not None
+        # The shaft runs from the border pixel towards the tip; its 3-D axis points to the tip.
+        image_dir = project(P_LEFT, xyz) - np.asarray(border, float)
+        reprojected = project(P_LEFT, xyz) - project(P_LEFT, xyz - 0.01 * np.asarray(inst.axis_xyz))
+        cos = image_dir @ reprojected / (np.linalg.norm(image_dir) * np.linalg.norm(reprojected))
+        assert cos > 0.98
+
+
+def test_a_disparity_outside_the_depth_range_is_not_matched():
+    maps = stereo_results([(3, np.array([0.0, 0.0, 0.08]), (0, 0))])
+    near = InstrumentPerception(PerceptionConfig(min_instance_area=30, max_depth=0.05))
+    frame = near.process(maps['left'], maps['right'], StereoCalibration(P_LEFT, P_RIGHT))
+    assert np.isnan(frame.instruments[0].xyz).all()
+    assert StereoCalibration(P_LEFT, P_RIGHT).disparity_range(0.05, 0.1) == pytest.approx(
+        (F * BASELINE / 0.1, F * BASELINE / 0.05))
+
+
+def test_records_poses_and_markers_read_back_with_numpy_only():
+    maps = stereo_results([(2, np.array([0.003, 0.002, 0.06]), (0, H - 1))])
+    frame = InstrumentPerception(CONFIG).process(maps['left'], maps['right'], StereoCalibration(P_LEFT, P_RIGHT))
+    (inst,) = frame.instruments
+    header = Header(frame_id='left_optical')
+    cloud = conversions.tips_cloud(frame.instruments, header)
+    points = np.frombuffer(bytes(cloud.data), dtype=TIP_DTYPE, count=cloud.width)
+    assert cloud.point_step == TIP_DTYPE.itemsize == 40
+    assert points['type_id'][0] == 2 and points['source'][0] == PART_CLASPERS
+    assert points['instance_id'][0] == inst.track_id and points['type_score'][0] == pytest.approx(1.0)
+    np.testing.assert_allclose([points['x'][0], points['y'][0], points['z'][0]], inst.xyz, atol=1e-6)
+    poses = conversions.tip_poses(frame.instruments, header)
+    q = poses.poses[0].orientation
+    np.testing.assert_allclose(rotate_x_axis((q.x, q.y, q.z, q.w)), inst.axis_xyz, atol=1e-6)
+    assert poses.poses[0].position.z == pytest.approx(inst.xyz[2])
+    markers = conversions.tip_markers(frame.instruments, header)
+    assert len(markers.markers) == 4  # DELETEALL, sphere, shaft arrow, label
+    ids = conversions.image_msg(frame.instance_ids_image(), header, 'mono16')
+    assert ids.encoding == 'mono16' and ids.step == 2 * W
+    decoded = np.frombuffer(bytes(ids.data), '<u2').reshape(H, W)
+    assert set(np.unique(decoded)) == {0, inst.track_id}
+
+
+def test_axis_quaternion_maps_x_onto_the_axis():
+    for axis in ([0, 0, 1], [1, 0, 0], [-1, 0, 0], [0.3, -0.5, 0.8]):
+        axis = np.asarray(axis, float) / np.linalg.norm(axis)
+        np.testing.assert_allclose(rotate_x_axis(axis_quaternion(axis)), axis, atol=1e-9)
+    assert axis_quaternion(None) == (0.0, 0.0, 0.0, 1.0)
+
+
+def raw_stereo_rig():
+    """A calibrated but UNrectified rig, as in an EndoVis bag or a dVRK image_raw + camera_info:
+    distortion, principal points that differ, a small rotation between the eyes. Returns
+    (camera_info dicts, R and T of the right camera)."""
+    K1 = np.array([[F, 0, W / 2 - 6], [0, F, H / 2 + 3], [0, 0, 1]])
+    K2 = np.array([[F * 1.01, 0, W / 2 + 7], [0, F * 1.01, H / 2 - 4], [0, 0, 1]])
+    D1, D2 = np.array([-0.2, 0.05, 0.001, -0.001, 0.0]), np.array([-0.18, 0.04, -0.001, 0.001, 0.0])
+    R = cv2.Rodrigues(np.array([0.01, -0.02, 0.005]))[0]
+    T = np.array([-BASELINE, 0.0002, 0.0001])
+    R1, R2, P1, P2 = cv2.stereoRectify(K1, D1, K2, D2, (W, H), R, T.reshape(3, 1),
+                                       flags=cv2.CALIB_ZERO_DISPARITY, alpha=0)[:4]
+    infos = {'left': dict(k=K1, d=D1, r=R1, p=P1), 'right': dict(k=K2, d=D2, r=R2, p=P2)}
+    return infos, R, T
+
+
+def test_3d_tips_of_raw_images_are_rectified_before_triangulation():
+    """image_raw + camera_info: tip pixels are undistorted and rectified (K, D, R) before they are
+    triangulated with the rectified P's; u v stay raw pixels."""
+    infos, R, T = raw_stereo_rig()
+    truth = [(3, np.array([-0.012, -0.004, 0.07]), (0, 0)), (5, np.array([0.010, 0.006, 0.09]), (W - 1, H - 1))]
+    maps, raw_uv = {}, {}
+    for side, (rvec, tvec) in (('left', (np.zeros(3), np.zeros(3))), ('right', (cv2.Rodrigues(R)[0], T))):
+        type_map, parts_map = blank()
+        for type_id, xyz, border in truth:
+            uv = cv2.projectPoints(xyz.reshape(1, 3), rvec, tvec, infos[side]['k'], infos[side]['d'])[0].ravel()
+            raw_uv[side, type_id] = uv
+            draw_instrument(type_map, parts_map, type_id, uv, border)
+        maps[side] = result(type_map, parts_map)
+    rectifiers = [pixel_rectifier(*(infos[side][key] for key in 'kdrp')) for side in ('left', 'right')]
+    assert all(r is not None for r in rectifiers)
+    calib = StereoCalibration(infos['left']['p'], infos['right']['p'], *rectifiers)
+    frame = InstrumentPerception(CONFIG).process(maps['left'], maps['right'], calib)
+    unrectified = InstrumentPerception(CONFIG).process(
+        maps['left'], maps['right'], StereoCalibration(infos['left']['p'], infos['right']['p']))
+    got = {i.type_id: i for i in frame.instruments}
+    raw = {i.type_id: i for i in unrectified.instruments}
+    for type_id, xyz, _ in truth:
+        expected = infos['left']['r'] @ xyz  # the rectified left optical frame
+        assert np.linalg.norm(np.asarray(got[type_id].xyz) - expected) < 0.002, (got[type_id].xyz, expected)
+        assert np.hypot(*(np.asarray(got[type_id].tip) - raw_uv['left', type_id])) < 0.5
+        assert not np.linalg.norm(np.asarray(raw[type_id].xyz) - expected) < 0.002  # raw pixels: wrong or no 3-D
+
+
+def test_rectified_camera_info_needs_no_pixel_rectifier():
+    assert pixel_rectifier(K, np.zeros(5), np.eye(3), P_LEFT) is None
+    assert pixel_rectifier(K, [], np.zeros(9), P_RIGHT) is None  # unset R: none
+    assert pixel_rectifier(np.zeros(9), [0.1, 0, 0, 0, 0], np.eye(3), P_LEFT) is None  # no K given
+
+
+def test_a_3d_failure_keeps_the_2d_outputs():
+    maps = stereo_results([(2, np.array([0.003, 0.002, 0.06]), (0, H - 1))])
+
+    def broken(uv):
+        raise np.linalg.LinAlgError('SVD did not converge')
+    calib = StereoCalibration(P_LEFT, P_RIGHT, broken, None)
+    frame = InstrumentPerception(CONFIG).process(maps['left'], maps['right'], calib)
+    assert 'SVD' in frame.stereo_error and len(frame.instruments) == 1
+    assert np.isnan(frame.instruments[0].xyz).all()
+
+
+def test_network_resolution_results_are_scaled_to_the_input():
+    """Instances and tips run on the network grid; tips come out in input pixels, images at input size."""
+    type_map, parts_map = blank()
+    draw_instrument(type_map, parts_map, 3, (80.3, 70.6), (0, 20))
+    small = SegmentationResult.from_labels(parts_map, type_map, size=(2 * H, 2 * W))
+    (inst,) = find_instruments(small, min_area=120)[0]
+    assert inst.tip == pytest.approx((2 * 80.3 + 0.5, 2 * 70.6 + 0.5), abs=0.6)
+    assert inst.area_px == pytest.approx(4 * np.count_nonzero(type_map))
+    frame = InstrumentPerception(CONFIG).process(small)
+    assert frame.labels_image().shape == frame.instance_ids_image().shape == (2 * H, 2 * W)
