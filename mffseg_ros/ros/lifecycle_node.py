@@ -40,6 +40,7 @@ class LifecycleSegmentNode(SegmentNode, LifecycleNode):
         self.segmenter.segment(np.zeros((*size, 3), np.uint8))
 
     def on_activate(self, state):
+        self.perception.reset()  # tracks from before a pause would match the wrong instruments
         self._activate()
         return super().on_activate(state)
 
