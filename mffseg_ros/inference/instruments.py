@@ -228,6 +228,28 @@ def _merge_collinear(shafts, parts, max_angle_deg=12.0):
     return masks
 
 
+def _elongated(mask, ratio=2.5):
+    """Whether a piece is a band at least `ratio` times longer than wide (as a shaft is)."""
+    pts = np.column_stack(np.nonzero(mask)[::-1]).astype(np.float64)
+    if len(pts) < 2:
+        return False
+    _, axis = _principal_axis(pts)
+    length = np.ptp(pts @ axis) + 1.0
+    return length >= ratio * len(pts) / length  # width = area / length
+
+
+def _distinct_heads(heads):
+    """Heads (wrist + claspers pieces) far enough apart to belong to different instruments: pieces
+    closer than twice the larger one's size are one instrument's head seen in pieces (largest kept)."""
+    kept = []
+    for h in sorted(heads, key=np.count_nonzero, reverse=True):
+        centre = np.argwhere(h).mean(axis=0)
+        size = math.sqrt(np.count_nonzero(h))
+        if all(np.linalg.norm(centre - c) > 2.0 * max(size, s) for _, c, s in kept):
+            kept.append((h, centre, size))
+    return [h for h, _, _ in kept]
+
+
 def split_region(mask, parts, *, shape, origin, min_part_area, min_area):
     """Pixel masks (crop-sized) of the instruments in one connected instrument region."""
     if parts is None:
@@ -239,9 +261,11 @@ def split_region(mask, parts, *, shape, origin, min_part_area, min_area):
     heads = [m & mask for _, m in _components(bridged_heads.view(bool), min_piece)]
     bridged_shafts = cv2.morphologyEx((mask & (parts == PART_SHAFT)).view(np.uint8), cv2.MORPH_CLOSE, _BRIDGE)
     shafts = [(area, m & mask) for area, m in _components(bridged_shafts.view(bool), min_piece)]
-    if shafts:  # a shaft fragment a tenth the size of the main one is a segmentation hole, not a tool
+    if shafts:  # a shaft fragment a fifth the size of the main one is a segmentation hole, not a tool
         largest = max(area for area, _ in shafts)
-        shafts = _merge_collinear([m for area, m in shafts if area >= 0.1 * largest], parts)
+        shafts = _merge_collinear([m for area, m in shafts if area >= 0.2 * largest], parts)
+        shafts = [m for m in shafts if _elongated(m)]  # a shaft is a long band; a blob is noise
+    heads = _distinct_heads(heads)
     if max(len(heads), len(shafts)) < 2:
         return [mask]
     ys, xs = np.nonzero(mask)

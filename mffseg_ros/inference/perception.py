@@ -9,6 +9,7 @@ instruments, voted and tracked types, tips, stereo 3-D tips and shaft poses, and
 import math
 from dataclasses import dataclass, field, replace
 
+import cv2
 import numpy as np
 
 from mffseg_ros.inference.instruments import (DEFAULT_MIN_AREA, DEFAULT_MIN_PART_AREA, SOURCE_CODES, UNKNOWN_TYPE,
@@ -78,13 +79,26 @@ class FramePerception:
             self._cache[key] = make()
         return self._cache[key]
 
+    def _index_image(self):
+        """The instance map at the input resolution, made once (every painted image is a table
+        lookup in it). Indices above 255 (never seen: hundreds of instruments) would need uint16."""
+        def make():
+            index = self.instance_map if self.instance_map.max(initial=0) > 255 else self.instance_map.astype(np.uint8)
+            return self.result.upsample(index)
+        return self._once('index', make)
+
     def paint(self, value, dtype=np.uint8):
         """Input-resolution image with each instrument's pixels set to value(instrument), 0 elsewhere
-        (painted on the network grid, then upsampled inside the instrument outline)."""
-        lut = np.zeros(max([i.index for i in self.instruments], default=0) + 1, dtype)
+        (the instance map upsampled inside the instrument outline, then a table lookup)."""
+        index = self._index_image()
+        lut = np.zeros(max(int(index.max(initial=0)), max([i.index for i in self.instruments], default=0)) + 1, dtype)
         for inst in self.instruments:
             lut[inst.index] = value(inst)
-        return self.result.upsample(lut[self.instance_map])
+        if dtype == np.uint8 and index.dtype == np.uint8:
+            table = np.zeros(256, np.uint8)
+            table[:len(lut)] = lut
+            return cv2.LUT(index, table)
+        return lut[index]
 
     def instance_ids_image(self):
         """uint16 input-resolution image of track ids (0 = background)."""

@@ -21,9 +21,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from mffseg_ros.data.synth import SceneGenerator, StereoRig
+from mffseg_ros.inference.instruments import find_instruments
 from mffseg_ros.inference.perception import InstrumentPerception
 from mffseg_ros.inference.segmenter import Segmenter
 from mffseg_ros.inference.stereo import StereoCalibration
+from mffseg_ros.inference.tracking import Tracker
 from mffseg_ros.sizes import parse_size
 from mffseg_ros.visualize import instrument_overlay
 
@@ -56,6 +58,7 @@ def run(weights=None, size=(1024, 1280), frames=6, seed=5, threads=1):
     scenes = SceneGenerator(rig, seed=seed, num_instruments=(2, 3))
     calibration = StereoCalibration(rig.P_left, rig.P_right)
     perception = InstrumentPerception()
+    tracker = Tracker()  # a second tracker fed the same instruments: its cost alone
     times, agreement, dice = {}, {'parts': [], 'type': [], 'binary': []}, {}
     for i in tqdm(range(frames), desc='postprocess bench', unit='frame'):
         frame = scenes.frame(i * 7)
@@ -66,6 +69,8 @@ def run(weights=None, size=(1024, 1280), frames=6, seed=5, threads=1):
         results = _timed(lambda: seg.postprocess(logits, size), times, 'new postprocess (network grid)')
         out = _timed(lambda: perception.process(results[0], results[1], calibration, i * 0.1), times,
                      'instruments + tracking + stereo')
+        found, instance_map = find_instruments(results[0])
+        _timed(lambda: tracker.update(found, instance_map, size), times, 'of which: tracker update (left eye)')
         _timed(lambda: (out.labels_image(), out.instance_ids_image(), out.parts_image()), times,
                'label, instance, parts images')
         _timed(lambda: instrument_overlay(frame.left, out), times, 'overlay')
