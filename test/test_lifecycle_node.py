@@ -16,7 +16,7 @@ from std_msgs.msg import Header
 
 from mffseg_ros.ros import conversions
 from mffseg_ros.ros.harness import RosHarness
-from mffseg_ros.ros.lifecycle_node import LifecycleSegmentNode
+from mffseg_ros.ros.segment_node import LifecycleSegmentNode
 
 _namespaces = itertools.count(1)
 _stamps = itertools.count(1)

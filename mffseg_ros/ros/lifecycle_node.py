@@ -6,24 +6,22 @@ active       -> deactivate: stop the worker, unsubscribe (the model stays loaded
 inactive     -> cleanup: destroy the outputs, free the model (and its GPU memory)
 Drive it with `ros2 lifecycle set /mffseg configure` (then `activate`) or the launch file's
 `lifecycle:=true`, which does both.
+
+The transitions live here as a mixin; segment_node.LifecycleSegmentNode combines them with
+SegmentNode's phases (_configure, _activate, _deactivate, _unconfigure) and rclpy's LifecycleNode,
+so this module needs nothing from segment_node (no import cycle).
 """
 import numpy as np
-from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
+from rclpy.lifecycle import TransitionCallbackReturn
 
 from mffseg_ros.errors import MffsegError
-from mffseg_ros.ros.segment_node import NODE_NAME, SegmentNode
 
 WARM_UP_SIZE = (480, 640)  # a first frame of a typical size pays the allocator and kernel selection
 
 
-class LifecycleSegmentNode(SegmentNode, LifecycleNode):
-    """SegmentNode's phases as lifecycle transitions. `segmenter`: an already loaded model used at
-    every configure (tests share one); by default configure loads one from the parameters."""
-
-    def __init__(self, *, segmenter=None, node_name=NODE_NAME, **node_kwargs):
-        LifecycleNode.__init__(self, node_name, **node_kwargs)  # not SegmentNode's: nothing starts yet
-        self._given_segmenter = segmenter
-        self._prepare()
+class ManagedTransitions:
+    """Lifecycle callbacks over SegmentNode's phases. `self._given_segmenter`: an already loaded model
+    used at every configure (tests share one); None loads one from the parameters."""
 
     def on_configure(self, state):
         try:

@@ -6,7 +6,7 @@ camera: whatever arrived while the network was busy is dropped and counted.
 
 Run: `segment_node --ros-args --params-file config/segment.yaml` or
 `python -m mffseg_ros.ros.segment_node --ros-args ...` (see docs/ROS_INTERFACE.md);
-`segment_node --lifecycle` for the managed variant (mffseg_ros.ros.lifecycle_node).
+`segment_node --lifecycle` for the managed variant (LifecycleSegmentNode, transitions in lifecycle_node.py).
 """
 import os
 import re
@@ -23,6 +23,7 @@ from rcl_interfaces.msg import SetParametersResult
 from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.lifecycle import LifecycleNode
 from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
@@ -34,6 +35,7 @@ from mffseg_ros.inference.perception import InstrumentPerception
 from mffseg_ros.inference.stereo import StereoCalibration
 from mffseg_ros.ros import conversions, params
 from mffseg_ros.ros.diagnostics import NodeStats, diagnostic_array
+from mffseg_ros.ros.lifecycle_node import ManagedTransitions
 from mffseg_ros.ros.qos import matching_reliability, qos_profile
 from mffseg_ros.ros.sync import Frame, StereoPairer
 from mffseg_ros.visualize import instrument_overlay
@@ -75,6 +77,7 @@ class SegmentNode(Node):
         self.segmenter = None
         self._worker = None
         self._subs = {}
+        self._retiring = []  # subscriptions replaced by `auto`, destroyed at the next check
         self._pubs, self._mask_pubs = {}, {}
         self.stats = NodeStats()
         self.perception = InstrumentPerception(self.cfg.perception())
@@ -122,9 +125,9 @@ class SegmentNode(Node):
         if self._qos_timer is not None:
             self.destroy_timer(self._qos_timer)
             self._qos_timer = None
-        for sub in self._subs.values():
+        for sub in (*self._subs.values(), *self._retiring):
             self.destroy_subscription(sub)
-        self._subs = {}
+        self._subs, self._retiring = {}, []
 
     def _unconfigure(self):
         """Destroy the outputs and let the model go (and its GPU memory)."""
@@ -193,14 +196,17 @@ class SegmentNode(Node):
                 msg_type, lambda msg, info, s=side: self._on_image(s, msg, info))
             if cfg.stereo:
                 topics[getattr(cfg, f'{side}_info_topic')] = (
-                    CameraInfo, lambda msg, s=side: self._on_camera_info(s, msg))
+                    CameraInfo, lambda msg, info, s=side: self._on_camera_info(s, msg, info))
         return topics
 
     def _subscribe(self, topic, reliability):
+        """(Re-)subscribe `topic`. A replaced subscription lives on until the next publisher check, so
+        there is no gap while the new one is matched; messages both deliver are dropped as duplicates
+        (publisher sequence numbers)."""
         msg_type, callback = self._input_topics()[topic]
         old = self._subs.pop(topic, None)
         if old is not None:
-            self.destroy_subscription(old)
+            self._retiring.append(old)
         # `auto` re-subscribes from a timer: without QoS event handlers, because a multi-threaded executor
         # that is adding a just-destroyed event handler to its wait set dies (rclpy raises InvalidHandle).
         # No incompatible-QoS warning is lost: auto picks a reliability that every publisher matches.
@@ -227,6 +233,9 @@ class SegmentNode(Node):
 
     def _follow_publishers(self):
         """`input_reliability: auto`: match each input topic's publishers (re-checked every second)."""
+        retiring, self._retiring = self._retiring, []
+        for sub in retiring:  # replaced a check ago: their successors are matched by now
+            self.destroy_subscription(sub)
         for topic, sub in list(self._subs.items()):
             offered = [info.qos_profile.reliability
                        for info in self.get_publishers_info_by_topic(self.resolve_topic_name(topic))]
@@ -238,30 +247,37 @@ class SegmentNode(Node):
     # --- callbacks: store only ---------------------------------------------------------------------
     def _on_image(self, side, msg, info=None):
         now_ns = time.time_ns()
+        if info is not None and not self._first_delivery(side, info):
+            return
         stamp = conversions.stamp_ns(msg.header)
         self.stats.received(side)
         if info is not None:
-            self._count_transport_losses(side, info)
             self.stats.arrived(input_age_s=(now_ns - stamp) * 1e-9,
                                transport_s=(now_ns - info['source_timestamp']) * 1e-9)
         self.pairer.push(side, Frame(stamp, time.monotonic(), msg))
 
-    def _count_transport_losses(self, side, info):
-        """Gaps in a publisher's sequence numbers: frames the DDS reader overwrote (keep last 1) or
-        never received before this callback ran. Counted as `superseded`, so no loss is silent."""
+    def _first_delivery(self, side, info, count_gaps=True):
+        """False for a message already delivered (two subscriptions overlap while `auto` switches).
+        Gaps in a publisher's sequence numbers are frames the DDS reader overwrote or never received
+        before this callback ran: counted as `superseded`, so no loss is silent."""
         gid, seq = info.get('publisher_gid'), info.get('publication_sequence_number')
         if gid is None or not seq:
-            return
+            return True
         key = (side, bytes(gid.get('data', b'')) if isinstance(gid, dict) else bytes(gid))
         last = self._sequences.get(key)
+        if last is not None and seq <= last:
+            return False
         self._sequences[key] = seq
-        if last is not None and seq > last + 1:
+        if count_gaps and last is not None and seq > last + 1:
             self.stats.add('superseded', seq - last - 1)
             self.stats.add(f'superseded.{side}', seq - last - 1)
         if len(self._sequences) > 64:  # publishers come and go: keep only the newest ones
             self._sequences.pop(next(iter(self._sequences)))
+        return True
 
-    def _on_camera_info(self, side, msg):
+    def _on_camera_info(self, side, msg, info=None):
+        if info is not None and not self._first_delivery(f'{side}_info', info, count_gaps=False):
+            return
         fields = conversions.camera_info_key(msg)
         seen = self._info_seen[side]
         if seen is not None and seen[0] == fields:  # a camera repeats its camera_info with every frame
@@ -480,6 +496,16 @@ class SegmentNode(Node):
         return super().destroy_node()
 
 
+class LifecycleSegmentNode(ManagedTransitions, SegmentNode, LifecycleNode):
+    """The managed variant (`segment_node --lifecycle`): SegmentNode's phases run as lifecycle
+    transitions (lifecycle_node.ManagedTransitions); nothing starts until configure."""
+
+    def __init__(self, *, segmenter=None, node_name=NODE_NAME, **node_kwargs):
+        LifecycleNode.__init__(self, node_name, **node_kwargs)  # not SegmentNode's: nothing starts yet
+        self._given_segmenter = segmenter
+        self._prepare()
+
+
 def default_threads():
     """Inference threads when `threads` is 0: every core but one, which stays free for the DDS
     threads that receive the next frame (all cores busy in torch starved them of large frames)."""
@@ -513,11 +539,7 @@ def main(argv=None):
         signal.signal(signum, lambda *_: stop.set())
     node = None
     try:
-        if managed:
-            from mffseg_ros.ros.lifecycle_node import LifecycleSegmentNode
-            node = LifecycleSegmentNode()
-        else:
-            node = SegmentNode()
+        node = LifecycleSegmentNode() if managed else SegmentNode()
     except MffsegError as e:
         print(f'segment_node: error: {e}', file=sys.stderr)
         rclpy.try_shutdown()
