@@ -254,7 +254,9 @@ class SegmentNode(Node):
         if info is not None:
             self.stats.arrived(input_age_s=(now_ns - stamp) * 1e-9,
                                transport_s=(now_ns - info['source_timestamp']) * 1e-9)
-        self.pairer.push(side, Frame(stamp, time.monotonic(), msg))
+        # A rejected frame still takes its place in the pairing: its partner is processed (2-D) without it.
+        rejected = self._checked_on_arrival(side, msg)
+        self.pairer.push(side, Frame(stamp, time.monotonic(), None if rejected else msg, rejected=bool(rejected)))
 
     def _first_delivery(self, side, info, count_gaps=True):
         """False for a message already delivered (two subscriptions overlap while `auto` switches).
@@ -350,10 +352,11 @@ class SegmentNode(Node):
         return watched
 
     def _decode(self, side, frame):
-        """RGB pixels of a frame, or None when it is rejected (counted, throttled warning)."""
+        """RGB pixels of a frame, or None when it is rejected (counted once, throttled warning)."""
+        if frame.rejected:
+            return None  # counted when it arrived
         max_pixels = self.cfg.max_input_pixels
         try:
-            self._check_size(side, conversions.inspect_image_msg(frame.msg, max_pixels))
             if isinstance(frame.msg, CompressedImage):
                 return conversions.decode_compressed_msg(frame.msg, max_pixels)
             return conversions.decode_image_msg(frame.msg, max_pixels)
@@ -361,16 +364,16 @@ class SegmentNode(Node):
             self._reject(side, e)
             return None
 
-    def _check_only(self, side, frame):
-        """A frame that is not segmented (e.g. the right eye without 3-D) is still checked, from its
-        header: a dead camera shows in `rejected` whatever the outputs watched. Returns None."""
-        if frame is None:
-            return None
+    def _checked_on_arrival(self, side, msg):
+        """Header, size bounds and model limits, checked in the callback (no pixel is decoded): every
+        malformed image is counted in `rejected` even when a newer frame supersedes it before the worker
+        looks, and a dead camera shows whatever the outputs watched. Returns the rejection or ''."""
         try:
-            self._check_size(side, conversions.inspect_image_msg(frame.msg, self.cfg.max_input_pixels))
+            self._check_size(side, conversions.inspect_image_msg(msg, self.cfg.max_input_pixels))
         except ImageFormatError as e:
             self._reject(side, e)
-        return None
+            return str(e)
+        return ''
 
     def _check_size(self, side, size):
         """Frames the model cannot take are rejected; a frame that no longer fits its calibration
@@ -403,12 +406,11 @@ class SegmentNode(Node):
             return
         rgb_left = self._decode('left', left)
         if rgb_left is None:
-            self._check_only('right', right)
             return
         P_left, P_right = self._projections['left'], self._projections['right']
         want_3d = (right is not None and P_left is not None and P_right is not None
                    and (wanted['tips'] or wanted['tip_markers'] or wanted['tip_poses']))
-        rgb_right = self._decode('right', right) if want_3d else self._check_only('right', right)
+        rgb_right = self._decode('right', right) if want_3d else None
         if rgb_right is not None and rgb_right.shape == rgb_left.shape:
             res_left, res_right = self.segmenter.segment_batch([rgb_left, rgb_right])
             self.stats.add('segmented_pairs')
