@@ -10,6 +10,7 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 
 from mffseg_ros import topics
 from mffseg_ros.errors import MffsegError
+from mffseg_ros.inference.instruments import DEFAULT_MIN_AREA
 from mffseg_ros.inference.perception import LABEL_MODES, PerceptionConfig
 from mffseg_ros.model.classes import TASK_CLASSES
 
@@ -51,7 +52,7 @@ class NodeConfig:
     sync_queue_size: int = 10
     # Run time
     sync_slop: float = 0.01
-    min_instance_area: int = 200
+    min_instance_area: int = DEFAULT_MIN_AREA
     min_type_score: float = 0.5
     labels_mode: str = 'instance'
     track_max_missed: int = 5
