@@ -208,7 +208,7 @@ def _merge_collinear(shafts, parts, max_angle_deg=12.0):
         lines = [_principal_axis(p) for p in pieces]
         for i in range(len(masks)):
             for j in range(i + 1, len(masks)):
-                (ci, ai), (cj, aj) = lines[i], lines[j]
+                (_, ai), (_, aj) = lines[i], lines[j]
                 if abs(ai @ aj) < math.cos(math.radians(max_angle_deg)):
                     continue
                 big, small = (i, j) if len(pieces[i]) >= len(pieces[j]) else (j, i)

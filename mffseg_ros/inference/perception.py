@@ -12,8 +12,13 @@ from dataclasses import dataclass, field, replace
 import cv2
 import numpy as np
 
-from mffseg_ros.inference.instruments import (DEFAULT_MIN_AREA, DEFAULT_MIN_PART_AREA, SOURCE_CODES, UNKNOWN_TYPE,
-                                              find_instruments)
+from mffseg_ros.inference.instruments import (
+    DEFAULT_MIN_AREA,
+    DEFAULT_MIN_PART_AREA,
+    SOURCE_CODES,
+    UNKNOWN_TYPE,
+    find_instruments,
+)
 from mffseg_ros.inference.stereo import match_instruments
 from mffseg_ros.inference.tracking import Tracker
 
@@ -130,7 +135,8 @@ class FramePerception:
 class InstrumentPerception:
     """Stateful per camera stream (the tracker): one object per node / per replayed sequence."""
 
-    def __init__(self, config=PerceptionConfig()):
+    def __init__(self, config=None):
+        config = config or PerceptionConfig()
         self.config = config
         self.tracker = self._new_tracker(config)
 

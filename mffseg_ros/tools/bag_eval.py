@@ -53,12 +53,12 @@ def read_frames(bag, limit=None):
     return {s: complete[s] for s in stamps}
 
 
-def evaluate_bag(segmenter, bag, *, config=PerceptionConfig(), limit=None, stereo=True):
+def evaluate_bag(segmenter, bag, *, config=None, limit=None, stereo=True):
     """Scores of `segmenter` + the post-processing on `bag`: a dict with 'instruments' (see
     instrument_scores.InstrumentScorer.summary), 'dice_binary_mean', 'dice_parts_mean', 'frames'."""
     frames = read_frames(bag, limit)
-    perception = InstrumentPerception(config)
-    scorer = scores = None
+    perception = InstrumentPerception(config or PerceptionConfig())
+    scorer = None
     rows = []
     calibration = None
     for stamp, f in tqdm(frames.items(), desc='evaluate bag', unit='frame'):
