@@ -10,6 +10,7 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 
 from mffseg_ros import topics
 from mffseg_ros.errors import MffsegError
+from mffseg_ros.inference.backends import BACKEND_CHOICES, BACKENDS, PRECISIONS
 from mffseg_ros.model.classes import TASK_CLASSES
 
 
@@ -19,9 +20,9 @@ class ParameterError(MffsegError):
 
 DEVICE_PATTERN = re.compile(r'^(auto|cpu|cuda(:\d+)?)$')
 CHOICES = {
-    'precision': ('fp32', 'fp16'),
+    'precision': tuple(PRECISIONS),
     'branch': ('main', 'aux'),
-    'backend': ('torch', 'onnx', 'tensorrt'),
+    'backend': BACKEND_CHOICES,
     'input_reliability': ('best_effort', 'reliable'),
 }
 
@@ -33,7 +34,7 @@ class NodeConfig:
     device: str = 'auto'
     precision: str = 'fp32'
     branch: str = 'main'
-    backend: str = 'torch'
+    backend: str = 'auto'
     threads: int = 0
     input_scale: float = 0.0
     input_height: int = 0
@@ -76,9 +77,10 @@ READ_ONLY = {'weights', 'device', 'precision', 'branch', 'backend', 'threads', '
 DESCRIPTIONS = {
     'weights': 'safetensors weights file; empty = the shipped default model',
     'device': 'auto | cpu | cuda | cuda:N (auto falls back to CPU with a warning)',
-    'precision': 'fp32 | fp16 (fp16 needs CUDA; on the CPU it falls back to fp32 with a warning)',
+    'precision': ' | '.join(PRECISIONS) + ' (fp16 needs CUDA; on the CPU it falls back to fp32 with a warning)',
     'branch': 'main | aux (aux skips the main decoder: faster, coarser)',
-    'backend': 'torch | onnx (ONNX Runtime: faster on CPUs) | tensorrt (where installed)',
+    'backend': 'auto (CPU: the backend measured faster end to end, see docs/BENCHMARKS.md; CUDA: torch) | '
+               + ' | '.join(f'{name} ({spec.help})' for name, spec in BACKENDS.items()),
     'threads': 'CPU inference threads (torch and ONNX Runtime); 0 = their default',
     'input_scale': 'resize factor before the network; 0 = fit the frame to the training size in the weights',
     'input_height': 'network input height in px (multiple of 32); 0 = use input_scale',
