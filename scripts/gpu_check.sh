@@ -73,11 +73,11 @@ note environment "$(tr '\n' ' ' < "$work/logs/environment.log" | cut -c1-200)"
 
 bench=("$py" -m mffseg_ros.cli bench)
 if [ $dry = 1 ]; then
-  dev=(--device cpu --threads 1) sizes=64x64 iters=(--iters 2 --warmup 1) prec=fp32
+  dev=(--device cpu --threads 1) sizes=64x64 iters=(--iters 2 --warmup 1) prec=fp32 half=fp32
   graphs=torch,onnx peer_backends=torch frame=64x80 rates=10,20 duration=1
   tests=(test/test_cuda.py)
 else
-  dev=(--device cuda) sizes=1024x1280,512x640 iters=(--iters 200 --warmup 20) prec=fp32,fp16,bf16
+  dev=(--device cuda) sizes=1024x1280,512x640 iters=(--iters 200 --warmup 20) prec=fp32,fp16,bf16 half=fp16
   graphs=torch,cudagraph peer_backends=torch,cudagraph frame=1024x1280 rates=30,60 duration=15
   tests=(test/test_cuda.py test/test_fast_path.py test/test_backends.py)
 fi
@@ -96,7 +96,7 @@ else
     --backends torch,compile "${iters[@]}" --out "$work/bench_compile"
 fi
 # 5. The paper's peers next to MFF, same run (smp from the carried wheels, else reported unavailable).
-step bench_peers 70 "${bench[@]}" "${dev[@]}" --sizes "$sizes" --modes main --precisions "${prec##*,}" \
+step bench_peers 70 "${bench[@]}" "${dev[@]}" --sizes "$sizes" --modes main --precisions "$half" \
   --backends "$peer_backends" --peers "${iters[@]}" --out "$work/bench_peers"
 # 6. ROS 2 end to end: stereo pairs into the segment node (its own process, fp16 on CUDA).
 if "$py" -c 'import rclpy' > "$work/logs/rclpy_import.log" 2>&1; then

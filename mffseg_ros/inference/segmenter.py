@@ -112,6 +112,7 @@ class Segmenter:
         self.model.branch = branch
         if self.dtype != torch.float32:
             self.model = self.model.to(self.dtype)
+        backend_options.setdefault('channels_last', self.device.type == 'cuda')  # as the fast path runs
         self._backend = make_backend(self.backend_name, self.model, metadata, device=self.device,
                                      precision=precision, branch=branch, **backend_options)
         self._fast_path = None
