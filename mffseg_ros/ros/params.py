@@ -12,6 +12,7 @@ from mffseg_ros import topics
 from mffseg_ros.errors import MffsegError
 from mffseg_ros.inference.backends import BACKEND_CHOICES, BACKENDS, PRECISIONS
 from mffseg_ros.model.classes import TASK_CLASSES
+from mffseg_ros.model.mffnet import BRANCHES
 
 
 class ParameterError(MffsegError):
@@ -21,7 +22,7 @@ class ParameterError(MffsegError):
 DEVICE_PATTERN = re.compile(r'^(auto|cpu|cuda(:\d+)?)$')
 CHOICES = {
     'precision': tuple(PRECISIONS),
-    'branch': ('main', 'aux'),
+    'branch': BRANCHES,
     'backend': BACKEND_CHOICES,
     'input_reliability': ('best_effort', 'reliable'),
 }

@@ -3,7 +3,9 @@
 For each backend (torch, ONNX Runtime fp32, ONNX Runtime int8 with static quantisation calibrated on
 synthetic frames) the node's Segmenter runs `segment_batch([left, right])` (resize, normalise, network,
 post-processing at the frame size) and, separately, the bare network on the same pre-processed batch.
-All configurations are timed round-robin in one run, so the ratios hold on a shared machine. Label
+The post-processing alone is timed too, also on ONNX Runtime's
+raw NCHW logits (what the backend returned before it made them channels-last). All configurations are
+timed round-robin in one run, so the ratios hold on a shared machine. Label
 agreement of ONNX int8 and torch against ONNX fp32 is measured on other synthetic pairs than the
 calibration ones. This is the measurement behind `backend: auto` on the CPU and the int8 decision
 (docs/BENCHMARKS.md)."""
@@ -41,8 +43,8 @@ def quantize_int8(fp32_path, int8_path, batches):
 
 
 def agreement(a, b):
-    return {task: float((getattr(x, task) == getattr(y, task)).mean()) for task in ('type', 'parts')
-            for x, y in [(a, b)]}
+    """Fraction of equal pixels per task between two SegmentationResults."""
+    return {task: float((getattr(a, task) == getattr(b, task)).mean()) for task in ('type', 'parts')}
 
 
 def main(argv=None):
@@ -84,13 +86,18 @@ def main(argv=None):
     pair = held_out[0]
     calls = []
     for name, seg in segs.items():
-        calls += [(seg.segment_batch, pair), (seg.forward, seg.preprocess(pair))]
+        logits = seg.forward(seg.preprocess(pair))
+        calls += [(seg.segment_batch, pair), (seg.forward, seg.preprocess(pair)),
+                  (lambda lg, seg=seg: seg.postprocess(lg, size), logits)]
+    # ONNX Runtime's own NCHW output, as the backend returned it before it made logits channels-last
+    calls.append((lambda lg: fp32.postprocess(lg, size), fp32.forward(fp32.preprocess(pair)).contiguous()))
     stats = bm.time_interleaved(calls, warmup=2, iters=args.iters)
     rows = []
     for k, name in enumerate(segs):
-        frame, network = stats[2 * k], stats[2 * k + 1]
+        frame, network, post = stats[3 * k:3 * k + 3]
         row = {'backend': name, 'end_to_end_ms': frame['median_ms'], 'end_to_end_p99_ms': frame['p99_ms'],
-               'network_ms': network['median_ms'], 'end_to_end_over_network': frame['median_ms'] / network['median_ms']}
+               'network_ms': network['median_ms'], 'postprocess_ms': post['median_ms'],
+               'end_to_end_over_network': frame['median_ms'] / network['median_ms']}
         if name in agree:
             row.update({f'{task}_agreement_vs_onnx_fp32': float(np.mean([a[task] for a in agree[name]]))
                         for task in ('type', 'parts')})
@@ -99,6 +106,10 @@ def main(argv=None):
     for row in rows:
         row['speed_up_vs_torch'] = base['torch'] / row['end_to_end_ms']
         row['speed_up_vs_onnx_fp32'] = base['onnx'] / row['end_to_end_ms']
+    post_torch = rows[0]['postprocess_ms']
+    rows.append({'backend': 'onnx, NCHW logits (before the layout fix)', 'postprocess_ms': stats[-1]['median_ms']})
+    for row in rows:
+        row['postprocess_over_torch'] = row['postprocess_ms'] / post_torch
     result = {'meta': run_metadata('python -m mffseg_ros.tools.bench_cpu ' + ' '.join(argv or [])),
               'frame_size': list(size), 'network_size': list(fp32.network_size(*size)), 'threads': args.threads,
               'iters': args.iters, 'quantize_s': quantize_s, 'int8_file_mb': int8_file.stat().st_size / 2**20,
