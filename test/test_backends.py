@@ -81,3 +81,12 @@ def test_auto_backend_and_warm_up(model):
     assert list(seg._backend.sessions) == [(2, 64, 96)]
     seg.segment_batch([np.zeros((96, 128, 3), np.uint8)] * 2)
     assert list(seg._backend.sessions) == [(2, 64, 96)]
+
+
+def test_onnx_runtime_threads_sleep_between_inferences(model):
+    """ONNX Runtime's pool threads spin-wait by default; in the node (threads=0: a pool per core) they
+    took the cores from post-processing and DDS between frames (a stereo pair 1.1 s -> 5.4 s)."""
+    backend = backends.make_backend('onnx', model, {}, branch='aux')  # threads unset: ONNX Runtime's pool
+    options = backend.session_for(1, 64, 64).get_session_options()
+    for pool in ('intra_op', 'inter_op'):
+        assert options.get_session_config_entry(f'session.{pool}.allow_spinning') == '0'
