@@ -11,6 +11,7 @@ calibration ones. This is the measurement behind `backend: auto` on the CPU and 
 (docs/BENCHMARKS.md)."""
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -110,7 +111,8 @@ def main(argv=None):
     rows.append({'backend': 'onnx, NCHW logits (before the layout fix)', 'postprocess_ms': stats[-1]['median_ms']})
     for row in rows:
         row['postprocess_over_torch'] = row['postprocess_ms'] / post_torch
-    result = {'meta': run_metadata('python -m mffseg_ros.tools.bench_cpu ' + ' '.join(argv or [])),
+    given = sys.argv[1:] if argv is None else argv
+    result = {'meta': run_metadata(' '.join(['python -m mffseg_ros.tools.bench_cpu', *given])),
               'frame_size': list(size), 'network_size': list(fp32.network_size(*size)), 'threads': args.threads,
               'iters': args.iters, 'quantize_s': quantize_s, 'int8_file_mb': int8_file.stat().st_size / 2**20,
               'fp32_file_mb': fp32_file.stat().st_size / 2**20, 'rows': rows}
