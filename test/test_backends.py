@@ -90,3 +90,16 @@ def test_onnx_runtime_threads_sleep_between_inferences(model):
     options = backend.session_for(1, 64, 64).get_session_options()
     for pool in ('intra_op', 'inter_op'):
         assert options.get_session_config_entry(f'session.{pool}.allow_spinning') == '0'
+
+
+def test_node_warms_up_before_its_first_frame():
+    """A node that loads its own model has the ONNX session for a stereo pair of the expected frame
+    size before any frame arrives (backend auto on the CPU)."""
+    from mffseg_ros.inference.segmenter import EXPECTED_FRAME_SIZE
+    from mffseg_ros.ros.harness import RosHarness
+    with RosHarness() as ros:
+        node = ros.start_node(namespace='/warm', parameters={'device': 'cpu', 'threads': 1})
+        seg = node.segmenter
+        assert seg.backend_name == backends.CPU_AUTO_BACKEND
+        if seg.backend_name == 'onnx':
+            assert list(seg._backend.sessions) == [(2, *seg.network_size(*EXPECTED_FRAME_SIZE))]

@@ -220,7 +220,7 @@ class BackendSpec:
     """One row of the backend table."""
     name: str
     factory: type
-    precisions: tuple          # precisions it runs (fp16/bf16 on CUDA only, see `check`)
+    precisions: tuple          # precisions it runs (fp16 on CUDA only, see `missing`)
     devices: tuple             # device types it runs on
     modules: tuple = ()        # Python packages it needs (any one of them)
     options: tuple = ()        # constructor options beyond model/metadata/device/precision/branch
@@ -233,8 +233,8 @@ class BackendSpec:
             return f'backend {self.name} runs on {" or ".join(self.devices)} only, not {device_type}'
         if precision not in self.precisions:
             return f'backend {self.name} runs {", ".join(self.precisions)} only, not {precision}'
-        if precision != 'fp32' and device_type == 'cpu':
-            return f'{precision} needs CUDA (CPU {precision} convolutions are emulated and slow)'
+        if precision == 'fp16' and device_type == 'cpu':
+            return 'fp16 needs CUDA (CPU fp16 convolutions are emulated and slow)'
         if self.modules and not any(importlib.util.find_spec(m) for m in self.modules):
             return f'backend {self.name} needs {" or ".join(self.modules)}, which is not installed'
         return ''
