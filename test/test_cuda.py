@@ -7,8 +7,6 @@ import pytest
 import torch
 
 from mffseg_ros.inference.segmenter import Segmenter
-from mffseg_ros.model.mffnet import MFFNet
-from mffseg_ros.model.weights import default_metadata
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='no CUDA device')
 
@@ -39,18 +37,22 @@ def test_amp_training_step_lowers_the_loss(tmp_path):
 @pytest.mark.parametrize('precision', ['fp16', 'bf16'])
 def test_cuda_graph_replay_gives_the_eager_fast_path_labels(precision):
     """Graph replay per frame gives what the same pipeline gives without graphs, frame after frame
-    (buffers are reused: a stale input or output would show here)."""
-    torch.manual_seed(0)
-    model = MFFNet().eval()
-    frames = [np.random.default_rng(i).integers(0, 256, (240, 320, 3), dtype=np.uint8) for i in range(3)]
+    (buffers are reused: a stale input or output would show here, as the scenes differ)."""
+    from mffseg_ros.data.synth import SynthDataset
+    scenes = SynthDataset(3, size=(240, 320), seed=7)
+    frames = [scenes[i]['image'] for i in range(3)]
     segs = {}
     for graphs in (False, True):
-        clone = copy.deepcopy(model)
-        segs[graphs] = Segmenter(clone, default_metadata(clone), device='cuda', precision=precision,
-                                 input_size=(128, 160), cuda_graphs=graphs)
+        segs[graphs] = Segmenter.load(None, device='cuda', precision=precision, input_size=(128, 160),
+                                      cuda_graphs=graphs)
         segs[graphs].warm_up((240, 320), batch=2)
     assert segs[True]._fast_path.plan(2, 240, 320).graph is not None
+    previous = None
     for frame in frames:
-        eager, graphed = (segs[g].segment_batch([frame, frame[::-1].copy()]) for g in (False, True))
+        pair = [frame, np.ascontiguousarray(frame[:, ::-1])]
+        eager, graphed = (segs[g].segment_batch(pair) for g in (False, True))
         for a, b in zip(eager, graphed):
-            assert (a.type == b.type).mean() > 0.999 and (a.parts == b.parts).mean() > 0.999
+            assert (a.type == b.type).mean() > 0.995 and (a.parts == b.parts).mean() > 0.995
+        if previous is not None:  # the check has power: consecutive scenes give different labels
+            assert (eager[0].type != previous).mean() > 0.005
+        previous = eager[0].type
