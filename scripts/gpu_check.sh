@@ -55,7 +55,9 @@ if [ $dry = 1 ]; then
 elif [ -f .whl/gpu_wheels.tar.xz ]; then
   venv=$work/venv
   mkdir -p "$work/wheels"
-  step install 90 bash -c "set -e; tar -C '$work/wheels' -xJf .whl/gpu_wheels.tar.xz
+  step install 90 bash -c "set -e  # Python unpacks the archive: the image may lack the xz tool
+    '$py' -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' \
+      .whl/gpu_wheels.tar.xz '$work/wheels'
     '$py' -m venv --without-pip '$venv'
     '$py' -c 'import site; print(*site.getsitepackages(), sep=chr(10))' \
       > \$(echo '$venv'/lib/python3*/site-packages)/image_packages.pth
