@@ -37,7 +37,7 @@ def test_postprocess_after_onnx_is_as_fast_as_after_torch(model):
     for name, lg in logits.items():
         assert lg.is_contiguous(memory_format=torch.channels_last), f'{name} logits are not channels-last'
     times = {name: [] for name in segs}
-    for _ in range(5):
+    for _ in range(9):
         for name, seg in segs.items():
             start = time.perf_counter()
             result = seg.postprocess(logits[name], frame.shape[:2])[0]
