@@ -35,7 +35,8 @@ def add_arguments(parser):
                         help='input HEIGHTxWIDTH, multiples of 32 (default: the weights\' train_size, '
                              'else 512x640)')
     parser.add_argument('--batch', type=int, default=1, help='batch size (default 1; 2 for stereo pairs)')
-    parser.add_argument('--branch', choices=('main', 'aux'), default='main',
+    from mffseg_ros.model.mffnet import BRANCHES
+    parser.add_argument('--branch', choices=BRANCHES, default='main',
                         help='main decoder, or the faster aux-only branch')
     parser.add_argument('--opset', type=int, default=17, help='ONNX opset (default 17)')
     parser.add_argument('--no-verify', action='store_true',
