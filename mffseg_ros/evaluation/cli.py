@@ -40,7 +40,7 @@ def run(args):
         raise MffsegError(f'{args.out}: exists and is not a folder (--out is the output folder)')
     segmenter = Segmenter.load(args.weights, device=args.device, input_scale=args.input_scale)
     if args.bag is not None:
-        from mffseg_ros.tools import bag_eval  # bag reading lives with the bag tools
+        from mffseg_ros.evaluation import bag_eval
         return bag_eval.run(args, segmenter)
     samples = build_datasets(args.data)
     log.info('%s; %d frames', segmenter.describe(), len(samples))

@@ -14,9 +14,9 @@ import numpy as np
 from tqdm import tqdm
 
 from mffseg_ros import topics
+from mffseg_ros.data.bags import LEFT_FRAME_ID, RIGHT_FRAME_ID, STORAGES, BagWriter
 from mffseg_ros.errors import DataError
 from mffseg_ros.sizes import parse_size
-from mffseg_ros.tools.bags import LEFT_FRAME_ID, RIGHT_FRAME_ID, STORAGES, BagWriter
 
 # Stamps start at 1 s rather than 0: a zero stamp means "no time" to many ROS tools.
 START_NS = 1_000_000_000

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from mffseg_ros import topics
-from mffseg_ros.evaluation.instrument_scores import format_summary, match_radius
 from mffseg_ros.errors import MffsegError
+from mffseg_ros.evaluation.instrument_scores import format_summary, match_radius
 from mffseg_ros.paths import share_file
 from mffseg_ros.sizes import parse_size
 
@@ -70,8 +70,8 @@ def check_setup(out, weights, device):
 # ----------------------------------------------------------------------------------- the bag
 def ensure_bag(path, *, frames, size, seed, rate):
     """Reuses the bag at `path` when it was made with the same settings, else (re)writes it."""
+    from mffseg_ros.data.bags import bag_info
     from mffseg_ros.tools.bag_cli import write_synth_bag
-    from mffseg_ros.tools.bags import bag_info
 
     want = {'mffseg.source': 'synth', 'mffseg.seed': seed, 'mffseg.size': f'{size[0]}x{size[1]}',
             'mffseg.rate_hz': rate}
@@ -91,7 +91,7 @@ def ensure_bag(path, *, frames, size, seed, rate):
 
 def ground_truth(path):
     """{stamp_ns: {'type', 'parts', 'tips'}} of the bag's left ground truth."""
-    from mffseg_ros.tools.bags import cloud_points, image_array, read_bag
+    from mffseg_ros.data.bags import cloud_points, image_array, read_bag
 
     gt = {}
     keys = {topics.GT_TYPE: 'type', topics.GT_PARTS: 'parts', topics.GT_TIPS: 'tips'}
@@ -186,8 +186,8 @@ class Tracker:
         node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, reliable)
 
     def _store(self, name, msg):
+        from mffseg_ros.data.bags import image_array
         from mffseg_ros.ros.conversions import cloud_to_tips, stamp_ns
-        from mffseg_ros.tools.bags import image_array
 
         now = time.monotonic()
         if name == 'tips':

@@ -13,13 +13,13 @@ import numpy as np
 from tqdm import tqdm
 
 from mffseg_ros import topics
+from mffseg_ros.data.bags import cloud_points, image_array, read_bag
 from mffseg_ros.errors import DataError
 from mffseg_ros.evaluation.instrument_scores import InstrumentScorer, format_summary, match_radius
 from mffseg_ros.inference.image_codec import decode_image
 from mffseg_ros.inference.perception import InstrumentPerception, PerceptionConfig
 from mffseg_ros.inference.stereo import StereoCalibration, pixel_rectifier
 from mffseg_ros.inference.tip_records import tip_records
-from mffseg_ros.tools.bags import cloud_points, image_array, read_bag
 
 log = logging.getLogger(__name__)
 _KEYS = {topics.LEFT_IMAGE: 'left', topics.RIGHT_IMAGE: 'right', topics.LEFT_INFO: 'info_left',
