@@ -19,6 +19,7 @@ import torch
 
 from mffseg_ros.errors import MffsegError
 from mffseg_ros.inference.backends import make_backend, precision_dtype, resolve_backend
+from mffseg_ros.inference.fast_path import FastPath
 from mffseg_ros.inference.results import SegmentationResult, network_maps, results_from_maps  # noqa: F401
 from mffseg_ros.model.mffnet import BRANCHES, MFFNet
 from mffseg_ros.model.weights import WeightsMeta, as_weights_meta, default_metadata, load_weights
@@ -104,7 +105,6 @@ class Segmenter:
                                      precision=precision, branch=branch, **backend_options)
         self._fast_path = None
         if self.device.type == 'cuda' and self.backend_name == 'torch':
-            from mffseg_ros.inference.fast_path import FastPath
             self._fast_path = FastPath(self, cuda_graphs=cuda_graphs)
 
     @classmethod

@@ -15,9 +15,13 @@ import torch
 from tqdm import tqdm
 
 from mffseg_ros.errors import MffsegError
-from mffseg_ros.inference.backends import BACKENDS, PRECISIONS
-from mffseg_ros.model.mffnet import BRANCHES
+from mffseg_ros.inference.backends import BACKENDS, PRECISIONS, BackendUnavailable
+from mffseg_ros.inference.segmenter import Segmenter, resolve_device
+from mffseg_ros.model.mffnet import BRANCHES, MFFNet
+from mffseg_ros.model.weights import default_metadata, load_weights
 from mffseg_ros.tools import bench_model as bm
+from mffseg_ros.tools.bench_peers import build_peers
+from mffseg_ros.tools.bench_report import markdown, run_metadata, write_all
 from mffseg_ros.tools.export import parse_size
 
 log = logging.getLogger(__name__)
@@ -78,7 +82,6 @@ def add_arguments(parser):
 
 
 def resolve_options(args):
-    from mffseg_ros.inference.segmenter import resolve_device
     device = resolve_device(args.device)
     cuda = device.type == 'cuda'
     opts = {
@@ -105,8 +108,6 @@ def resolve_options(args):
 def load_mff(weights):
     """(model, metadata): the weights given, else a randomly initialised MFF (speed does not depend on
     the weight values)."""
-    from mffseg_ros.model.mffnet import MFFNet
-    from mffseg_ros.model.weights import default_metadata, load_weights
     if weights:
         return load_weights(weights)
     torch.manual_seed(0)
@@ -116,8 +117,6 @@ def load_mff(weights):
 
 def make_segmenter(model, metadata, *, mode, variant, device, precision, size, threads):
     """The Segmenter the node would build for this row; Unavailable with the reason if it cannot run."""
-    from mffseg_ros.inference.backends import BackendUnavailable
-    from mffseg_ros.inference.segmenter import Segmenter
     backend, options = VARIANTS[variant]
     reason = BACKENDS[backend].missing(device, precision)
     if variant == 'cudagraph' and device.type != 'cuda':
@@ -206,8 +205,6 @@ def measure_rows(rows, prepared, args, opts):
 
 
 def model_rows(args, opts):
-    from mffseg_ros.model.weights import default_metadata
-    from mffseg_ros.tools.bench_peers import build_peers
     base, metadata = load_mff(args.weights)
     plan = []
     for h, w in opts['sizes']:
@@ -286,7 +283,6 @@ def run(args):
 
 
 def _run(args, opts):
-    from mffseg_ros.tools.bench_report import markdown, run_metadata, write_all
     result = {'meta': run_metadata('mffseg bench ' + ' '.join(_argv_of(args))),
               'options': {'device': str(opts['device']), 'sizes': [f'{h}x{w}' for h, w in opts['sizes']],
                           'modes': opts['modes'], 'precisions': opts['precisions'],
@@ -295,7 +291,7 @@ def _run(args, opts):
     if not args.no_model:
         result['model'] = model_rows(args, opts)
     if args.ros:
-        from mffseg_ros.tools.bench_ros import ros_rows
+        from mffseg_ros.tools.bench_ros import ros_rows  # needs rclpy: only for --ros (GPU images may lack it)
         result['ros'] = ros_rows(args, opts)
     paths = write_all(result, args.out)
     print(markdown(result))

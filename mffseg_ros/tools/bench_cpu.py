@@ -19,11 +19,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from mffseg_ros.data.synth import SynthDataset
+from mffseg_ros.inference.segmenter import Segmenter
+from mffseg_ros.sizes import parse_size
 from mffseg_ros.tools import bench_model as bm
+from mffseg_ros.tools.bench_report import run_metadata
 
 
 def synthetic_pairs(count, size, seed):
-    from mffseg_ros.data.synth import SynthDataset
     eyes = {eye: SynthDataset(count, size=size, seed=seed, eye=eye) for eye in ('left', 'right')}
     return [[eyes[eye][i]['image'] for eye in ('left', 'right')] for i in range(count)]
 
@@ -58,9 +61,6 @@ def main(argv=None):
     parser.add_argument('--agreement', type=int, default=8, help='held-out synthetic pairs for label agreement')
     parser.add_argument('--out', default='bench_results/cpu_backends.json')
     args = parser.parse_args(argv)
-    from mffseg_ros.inference.segmenter import Segmenter
-    from mffseg_ros.sizes import parse_size
-    from mffseg_ros.tools.bench_report import run_metadata
     size = parse_size(args.frame_size, what='--frame-size', minimum=32)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
