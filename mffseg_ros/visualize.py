@@ -96,27 +96,34 @@ def _text_box(img, text, font_scale):
     return w, h, base, thick
 
 
+def _text_rect(img, text, origin, font_scale):
+    """(x, y, box) of `text` placed at `origin` and kept inside the image, box = (x0, y0, x1, y1)."""
+    w, h, base, _ = _text_box(img, text, font_scale)
+    x = min(max(2, int(origin[0])), max(2, img.shape[1] - w - 2))
+    y = min(max(h + 2, int(origin[1])), img.shape[0] - base - 2)
+    return x - 2, y - h - 2, x + w + 2, y + base + 1
+
+
 def _text(img, text, origin, font_scale, colour=(255, 255, 255)):
     """Text on a dark box (a box, not a halo: a halo drawn thicker than the text leaves ghost strokes).
     Returns the box (x0, y0, x1, y1) it covered."""
-    w, h, base, thick = _text_box(img, text, font_scale)
-    x, y = int(origin[0]), int(origin[1])
-    x = min(max(0, x), max(0, img.shape[1] - w - 2))
-    y = min(max(h + 2, y), img.shape[0] - base - 2)
-    x0, y0, x1, y1 = x - 2, y - h - 2, x + w + 2, y + base + 1
+    _, h, base, thick = _text_box(img, text, font_scale)
+    x0, y0, x1, y1 = _text_rect(img, text, origin, font_scale)
+    x, y = x0 + 2, y0 + h + 2
     roi = img[max(0, y0):y1, max(0, x0):x1]
     roi[...] = (roi * 0.35).astype(np.uint8)
     cv2.putText(img, text, (x, y), _FONT, font_scale, tuple(int(c) for c in colour), thick, cv2.LINE_AA)
     return x0, y0, x1, y1
 
 
-# Distinct colours (RGB) for tracked instruments: colour = INSTRUMENT_COLORS[track id % 10], stable over time.
-INSTRUMENT_COLORS = ((255, 64, 64), (64, 200, 255), (255, 214, 40), (90, 230, 90), (240, 110, 255),
-                     (255, 150, 40), (40, 240, 200), (170, 140, 255), (255, 255, 255), (150, 220, 40))
+# Distinct colours (RGB) for tracked instruments: each track keeps the palette index it was given
+# (tracking.Tracker: one no live track uses), so colours are stable and differ within a frame.
+INSTRUMENT_COLORS = ((64, 200, 255), (255, 214, 40), (255, 64, 64), (90, 230, 90), (240, 110, 255),
+                     (255, 150, 40), (40, 240, 200), (170, 140, 255), (120, 120, 255), (150, 220, 40))
 
 
-def instrument_color(track_id):
-    return INSTRUMENT_COLORS[int(track_id) % len(INSTRUMENT_COLORS)]
+def instrument_color(colour_index):
+    return INSTRUMENT_COLORS[int(colour_index) % len(INSTRUMENT_COLORS)]
 
 
 def type_name(type_id):
@@ -143,7 +150,7 @@ def instrument_overlay(rgb, frame, alpha=0.4):
     lut = np.zeros((256, 1, 3), np.uint8)
     order = {inst.track_id: k for k, inst in enumerate(frame.instruments, start=1)}
     for inst in frame.instruments:
-        lut[order[inst.track_id], 0] = instrument_color(inst.track_id)
+        lut[order[inst.track_id], 0] = instrument_color(inst.colour)
     small = frame.paint(lambda i: order[i.track_id])  # instruments numbered 1..N for an 8-bit colour table
     fg = cv2.inRange(small, 1, 255)
     colours = _colour_map(lut, small)
@@ -153,41 +160,40 @@ def instrument_overlay(rgb, frame, alpha=0.4):
     part_edges = cv2.bitwise_and(part_edges, cv2.erode(fg, _KERNEL))  # inner lines only
     out[part_edges > 0] = (235, 235, 235)
     cv2.copyTo(colours, cv2.bitwise_and(_edges(small), fg), out)
-    placed = []
-    legend_rows = []
+    legend_rows = [(instrument_color(i.colour), f'#{i.track_id} {type_name(i.type_id)} {i.type_score:.2f}')
+                   for i in frame.instruments]
+    placed = [_legend(out, legend_rows, s)]  # labels keep clear of the legend and of each other
     for inst in frame.instruments:
-        colour = instrument_color(inst.track_id)
+        colour = instrument_color(inst.colour)
         u, v = int(round(inst.tip[0])), int(round(inst.tip[1]))
         r = max(3, int(5 * s))
         cv2.circle(out, (u, v), r, (0, 0, 0), max(1, int(round(s))) + 2, cv2.LINE_AA)
         cv2.circle(out, (u, v), r, colour, max(1, int(round(s))), cv2.LINE_AA)
         label = f'#{inst.track_id}'
         w, h, base, _ = _text_box(out, label, 0.5 * s)
-        for dx, dy in ((r + 3, -r - 3), (r + 3, r + h + 3), (-r - w - 3, -r - 3), (-r - w - 3, r + h + 3),
-                       (r + 3, -r - 2 * h - 8), (-r - w - 3, r + 2 * h + 8)):
-            box = (u + dx - 2, v + dy - h - 2, u + dx + w + 2, v + dy + base + 1)
-            if not _overlaps(box, placed):
-                break
-        placed.append(_text(out, label, (u + dx, v + dy), 0.5 * s, colour))
-        name = type_name(inst.type_id)
-        legend_rows.append((colour, f'#{inst.track_id} {name} {inst.type_score:.2f}'))
-    _legend(out, legend_rows, s)
+        candidates = [(u + dx, v + dy) for dx in (r + 3, -r - w - 3, r + 3 + w, -r - 2 * w - 6)
+                      for dy in (-r - 3, r + h + 3, -r - 2 * h - 8, r + 2 * h + 8)]
+        origin = next((o for o in candidates if not _overlaps(_text_rect(out, label, o, 0.5 * s), placed)),
+                      candidates[0])
+        placed.append(_text(out, label, origin, 0.5 * s, colour))
     return out
 
 
 def _legend(img, rows, s):
-    """Legend at the top-right corner: a colour swatch and a line of text per instrument."""
+    """Legend at the top-right corner: a colour swatch and a line of text per instrument. Returns its box."""
     if not rows:
         rows = [((128, 128, 128), 'no instruments')]
     font = 0.45 * s
     y = int(6 * s)
     width = max(_text_box(img, text, font)[0] for _, text in rows)
+    x = y1 = img.shape[1]
     for colour, text in rows:
         w, h, base, _ = _text_box(img, text, font)
         x = img.shape[1] - width - h - int(14 * s)
         box = _text(img, text, (x + h + 6, y + h + 2), font)
         cv2.rectangle(img, (x, box[1] + 1), (x + h + 2, box[3] - 1), colour, -1)
-        y = box[3] + 2
+        y = y1 = box[3] + 2
+    return x, int(6 * s) - 2, img.shape[1], y1
 
 
 def colorize(label_map, task='type'):

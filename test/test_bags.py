@@ -4,11 +4,8 @@ import numpy as np
 import pytest
 
 from mffseg_ros import topics
-from mffseg_ros.evaluation.ground_truth import eye_tips
 from mffseg_ros.cli import main
-from mffseg_ros.errors import DataError
-from mffseg_ros.tools.bag_cli import START_NS, write_endovis_bag
-from mffseg_ros.tools.bags import (
+from mffseg_ros.data.bags import (
     BagWriter,
     bag_info,
     camera_info_dict,
@@ -16,6 +13,9 @@ from mffseg_ros.tools.bags import (
     image_array,
     read_bag,
 )
+from mffseg_ros.errors import DataError
+from mffseg_ros.evaluation.ground_truth import eye_tips
+from mffseg_ros.tools.bag_cli import START_NS, write_endovis_bag
 
 SMALL = (160, 128)  # width, height of the small fixture frames (calibration written for that size)
 

@@ -20,7 +20,7 @@ def read_outputs(out):
 
 def test_model_bench_writes_table_json_and_chart(tmp_path, capsys):
     out = tmp_path / 'bench'
-    assert main(['bench', '--device', 'cpu', '--sizes', '64x64', '--modes', 'main,aux,multitask',
+    assert main(['bench', '--device', 'cpu', '--sizes', '64x64', '--modes', 'main,aux',
                  '--backends', 'torch,onnx,cudagraph', '--precisions', 'fp32,fp16', '--peers',
                  '--iters', '2', '--warmup', '1', '--threads', '1', '--out', str(out)]) == 0
     result, md = read_outputs(out)
@@ -29,22 +29,37 @@ def test_model_bench_writes_table_json_and_chart(tmp_path, capsys):
     assert main_row['status'] == 'ok' and main_row['iters'] == 2
     assert main_row['ratio_to_mff'] == pytest.approx(1.0)
     assert 0 < main_row['p99_ms'] and 0 < main_row['median_ms'] <= main_row['p99_ms']
+    # A frame is the network plus pre- and post-processing (Segmenter.segment_batch).
+    assert 0 < main_row['frame_median_ms'] <= main_row['frame_p99_ms']
     assert main_row['gmacs'] > rows[('MFF', 'aux', 'fp32', 'torch')]['gmacs'] > 0  # aux skips a decoder
     for mode in ('main', 'aux'):
         assert rows[('MFF', mode, 'fp32', 'onnx')]['status'] == 'ok'
         assert rows[('MFF', mode, 'fp32', 'onnx')]['ratio_to_mff'] > 0
     # Rows that cannot run here say why instead of disappearing.
-    assert 'one output branch' in rows[('MFF', 'multitask', 'fp32', 'onnx')]['reason']
+    assert 'fp32 only' in rows[('MFF', 'main', 'fp16', 'onnx')]['reason']
     if not torch.cuda.is_available():
         assert 'CUDA' in rows[('MFF', 'main', 'fp32', 'cudagraph')]['reason']
         assert 'CUDA' in rows[('MFF', 'main', 'fp16', 'torch')]['reason']
     unet = rows[('U-Net (plain)', '-', 'fp32', 'torch')]
     assert unet['status'] == 'ok' and unet['ratio_to_mff'] > 0
+    assert rows[('U-Net (plain)', '-', 'fp32', 'onnx')]['status'] == 'ok'  # peers run every backend too
     linknet = rows[('LinkNet-34', '-', 'fp32', 'torch')]
     assert linknet['status'] == 'ok' or 'segmentation_models_pytorch' in linknet['reason']
     assert result['meta']['hardware']['cpu_cores'] >= 1 and '--peers' in result['meta']['command']
-    assert '| model | mode | size |' in md and 'x MFF main' in md
+    assert '| model | mode | size |' in md and 'x MFF main' in md and 'frame ms' in md
     assert md in capsys.readouterr().out
+
+
+def test_bench_times_the_segmenter_the_node_builds():
+    """A bench row is the node's Segmenter (same backend object), not a separate runner."""
+    from mffseg_ros.tools import bench
+    model, meta = bench.load_mff(None)
+    seg = bench.make_segmenter(model, meta, mode='aux', variant='onnx', device=torch.device('cpu'),
+                               precision='fp32', size=(64, 64), threads=1)
+    assert type(seg).__name__ == 'Segmenter' and seg.backend_name == 'onnx' and seg.branch == 'aux'
+    with pytest.raises(bench.Unavailable, match='CUDA graphs'):
+        bench.make_segmenter(model, meta, mode='main', variant='cudagraph', device=torch.device('cpu'),
+                             precision='fp32', size=(64, 64), threads=1)
 
 
 def test_ros_end_to_end(tmp_path):
@@ -64,7 +79,7 @@ def test_ros_end_to_end(tmp_path):
 
 @pytest.mark.parametrize('argv, message', [
     (['--sizes', '100x64'], 'multiples of 32'),
-    (['--modes', 'main,fast'], 'unknown mode fast'),
+    (['--modes', 'main,multitask'], 'unknown mode multitask'),
     (['--precisions', 'fp8'], 'unknown precision fp8'),
     (['--iters', '0'], '--iters'),
     (['--no-model', '--ros', '--frame-size', '10'], '--frame-size'),

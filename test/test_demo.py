@@ -6,11 +6,11 @@ import sys
 import numpy as np
 import pytest
 
+from mffseg_ros.data.bags import bag_info
 from mffseg_ros.evaluation.ground_truth import GT_TIP_DTYPE
 from mffseg_ros.evaluation.instrument_scores import InstrumentScorer
 from mffseg_ros.inference.instruments import UNKNOWN_TYPE
 from mffseg_ros.inference.tip_records import TIP_DTYPE
-from mffseg_ros.tools.bags import bag_info
 from mffseg_ros.tools.demo import ground_truth, run_demo, score_frame
 
 pytestmark = pytest.mark.filterwarnings('ignore:default weights')

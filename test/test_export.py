@@ -11,7 +11,6 @@ from mffseg_ros.model.mffnet import MFFNet
 from mffseg_ros.model.weights import save_weights
 from mffseg_ros.tools.export import parse_size
 
-
 pytestmark = pytest.mark.usefixtures('one_thread')  # conftest.py: one torch thread
 
 

@@ -64,8 +64,9 @@ def imports(name, path):
             targets = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ''
-            if node.level:
-                base = '.'.join(package.split('.')[:len(package.split('.')) - node.level + 1] + ([base] if base else []))
+            if node.level:  # relative: up from this module's package
+                parent = package.split('.')[:len(package.split('.')) - node.level + 1]
+                base = '.'.join(parent + ([base] if base else []))
             targets = [f'{base}.{a.name}' if f'{base}.{a.name}' in KNOWN else base for a in node.names]
         for target in targets:
             if target.split('.')[0] == 'mffseg_ros':

@@ -18,12 +18,12 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Header
 from visualization_msgs.msg import Marker, MarkerArray
 
+from mffseg_ros.data.bags import image_array
 from mffseg_ros.inference.instruments import UNKNOWN_TYPE
 from mffseg_ros.model.classes import TASK_CLASSES
 from mffseg_ros.ros import conversions
 from mffseg_ros.ros.diagnostics import diagnostic_values
 from mffseg_ros.ros.harness import RosHarness
-from mffseg_ros.tools.bags import image_array
 
 H, W = 128, 160
 _stamps = itertools.count(1)

@@ -14,7 +14,7 @@ import torch
 from geometry_msgs.msg import PoseArray
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header
-from test_perception import H, P_LEFT, P_RIGHT, W, blank, draw_instrument, project
+from test_perception import P_LEFT, P_RIGHT, H, W, blank, draw_instrument, project
 
 from mffseg_ros.inference.instruments import UNKNOWN_TYPE
 from mffseg_ros.inference.results import SegmentationResult

@@ -327,3 +327,53 @@ def test_network_resolution_results_are_scaled_to_the_input():
     assert inst.area_px == pytest.approx(4 * np.count_nonzero(type_map))
     frame = InstrumentPerception(CONFIG).process(small)
     assert frame.labels_image().shape == frame.instance_ids_image().shape == (2 * H, 2 * W)
+
+
+def test_wrapped_ids_skip_live_tracks_and_colours_differ():
+    perception = InstrumentPerception(CONFIG)
+    type_map, parts_map = blank()
+    draw_instrument(type_map, parts_map, 3, (80, 70), (0, 20))
+    (first,) = perception.process(result(type_map, parts_map)).instruments
+    perception.tracker._next_id = 65535  # about to wrap back to 1, which the first tool still holds
+    draw_instrument(type_map, parts_map, 6, (170, 120), (W - 1, H - 1))
+    draw_instrument(type_map, parts_map, 2, (200, 30), (W - 1, 0))
+    frame = perception.process(result(type_map, parts_map))
+    ids = sorted(i.track_id for i in frame.instruments)
+    assert len(set(ids)) == 3 and first.track_id in ids and 65535 in ids
+    assert len({i.colour for i in frame.instruments}) == 3
+
+
+def test_a_zero_distance_gate_still_tracks_overlapping_masks():
+    perception = InstrumentPerception(PerceptionConfig(min_instance_area=30, track_max_distance=0.0))
+    ids = []
+    for step in range(3):
+        type_map, parts_map = blank()
+        draw_instrument(type_map, parts_map, 3, (80 + step, 70), (0, 20))
+        ids.append(perception.process(result(type_map, parts_map)).instruments[0].track_id)
+    assert len(set(ids)) == 1
+
+
+def test_masks_follow_the_voted_types_in_pixel_mode():
+    type_map, parts_map = blank()
+    draw_instrument(type_map, parts_map, 4, (120, 90), (0, 10))
+    noisy = np.where((type_map > 0) & (np.random.default_rng(1).random(type_map.shape) < 0.3), 2, type_map)
+    frame = InstrumentPerception(PerceptionConfig(min_instance_area=30, labels_mode='pixel')).process(
+        result(noisy.astype(np.uint8), parts_map))
+    assert frame.present_types() == [4]
+    assert (frame.type_mask(4) == 255).sum() == (type_map > 0).sum()  # the whole instrument, noise included
+    assert (frame.labels_image() == 2).any()  # while ~/labels shows the raw per-pixel types
+
+
+def test_stereo_images_of_different_sizes_are_refused_without_losing_2d():
+    maps = stereo_results([(2, np.array([0.003, 0.002, 0.06]), (0, H - 1))])
+    small = SegmentationResult.from_labels(maps['right'].net_parts[::2, ::2], maps['right'].net_type[::2, ::2])
+    frame = InstrumentPerception(CONFIG).process(maps['left'], small, StereoCalibration(P_LEFT, P_RIGHT))
+    assert 'differ in size' in frame.stereo_error and len(frame.instruments) == 1
+
+
+def test_without_parts_two_close_instruments_stay_apart():
+    type_map, _ = blank()
+    type_map[40:52, 0:200] = 3
+    type_map[56:68, 0:200] = 5  # a 4 px gap
+    frame = InstrumentPerception(CONFIG).process(SegmentationResult.from_labels(None, type_map))
+    assert len(frame.instruments) == 2

@@ -10,9 +10,9 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
 from mffseg_ros import topics
 from mffseg_ros.cli import main
+from mffseg_ros.data.bags import BagWriter, image_array
 from mffseg_ros.ros.play import play_bag
 from mffseg_ros.ros.qos import qos_profile
-from mffseg_ros.tools.bags import BagWriter, image_array
 
 FRAMES, PERIOD_NS, START = 5, 100_000_000, 2_000_000_000  # 10 Hz
 
@@ -126,7 +126,7 @@ def test_play_errors_exit_2_with_the_path(bag, tmp_path, capsys):
 
 
 def test_an_empty_bag_is_an_error_not_an_endless_loop(tmp_path, capsys):
-    from mffseg_ros.tools.bags import BagWriter
+    from mffseg_ros.data.bags import BagWriter
     with BagWriter(tmp_path / 'empty'):
         pass
     assert main(['play', str(tmp_path / 'empty'), '--loop', '--wait', '0']) == 2

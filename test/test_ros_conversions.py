@@ -8,11 +8,11 @@ from diagnostic_msgs.msg import DiagnosticStatus
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
+from mffseg_ros.data.bags import image_array
 from mffseg_ros.errors import DataError, ImageFormatError
 from mffseg_ros.ros import conversions, params
 from mffseg_ros.ros.diagnostics import NodeStats, diagnostic_array, diagnostic_values
 from mffseg_ros.ros.sync import Frame, StereoPairer
-from mffseg_ros.tools.bags import image_array
 
 
 def header(sec=5, nanosec=7, frame_id='cam'):

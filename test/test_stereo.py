@@ -8,8 +8,14 @@ from mffseg_ros.errors import DataError
 from mffseg_ros.inference.instruments import Instrument
 from mffseg_ros.inference.perception import InstrumentPerception, PerceptionConfig
 from mffseg_ros.inference.results import SegmentationResult
-from mffseg_ros.inference.stereo import (StereoCalibration, epipolar_distance, fundamental_from_projections,
-                                         match_instruments, projection_from_camera_info, triangulate)
+from mffseg_ros.inference.stereo import (
+    StereoCalibration,
+    epipolar_distance,
+    fundamental_from_projections,
+    match_instruments,
+    projection_from_camera_info,
+    triangulate,
+)
 
 W, H = 1280, 1024
 F_PX, BASELINE = 1050.0, 0.0044  # a da Vinci endoscope: ~1050 px focal length, 4.4 mm baseline

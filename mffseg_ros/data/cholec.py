@@ -1,4 +1,4 @@
-"""Readers for the laparoscopic sets in ../shared/data: CholecSeg8k and CholecInstanceSeg.
+"""Readers for two public laparoscopic sets: CholecSeg8k and CholecInstanceSeg (README: where to get them).
 
 Both label instruments only as a whole (no parts, no da Vinci types), so `parts` and `type` are all 255
 (ignore) and only `binary` (and, for CholecInstanceSeg, `instance`) carry labels.

@@ -14,6 +14,7 @@ from mffseg_ros.data.endovis import EndoVis2017
 from mffseg_ros.data.generic import FolderDataset
 from mffseg_ros.data.samples import ConcatSamples, Subsampled
 from mffseg_ros.data.splits import split_videos
+from mffseg_ros.data.synth import SynthDataset
 from mffseg_ros.errors import DataError
 from mffseg_ros.scalars import parse_scalar
 from mffseg_ros.sizes import parse_size
@@ -63,7 +64,6 @@ def _build(kind, opts, spec):
     if kind == 'cholec_instance':
         return CholecInstanceSeg(_root(spec), **opts)
     # synth: the synthetic-scene generator's data set, imported only when asked for
-    from mffseg_ros.data.synth import SynthDataset
     if 'frames' in opts:
         opts['length'] = opts.pop('frames')
     if 'length' not in opts:

@@ -2,6 +2,12 @@
 import logging
 from pathlib import Path
 
+from mffseg_ros.data.datasets import build_datasets
+from mffseg_ros.errors import MffsegError
+from mffseg_ros.evaluation import bag_eval
+from mffseg_ros.evaluation.evaluate import evaluate, format_report
+from mffseg_ros.inference.segmenter import Segmenter
+
 log = logging.getLogger(__name__)
 
 
@@ -27,10 +33,6 @@ def add_arguments(parser):
 
 
 def run(args):
-    from mffseg_ros.data.datasets import build_datasets
-    from mffseg_ros.errors import MffsegError
-    from mffseg_ros.evaluation.evaluate import evaluate, format_report
-    from mffseg_ros.inference.segmenter import Segmenter
 
     if (args.data is None) == (args.bag is None):
         raise MffsegError('give --data SPEC (segmentation metrics) or --bag BAG (instrument-level scores)')
@@ -40,7 +42,6 @@ def run(args):
         raise MffsegError(f'{args.out}: exists and is not a folder (--out is the output folder)')
     segmenter = Segmenter.load(args.weights, device=args.device, input_scale=args.input_scale)
     if args.bag is not None:
-        from mffseg_ros.tools import bag_eval  # bag reading lives with the bag tools
         return bag_eval.run(args, segmenter)
     samples = build_datasets(args.data)
     log.info('%s; %d frames', segmenter.describe(), len(samples))

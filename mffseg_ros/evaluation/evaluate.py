@@ -11,8 +11,8 @@ from tqdm import tqdm
 
 from mffseg_ros.errors import MffsegError
 from mffseg_ros.evaluation.metrics import TaskMeter
-from mffseg_ros.model.classes import NUM_CLASSES, TASK_CLASSES
 from mffseg_ros.inference.perception import InstrumentPerception
+from mffseg_ros.model.classes import NUM_CLASSES, TASK_CLASSES
 from mffseg_ros.visualize import contact_sheet, instrument_overlay, overlay, save_png
 
 log = logging.getLogger(__name__)

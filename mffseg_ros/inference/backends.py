@@ -1,12 +1,20 @@
-"""Inference backends other than eager torch: each is a callable `x (B,3,h,w float tensor) -> logits`.
+"""Inference backends: each is a callable `x (B,3,h,w float tensor) -> logits (B,C,h,w)`, and the ONE
+table of backends and precisions (`BACKENDS`, `PRECISIONS`) that the Segmenter, the node's parameters
+and `mffseg bench` all read.
 
-`make_backend(name, model, metadata, *, device, precision, **options)` is what `Segmenter.load(...,
-backend=name)` calls. Names: 'torch' (eager, for the benchmark), 'compile' (torch.compile),
-'onnx' / 'onnxruntime' (ONNX Runtime; CPU, or CUDA where its provider exists), 'tensorrt'
-(torch-tensorrt, else ONNX Runtime's TensorRT provider; optional, needs CUDA).
+`make_backend(name, model, metadata, *, device, precision, **options)` builds one; `resolve_backend`
+turns 'auto' (and aliases) into a name and says why a backend cannot run here.
+
+Every backend returns its logits channels-last (NHWC memory, NCHW shape): the post-processing reduces
+over the channel axis (argmax, softmax) and upsamples, and on the CPU both are several times faster
+when the channels of a pixel are adjacent in memory. Eager torch produces that layout by itself;
+ONNX Runtime hands back plain NCHW arrays, which made every post-processing step after it 4-6x slower
+(`test/test_backends.py` keeps the two side by side).
 """
+import importlib.util
 import logging
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -16,22 +24,26 @@ from mffseg_ros.inference.onnx_export import BranchOutput, export_onnx, read_onn
 
 log = logging.getLogger(__name__)
 
-DTYPES = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
-BACKEND_NAMES = ('torch', 'compile', 'onnx', 'onnxruntime', 'tensorrt')
+PRECISIONS = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
+# `backend: auto` on the CPU: the backend measured faster END TO END (Segmenter.segment_batch on stereo
+# 1280x1024 frames, one thread, post-processing included) on the development machine; see
+# docs/BENCHMARKS.md "Choosing backend: auto". On CUDA auto is torch (the GPU fast path).
+CPU_AUTO_BACKEND = 'onnx'
 
 
 class BackendUnavailable(MffsegError):
     """The backend asked for cannot run here (package, provider or device missing)."""
 
 
-def _dtype(precision):
-    if precision not in DTYPES:
-        raise MffsegError(f'unknown precision {precision!r}: choose one of {", ".join(DTYPES)}')
-    return DTYPES[precision]
+def precision_dtype(precision):
+    if precision not in PRECISIONS:
+        raise MffsegError(f'unknown precision {precision!r}: choose one of {", ".join(PRECISIONS)}')
+    return PRECISIONS[precision]
 
 
-def _device_type(device):
-    return torch.device(device).type
+def channels_last(logits):
+    """The layout every backend returns (see the module docstring); free when already so."""
+    return logits.contiguous(memory_format=torch.channels_last) if logits.dim() == 4 else logits
 
 
 class TorchBackend:
@@ -39,19 +51,20 @@ class TorchBackend:
 
     name = 'torch'
 
-    def __init__(self, model, *, device='cpu', precision='fp32', branch='main', channels_last=False):
-        self.dtype, self.branch = _dtype(precision), branch
+    def __init__(self, model, metadata=None, *, device='cpu', precision='fp32', branch='main',
+                 channels_last=False):
+        self.dtype, self.precision, self.branch = precision_dtype(precision), precision, branch
         self.device = torch.device(device)
-        self.model = model.to(self.device, self.dtype).eval()
-        if channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.model = model.to(self.device, self.dtype, memory_format=self.memory_format).eval()
         self.description = f'torch eager {precision} on {self.device}'
+
+    def run(self, x):
+        return self.model(x, branch=self.branch)['out']
 
     @torch.inference_mode()
     def __call__(self, x):
-        x = x.to(self.device, self.dtype, memory_format=self.memory_format)
-        return self.model(x, branch=self.branch)['out']
+        return channels_last(self.run(x.to(self.device, self.dtype, memory_format=self.memory_format)))
 
 
 class CompiledBackend(TorchBackend):
@@ -59,19 +72,14 @@ class CompiledBackend(TorchBackend):
 
     name = 'compile'
 
-    def __init__(self, model, *, device='cpu', precision='fp32', branch='main', mode=None, **kwargs):
-        super().__init__(model, device=device, precision=precision, branch=branch, **kwargs)
+    def __init__(self, model, metadata=None, *, mode=None, **options):
+        super().__init__(model, metadata, **options)
         mode = mode or ('reduce-overhead' if self.device.type == 'cuda' else 'default')
-        module = self.model
+        self.compiled = torch.compile(super().run, mode=mode, dynamic=False)
+        self.description = f'torch.compile({mode}) {self.precision} on {self.device}'
 
-        def run(x):
-            return module(x, branch=branch)['out']
-        self.compiled = torch.compile(run, mode=mode, dynamic=False)
-        self.description = f'torch.compile({mode}) {precision} on {self.device}'
-
-    @torch.inference_mode()
-    def __call__(self, x):
-        out = self.compiled(x.to(self.device, self.dtype, memory_format=self.memory_format))
+    def run(self, x):
+        out = self.compiled(x)
         return out.clone() if self.device.type == 'cuda' else out  # graph outputs are overwritten
 
 
@@ -100,7 +108,7 @@ class OnnxRuntimeBackend:
         self.sessions = {}  # (batch, height, width) -> InferenceSession
         if onnx_path is not None:
             self._add_file(Path(onnx_path))
-        self.description = (f'ONNX Runtime {ort.__version__} {",".join(self.providers)}'
+        self.description = (f'ONNX Runtime {ort.__version__} {",".join(map(str, self.providers))}'
                             f' threads={threads or "auto"}')
 
     def _providers(self, device):
@@ -118,6 +126,11 @@ class OnnxRuntimeBackend:
         if self.threads:
             options.intra_op_num_threads = int(self.threads)
             options.inter_op_num_threads = 1
+        # Idle pool threads spin-wait for the next parallel op by default: between inferences they burn
+        # the cores that the post-processing, DDS and the camera driver need (a stereo node on 2 cores
+        # went from 1.1 s to 5.4 s per pair). Sleeping instead costs microseconds per op.
+        options.add_session_config_entry('session.intra_op.allow_spinning', '0')
+        options.add_session_config_entry('session.inter_op.allow_spinning', '0')
         options.log_severity_level = 3  # warnings about unused initialisers are noise here
         return self.ort.InferenceSession(str(path), options, providers=self.providers)
 
@@ -133,24 +146,29 @@ class OnnxRuntimeBackend:
             raise MffsegError(f'{path}: input shape must be fixed (batch, 3, height, width), got {shape}')
         self.sessions[(shape[0], *shape[2:])] = session
 
-    def session_for(self, batch, height, width):
-        key = (int(batch), int(height), int(width))
-        if key not in self.sessions:
+    def model_file(self, batch, height, width):
+        """The fp32 ONNX file for this input shape, exported on first use."""
+        path = self.cache_dir / f'mff_{self.branch}_{batch}x{height}x{width}.onnx'
+        if not path.exists():
             if self.model is None:
                 raise MffsegError(f'no ONNX model for input {batch}x3x{height}x{width} '
                                   'and no torch model to export')
-            path = self.cache_dir / f'mff_{self.branch}_{batch}x{height}x{width}.onnx'
-            log.info('exporting the model to ONNX for input %dx3x%dx%d: %s', *key, path)
-            export_onnx(self.model, path, size=key[1:], batch=key[0], branch=self.branch,
+            log.info('exporting the model to ONNX for input %dx3x%dx%d: %s', batch, height, width, path)
+            export_onnx(self.model, path, size=(height, width), batch=batch, branch=self.branch,
                         metadata=self.metadata)
-            self.sessions[key] = self._session(path)
+        return path
+
+    def session_for(self, batch, height, width):
+        key = (int(batch), int(height), int(width))
+        if key not in self.sessions:
+            self.sessions[key] = self._session(self.model_file(*key))
         return self.sessions[key]
 
     def __call__(self, x):
         session = self.session_for(x.shape[0], *x.shape[-2:])
         array = x.detach().to('cpu', torch.float32).contiguous().numpy()
         (logits,) = session.run(None, {session.get_inputs()[0].name: array})
-        return torch.from_numpy(logits).to(x.device)
+        return channels_last(torch.from_numpy(logits)).to(x.device)
 
 
 class TensorRTBackend:
@@ -160,9 +178,9 @@ class TensorRTBackend:
     name = 'tensorrt'
 
     def __init__(self, model, metadata=None, *, device='cuda', precision='fp16', branch='main', **options):
-        if _device_type(device) != 'cuda' or not torch.cuda.is_available():
+        if torch.device(device).type != 'cuda' or not torch.cuda.is_available():
             raise BackendUnavailable('TensorRT backend needs a CUDA device')
-        self.dtype, self.branch, self.device = _dtype(precision), branch, torch.device(device)
+        self.dtype, self.branch, self.device = precision_dtype(precision), branch, torch.device(device)
         try:
             import torch_tensorrt
         except ImportError as e:
@@ -194,23 +212,70 @@ class TensorRTBackend:
         if key not in self.engines:
             self.engines[key] = self.trt.compile(self.model, ir='dynamo', inputs=[x],
                                                  enabled_precisions={self.dtype})
-        return self.engines[key](x)
+        return channels_last(self.engines[key](x))
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """One row of the backend table."""
+    name: str
+    factory: type
+    precisions: tuple          # precisions it runs (fp16 on CUDA only, see `missing`)
+    devices: tuple             # device types it runs on
+    modules: tuple = ()        # Python packages it needs (any one of them)
+    options: tuple = ()        # constructor options beyond model/metadata/device/precision/branch
+    help: str = ''
+
+    def missing(self, device='cpu', precision='fp32'):
+        """Why this backend cannot run `precision` on `device` here ('' when it can)."""
+        device_type = torch.device(device).type
+        if device_type not in self.devices:
+            return f'backend {self.name} runs on {" or ".join(self.devices)} only, not {device_type}'
+        if precision not in self.precisions:
+            return f'backend {self.name} runs {", ".join(self.precisions)} only, not {precision}'
+        if precision == 'fp16' and device_type == 'cpu':
+            return 'fp16 needs CUDA (CPU fp16 convolutions are emulated and slow)'
+        if self.modules and not any(importlib.util.find_spec(m) for m in self.modules):
+            return f'backend {self.name} needs {" or ".join(self.modules)}, which is not installed'
+        return ''
+
+
+BACKENDS = {spec.name: spec for spec in (
+    BackendSpec('torch', TorchBackend, ('fp32', 'fp16', 'bf16'), ('cpu', 'cuda'),
+                options=('channels_last',), help='eager PyTorch (on CUDA: the GPU fast path)'),
+    BackendSpec('compile', CompiledBackend, ('fp32', 'fp16', 'bf16'), ('cpu', 'cuda'),
+                options=('channels_last', 'mode'), help='torch.compile'),
+    BackendSpec('onnx', OnnxRuntimeBackend, ('fp32',), ('cpu', 'cuda'), modules=('onnxruntime',),
+                options=('threads', 'onnx_path', 'cache_dir', 'providers'), help='ONNX Runtime'),
+    BackendSpec('tensorrt', TensorRTBackend, ('fp32', 'fp16'), ('cuda',),
+                modules=('torch_tensorrt', 'onnxruntime'), options=('threads', 'onnx_path', 'cache_dir'),
+                help='torch-tensorrt, else ONNX Runtime\'s TensorRT provider'),
+)}
+ALIASES = {'onnxruntime': 'onnx'}
+BACKEND_CHOICES = ('auto', *BACKENDS)  # what users may ask for (node parameter, CLI options)
+
+
+def resolve_backend(name, device='cpu'):
+    """'auto' -> the measured default for the device type; aliases -> names; unknown -> MffsegError."""
+    name = ALIASES.get(name, name)
+    if name == 'auto':
+        return 'torch' if torch.device(device).type == 'cuda' else CPU_AUTO_BACKEND
+    if name not in BACKENDS:
+        raise MffsegError(f'unknown backend {name!r}: choose one of {", ".join(BACKEND_CHOICES)}')
+    return name
 
 
 def make_backend(name, model, metadata=None, *, device='cpu', precision='fp32', **options):
-    """A callable `x (B,3,h,w float tensor) -> logits (B,C,h,w)` running `model` with backend `name`.
-
-    options: branch ('main'|'aux'); onnx: threads, onnx_path, cache_dir; compile: mode;
-    torch/compile: channels_last."""
+    """A callable `x (B,3,h,w float tensor) -> logits (B,C,h,w, channels-last)` running `model` with
+    backend `name`. Options a backend does not take (e.g. `threads` for torch, whose thread count is
+    process-wide and set by the Segmenter) are dropped; see BACKENDS for each backend's options."""
+    spec = BACKENDS[resolve_backend(name, device)]
     branch = options.pop('branch', getattr(model, 'branch', 'main'))
-    if name == 'torch':
-        return TorchBackend(model, device=device, precision=precision, branch=branch, **options)
-    if name == 'compile':
-        return CompiledBackend(model, device=device, precision=precision, branch=branch, **options)
-    if name in ('onnx', 'onnxruntime'):
-        return OnnxRuntimeBackend(model, metadata, device=device, precision=precision, branch=branch,
-                                  **options)
-    if name == 'tensorrt':
-        return TensorRTBackend(model, metadata, device=device, precision=precision, branch=branch,
-                               **options)
-    raise MffsegError(f'unknown backend {name!r}: choose one of {", ".join(BACKEND_NAMES)}')
+    precision_dtype(precision)
+    if precision not in spec.precisions:
+        raise BackendUnavailable(spec.missing(device, precision))
+    dropped = sorted(k for k in options if k not in spec.options)
+    if dropped:
+        log.debug('backend %s ignores options %s', spec.name, ', '.join(dropped))
+    kwargs = {k: v for k, v in options.items() if k in spec.options}
+    return spec.factory(model, metadata, device=device, precision=precision, branch=branch, **kwargs)

@@ -27,7 +27,7 @@ from mffseg_ros.inference.results import to_input_coords
 from mffseg_ros.model.classes import PART_CLASPERS, PART_SHAFT, PART_WRIST
 
 UNKNOWN_TYPE = 255  # type id of an instrument whose type vote is below the confidence threshold
-DEFAULT_MIN_AREA = 100  # input px; below this a region is segmentation noise at endoscope resolutions
+DEFAULT_MIN_AREA = 200  # input px; below this a region is noise (also the node default and the ground truth)
 DEFAULT_MIN_PART_AREA = 10  # input px of claspers/wrist needed before they define the tip
 # Tip source -> code published in the tips cloud: the part that gave the tip (0: the whole instance).
 SOURCE_CODES = {'claspers': PART_CLASPERS, 'wrist': PART_WRIST, 'shaft_end': PART_SHAFT, 'instance_end': 0}
@@ -208,7 +208,7 @@ def _merge_collinear(shafts, parts, max_angle_deg=12.0):
         lines = [_principal_axis(p) for p in pieces]
         for i in range(len(masks)):
             for j in range(i + 1, len(masks)):
-                (ci, ai), (cj, aj) = lines[i], lines[j]
+                (_, ai), (_, aj) = lines[i], lines[j]
                 if abs(ai @ aj) < math.cos(math.radians(max_angle_deg)):
                     continue
                 big, small = (i, j) if len(pieces[i]) >= len(pieces[j]) else (j, i)
@@ -354,6 +354,13 @@ def _attach_orphans(found, parts, shape, min_part_area, reach=0.08):
     return out
 
 
+def _mean_vote(probs):
+    """Mean of T x N type probabilities over the finite pixels (NaN when none is finite)."""
+    finite = np.isfinite(probs)
+    with np.errstate(invalid='ignore', divide='ignore'):
+        return np.where(finite, probs, 0.0).sum(axis=1) / finite.sum(axis=1)
+
+
 def find_instruments(result, *, min_area=DEFAULT_MIN_AREA, min_part_area=DEFAULT_MIN_PART_AREA):
     """(instruments, instance map) of one SegmentationResult (inference/results.py), computed on the
     network's grid. The instance map (uint16, network resolution) holds each instrument's `index`;
@@ -364,7 +371,8 @@ def find_instruments(result, *, min_area=DEFAULT_MIN_AREA, min_part_area=DEFAULT
     sx, sy = result.scale
     min_area_net = max(1.0, min_area / (sx * sy))
     min_part_net = max(1.0, min_part_area / (sx * sy))
-    bridged = cv2.morphologyEx(fg.view(np.uint8), cv2.MORPH_CLOSE, _BRIDGE)
+    # Bridged only when parts can split the joined region again (two tools a few pixels apart).
+    bridged = cv2.morphologyEx(fg.view(np.uint8), cv2.MORPH_CLOSE, _BRIDGE) if parts is not None else fg.view(np.uint8)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(bridged, connectivity=8)
     found = []  # (area, first pixel, region mask in its box, x0, y0)
     for k in range(1, count):
@@ -395,7 +403,7 @@ def find_instruments(result, *, min_area=DEFAULT_MIN_AREA, min_part_area=DEFAULT
         tip_in, point_in = to_input_coords([[u, v], centre + (x0, y0)], shape, result.size)
         direction = np.array([axis[0] * sx, axis[1] * sy])
         direction /= max(np.linalg.norm(direction), 1e-12)
-        votes = result.type_probs[:, y0:y0 + h, x0:x0 + w][:, region].mean(axis=1) \
+        votes = _mean_vote(result.type_probs[:, y0:y0 + h, x0:x0 + w][:, region]) \
             if result.type_probs is not None else None
         score = float(result.foreground[box][region].mean())
         instruments.append(Instrument(index, result.input_area(area), score, votes, tuple(tip_in),

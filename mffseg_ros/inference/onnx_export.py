@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 
 from mffseg_ros.errors import MffsegError
+from mffseg_ros.model.mffnet import BRANCHES
 
-BRANCHES = ('main', 'aux')
 INPUT_NAME, OUTPUT_NAME = 'image', 'logits'
 METADATA_KEY = 'mffseg_metadata'
 

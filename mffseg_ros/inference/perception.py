@@ -12,8 +12,13 @@ from dataclasses import dataclass, field, replace
 import cv2
 import numpy as np
 
-from mffseg_ros.inference.instruments import (DEFAULT_MIN_AREA, DEFAULT_MIN_PART_AREA, SOURCE_CODES, UNKNOWN_TYPE,
-                                              find_instruments)
+from mffseg_ros.inference.instruments import (
+    DEFAULT_MIN_AREA,
+    DEFAULT_MIN_PART_AREA,
+    SOURCE_CODES,
+    UNKNOWN_TYPE,
+    find_instruments,
+)
 from mffseg_ros.inference.stereo import match_instruments
 from mffseg_ros.inference.tracking import Tracker
 
@@ -58,6 +63,7 @@ class TrackedInstrument:
     xyz: tuple = NAN3  # tip, left optical frame (m); NaN without 3-D
     axis_xyz: tuple | None = None  # unit 3-D shaft axis pointing to the tip
     index: int = 0  # value in the frame's network-resolution instance map
+    colour: int = 0  # overlay palette index of its track (stable, distinct among live tracks)
 
     @property
     def source_code(self):
@@ -122,14 +128,15 @@ class FramePerception:
         return sorted({i.type_id for i in self.instruments})
 
     def type_mask(self, type_id):
-        """mono8 0/255 mask of the instruments with `type_id` (the labels image's pixels of that type)."""
-        return np.where(self.labels_image() == type_id, np.uint8(255), np.uint8(0))
+        """mono8 0/255 mask of the instruments voted `type_id` (whatever labels_mode is)."""
+        return self.paint(lambda i: 255 if i.type_id == type_id else 0)
 
 
 class InstrumentPerception:
     """Stateful per camera stream (the tracker): one object per node / per replayed sequence."""
 
-    def __init__(self, config=PerceptionConfig()):
+    def __init__(self, config=None):
+        config = config or PerceptionConfig()
         self.config = config
         self.tracker = self._new_tracker(config)
 
@@ -143,7 +150,9 @@ class InstrumentPerception:
         old, self.config = self.config, config
         tracking = ('track_max_missed', 'track_max_distance', 'smoothing', 'smoothing_min_cutoff', 'smoothing_beta')
         if any(getattr(old, k) != getattr(config, k) for k in tracking):
+            next_id = self.tracker._next_id  # new ids continue: consumers never see an old id reused
             self.tracker = self._new_tracker(config)
+            self.tracker._next_id = next_id
 
     def reset(self):
         self.tracker.reset()
@@ -159,15 +168,17 @@ class InstrumentPerception:
             type_id, type_score = track.type_vote()
             if type_id is None:  # no type head: every instrument is of unknown type
                 type_id, type_score = UNKNOWN_TYPE, 0.0
-            elif type_score < cfg.min_type_score:
+            elif not type_score >= cfg.min_type_score:  # NaN included
                 type_id = UNKNOWN_TYPE
             tip = self.tracker.smooth(track, 'tip', inst.tip, stamp)
             instruments.append(TrackedInstrument(track.track_id, type_id, type_score, inst.score, inst.area_px,
                                                  tuple(tip), inst.source, inst.axis_point, inst.axis_dir,
-                                                 index=inst.index))
+                                                 index=inst.index, colour=track.colour))
         stereo_error = None
         if right is not None and calibration is not None and found:
             try:
+                if tuple(right.size) != tuple(left.size) or right.net_size != left.net_size:
+                    raise ValueError(f'left {left.size} and right {right.size} images differ in size')
                 instruments = self._add_3d(instruments, found, instance_map, right, calibration, tracks, stamp)
             except Exception as e:  # noqa: BLE001 - a 3-D failure must never cost the frame's 2-D outputs
                 stereo_error = f'{type(e).__name__}: {e}'
@@ -178,8 +189,7 @@ class InstrumentPerception:
         cfg = self.config
         found_right, map_right = find_instruments(right, min_area=cfg.min_instance_area,
                                                   min_part_area=cfg.min_part_area)
-        sx, sy = right.scale
-        net_scale = math.sqrt(sx * sy)  # input px per network px
+        net_scale = right.scale[0]  # input px per network px, horizontally (the disparity's direction)
         matches = match_instruments(found, found_right, calibration, left_map=instance_map, right_map=map_right,
                                     net_scale=net_scale, max_epipolar_px=cfg.max_epipolar_px,
                                     min_depth=cfg.min_depth, max_depth=cfg.max_depth,

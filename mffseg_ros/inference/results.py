@@ -206,7 +206,7 @@ def network_maps(logits, task_slices):
         if task == 'parts':
             maps['parts_probs'] = scaled / total[:, None]
     foreground = 1.0 - torch.stack(background).mean(0)
-    outside = foreground <= FOREGROUND_THRESHOLD
+    outside = ~(foreground > FOREGROUND_THRESHOLD)  # NaN probabilities count as outside
     for task in ('parts', 'type'):
         if task in maps:
             maps[task][outside] = 0

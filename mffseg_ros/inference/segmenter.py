@@ -9,6 +9,7 @@ Pipeline: preprocess (resize to the network size, a multiple of 32; normalise) -
 made on access, see inference/results.py).
 """
 import logging
+import time
 import warnings
 from pathlib import Path
 
@@ -17,13 +18,15 @@ import numpy as np
 import torch
 
 from mffseg_ros.errors import MffsegError
+from mffseg_ros.inference.backends import make_backend, precision_dtype, resolve_backend
+from mffseg_ros.inference.fast_path import FastPath
 from mffseg_ros.inference.results import SegmentationResult, network_maps, results_from_maps  # noqa: F401
 from mffseg_ros.model.mffnet import BRANCHES, MFFNet
 from mffseg_ros.model.weights import WeightsMeta, as_weights_meta, default_metadata, load_weights
 from mffseg_ros.paths import default_weights_path
 
 log = logging.getLogger(__name__)
-PRECISIONS = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
+EXPECTED_FRAME_SIZE = (1024, 1280)  # a da Vinci-class endoscope frame (H, W): what start-up warms up for
 
 
 def resolve_device(device):
@@ -63,19 +66,18 @@ def network_size(height, width, *, input_scale=None, input_size=None):
 class Segmenter:
     def __init__(self, model: MFFNet, metadata: WeightsMeta | dict, *, device='cpu', precision='fp32', branch='main',
                  input_scale=None, input_size=None, backend='torch', threads=None, weights_path=None,
-                 **backend_options):
+                 cuda_graphs=True, **backend_options):
         self.device = resolve_device(device)
-        if threads:  # CPU inference threads; torch's setting is process-wide
+        if threads:  # CPU inference threads: torch's setting is process-wide, ONNX Runtime's per session
             torch.set_num_threads(int(threads))
             backend_options['threads'] = int(threads)
-        if precision not in PRECISIONS:
-            raise MffsegError(f'precision must be one of {sorted(PRECISIONS)}, got {precision!r}')
+        precision_dtype(precision)  # a user error for unknown names
         if precision == 'fp16' and self.device.type == 'cpu':
             log.warning('precision=fp16 needs CUDA; using fp32 on the CPU')
             precision = 'fp32'
         if branch not in BRANCHES:
             raise MffsegError(f'branch must be one of {BRANCHES}, got {branch!r}')
-        self.precision, self.dtype = precision, PRECISIONS[precision]
+        self.precision, self.dtype = precision, precision_dtype(precision)
         self.metadata = as_weights_meta(model, metadata)
         self.preprocessing = self.metadata.preprocessing
         self.weights_path = weights_path
@@ -92,26 +94,18 @@ class Segmenter:
         network_size(64, 64, input_scale=input_scale, input_size=input_size)  # validates both
         self._mean, self._std = self.preprocessing.mean_std(self.device)
         self.branch = branch
-        self.backend_name = backend
+        self.backend_name = resolve_backend(backend, self.device)
 
         self.model = model.to(self.device).eval()
         self.model.branch = branch
         if self.dtype != torch.float32:
             self.model = self.model.to(self.dtype)
-        if backend == 'torch':
-            self._backend = self._torch_forward
-            backend_options.pop('threads', None)
-        else:
-            from mffseg_ros.inference.backends import make_backend
-            self._backend = make_backend(backend, self.model, self.metadata.to_dict(), device=self.device,
-                                         precision=precision, branch=branch, **backend_options)
+        backend_options.setdefault('channels_last', self.device.type == 'cuda')  # as the fast path runs
+        self._backend = make_backend(self.backend_name, self.model, self.metadata.to_dict(), device=self.device,
+                                     precision=precision, branch=branch, **backend_options)
         self._fast_path = None
-        if self.device.type == 'cuda' and backend == 'torch':
-            try:
-                from mffseg_ros.inference.fast_path import FastPath
-                self._fast_path = FastPath(self)
-            except ImportError:
-                log.info('GPU fast path not available; using the eager pipeline')
+        if self.device.type == 'cuda' and self.backend_name == 'torch':
+            self._fast_path = FastPath(self, cuda_graphs=cuda_graphs)
 
     @classmethod
     def load(cls, weights=None, *, device='auto', precision='fp32', branch='main', input_scale=None,
@@ -170,10 +164,6 @@ class Segmenter:
         x = torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2).float()
         return ((x - self._mean) / self._std).to(self.dtype)
 
-    def _torch_forward(self, x):
-        with torch.inference_mode():
-            return self.model(x, branch=self.branch)['out']
-
     def forward(self, x):
         return self._backend(x)
 
@@ -199,3 +189,12 @@ class Segmenter:
 
     def segment(self, rgb):
         return self.segment_batch([rgb])[0]
+
+    def warm_up(self, size=EXPECTED_FRAME_SIZE, batch=1):
+        """Runs one blank batch of `batch` frames of `size` (H, W) through the whole pipeline and
+        returns the seconds it took: what the first real frame of that shape would otherwise pay
+        (ONNX export and session, cuDNN autotuning, CUDA graph capture, torch.compile)."""
+        height, width = (int(v) for v in size)
+        start = time.perf_counter()
+        self.segment_batch([np.zeros((height, width, 3), np.uint8)] * batch)
+        return time.perf_counter() - start

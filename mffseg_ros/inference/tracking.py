@@ -15,6 +15,7 @@ from scipy.optimize import linear_sum_assignment
 
 _INFEASIBLE = 1e6
 MAX_TRACK_ID = 65535  # ids are published as uint16 (instance images, tips cloud)
+PALETTE_SIZE = 10  # distinct overlay colours (visualize.INSTRUMENT_COLORS)
 
 
 class OneEuroFilter:
@@ -50,19 +51,20 @@ class OneEuroFilter:
         return self.value
 
 
-@dataclass
+@dataclass(eq=False)  # tracks are compared by identity (they hold arrays)
 class Track:
     track_id: int
     mask: np.ndarray  # network-resolution bool mask of its last detection
     tip: tuple  # last (u, v), input px
     votes_sum: np.ndarray | None  # summed per-frame type votes
-    frames: int = 1
+    frames: int = 1  # frames whose vote is in votes_sum
     missed: int = 0
+    colour: int = 0  # overlay palette index, kept for the track's life
     filters: dict = field(default_factory=dict)
 
     def type_vote(self):
         """(type id 1..T, score) of the accumulated vote, or (None, 0.0) without a type head."""
-        if self.votes_sum is None:
+        if self.votes_sum is None or self.frames == 0:
             return None, 0.0
         mean = self.votes_sum / self.frames
         best = int(np.argmax(mean))
@@ -85,9 +87,18 @@ class Tracker:
         self.tracks = []
 
     def _new_id(self):
+        """The next free id (1..65535, wrapping): an id still held by a live track is skipped."""
+        live = {t.track_id for t in self.tracks}
+        while self._next_id in live:
+            self._next_id = self._next_id % MAX_TRACK_ID + 1
         track_id = self._next_id
         self._next_id = self._next_id % MAX_TRACK_ID + 1
         return track_id
+
+    def _new_colour(self, live_tracks):
+        """A palette index no live track uses (the least used one when all are taken)."""
+        used = [t.colour for t in live_tracks]
+        return min(range(PALETTE_SIZE), key=lambda c: (used.count(c), c))
 
     def update(self, instruments, instance_map, image_size):
         """Associates this frame's instruments (inference/instruments.py) with the tracks; returns the
@@ -104,7 +115,7 @@ class Tracker:
                 iou = inter / max(1, area_t + mask.sum() - inter)
                 distance = math.hypot(track.tip[0] - inst.tip[0], track.tip[1] - inst.tip[1])
                 if iou > 0 or distance < gate:
-                    cost[i, j] = (1.0 - iou) + distance / max(gate, 1e-9)
+                    cost[i, j] = (1.0 - iou) + (distance / gate if gate > 0 else 0.0)
         assigned = [None] * len(instruments)
         matched_tracks = set()
         if cost.size:
@@ -115,14 +126,17 @@ class Tracker:
         for j, (inst, mask) in enumerate(zip(instruments, masks)):
             track = assigned[j]
             votes = None if inst.type_votes is None else np.asarray(inst.type_votes, np.float64)
+            if votes is not None and not np.all(np.isfinite(votes)):
+                votes = None  # a broken vote (NaN probabilities) must not poison the track's type
             if track is None:
-                track = Track(self._new_id(), mask, inst.tip, votes)
+                track = Track(self._new_id(), mask, inst.tip, votes, frames=int(votes is not None))
+                track.colour = self._new_colour([t for t in tracks + assigned if isinstance(t, Track)])
                 assigned[j] = track
             else:
                 track.mask, track.tip, track.missed = mask, inst.tip, 0
-                track.frames += 1
                 if votes is not None:
                     track.votes_sum = votes if track.votes_sum is None else track.votes_sum + votes
+                    track.frames += 1
         for i, track in enumerate(tracks):
             if i not in matched_tracks:
                 track.missed += 1

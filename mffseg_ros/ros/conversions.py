@@ -116,7 +116,7 @@ def tip_markers(instruments, header, scale=0.004, namespace='mffseg_tips'):
     for inst in instruments:
         if not np.all(np.isfinite(inst.xyz)):
             continue
-        r, g, b = (c / 255.0 for c in instrument_color(inst.track_id))
+        r, g, b = (c / 255.0 for c in instrument_color(inst.colour))
         color = ColorRGBA(r=r, g=g, b=b, a=1.0)
         position = Point(x=float(inst.xyz[0]), y=float(inst.xyz[1]), z=float(inst.xyz[2]))
         sphere = Marker(header=header, ns=namespace, id=3 * int(inst.track_id), type=Marker.SPHERE,

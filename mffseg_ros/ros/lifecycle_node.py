@@ -11,12 +11,9 @@ The transitions live here as a mixin; segment_node.LifecycleSegmentNode combines
 SegmentNode's phases (_configure, _activate, _deactivate, _unconfigure) and rclpy's LifecycleNode,
 so this module needs nothing from segment_node (no import cycle).
 """
-import numpy as np
 from rclpy.lifecycle import TransitionCallbackReturn
 
 from mffseg_ros.errors import MffsegError
-
-WARM_UP_SIZE = (480, 640)  # a first frame of a typical size pays the allocator and kernel selection
 
 
 class ManagedTransitions:
@@ -25,17 +22,12 @@ class ManagedTransitions:
 
     def on_configure(self, state):
         try:
-            self._configure(self._given_segmenter)
-            self._warm_up()
+            self._configure(self._given_segmenter)  # a model it loads is warmed up before any subscription
         except MffsegError as e:
             self.get_logger().error(f'configure failed: {e}')
             self._unconfigure()
             return TransitionCallbackReturn.FAILURE
         return TransitionCallbackReturn.SUCCESS
-
-    def _warm_up(self):
-        size = tuple(self.segmenter.train_size or WARM_UP_SIZE)[:2]
-        self.segmenter.segment(np.zeros((*size, 3), np.uint8))
 
     def on_activate(self, state):
         self.perception.reset()  # tracks from before a pause would match the wrong instruments

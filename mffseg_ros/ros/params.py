@@ -10,9 +10,12 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 
 from mffseg_ros import topics
 from mffseg_ros.errors import MffsegError
+from mffseg_ros.inference.backends import BACKEND_CHOICES, BACKENDS, PRECISIONS
 from mffseg_ros.inference.image_codec import DEFAULT_MAX_PIXELS
+from mffseg_ros.inference.instruments import DEFAULT_MIN_AREA
 from mffseg_ros.inference.perception import LABEL_MODES, PerceptionConfig
 from mffseg_ros.model.classes import TASK_CLASSES
+from mffseg_ros.model.mffnet import BRANCHES
 
 
 class ParameterError(MffsegError):
@@ -21,9 +24,9 @@ class ParameterError(MffsegError):
 
 DEVICE_PATTERN = re.compile(r'^(auto|cpu|cuda(:\d+)?)$')
 CHOICES = {
-    'precision': ('fp32', 'fp16'),
-    'branch': ('main', 'aux'),
-    'backend': ('torch', 'onnx', 'tensorrt'),
+    'precision': tuple(PRECISIONS),
+    'branch': BRANCHES,
+    'backend': BACKEND_CHOICES,
     'input_reliability': ('auto', 'best_effort', 'reliable'),
     'labels_mode': LABEL_MODES,
 }
@@ -36,7 +39,7 @@ class NodeConfig:
     device: str = 'auto'
     precision: str = 'fp32'
     branch: str = 'main'
-    backend: str = 'torch'
+    backend: str = 'auto'
     threads: int = 0
     input_scale: float = 0.0
     input_height: int = 0
@@ -52,7 +55,7 @@ class NodeConfig:
     sync_queue_size: int = 10
     # Run time
     sync_slop: float = 0.01
-    min_instance_area: int = 200
+    min_instance_area: int = DEFAULT_MIN_AREA
     min_type_score: float = 0.5
     labels_mode: str = 'instance'
     track_max_missed: int = 5
@@ -101,9 +104,10 @@ READ_ONLY = {'weights', 'device', 'precision', 'branch', 'backend', 'threads', '
 DESCRIPTIONS = {
     'weights': 'safetensors weights file; empty = the shipped default model',
     'device': 'auto | cpu | cuda | cuda:N (auto falls back to CPU with a warning)',
-    'precision': 'fp32 | fp16 (fp16 needs CUDA; on the CPU it falls back to fp32 with a warning)',
+    'precision': ' | '.join(PRECISIONS) + ' (fp16 needs CUDA; on the CPU it falls back to fp32 with a warning)',
     'branch': 'main | aux (aux skips the main decoder: faster, coarser)',
-    'backend': 'torch | onnx (ONNX Runtime: faster on CPUs) | tensorrt (where installed)',
+    'backend': 'auto (CPU: the backend measured faster end to end, see docs/BENCHMARKS.md; CUDA: torch) | '
+               + ' | '.join(f'{name} ({spec.help})' for name, spec in BACKENDS.items()),
     'threads': 'CPU inference threads (torch and ONNX Runtime); 0 = all cores but one (left for DDS transport)',
     'input_scale': 'resize factor before the network; 0 = fit the frame to the training size in the weights',
     'input_height': 'network input height in px (multiple of 32); 0 = use input_scale',

@@ -14,9 +14,9 @@ from rclpy.serialization import deserialize_message
 from rclpy.signals import SignalHandlerOptions
 from tqdm import tqdm
 
-from mffseg_ros.ros.qos import RELIABILITY, qos_profile
+from mffseg_ros.data.bags import bag_info, read_bag_raw
 from mffseg_ros.errors import DataError
-from mffseg_ros.tools.bags import bag_info, read_bag_raw
+from mffseg_ros.ros.qos import RELIABILITY, qos_profile
 
 log = logging.getLogger(__name__)
 

@@ -158,7 +158,7 @@ class SegmentNode(Node):
         return params.config_from({p.name: p.value for p in declared})
 
     def _load_segmenter(self):
-        from mffseg_ros.inference.segmenter import Segmenter
+        from mffseg_ros.inference.segmenter import EXPECTED_FRAME_SIZE, Segmenter
         cfg = self.cfg
         with warnings.catch_warnings(record=True) as caught:  # e.g. "random model": into the ROS log
             warnings.simplefilter('always')
@@ -169,6 +169,10 @@ class SegmentNode(Node):
             self.get_logger().warning(str(w.message))
         if cfg.device == 'auto' and seg.device.type == 'cpu':
             self.get_logger().warning('device=auto: no CUDA device, running on the CPU (slower)')
+        # Before any subscription exists: the first real frame must not pay for export/autotuning/capture.
+        seconds = seg.warm_up(batch=2 if cfg.stereo else 1)
+        self.get_logger().info(f'warm-up ({seg.backend_name}, one {"stereo pair" if cfg.stereo else "frame"}'
+                               f' of {"x".join(map(str, EXPECTED_FRAME_SIZE))}): {seconds:.2f} s')
         return seg
 
     def _create_publishers(self):

@@ -14,9 +14,13 @@ import numpy as np
 from tqdm import tqdm
 
 from mffseg_ros import topics
+from mffseg_ros.data.bags import LEFT_FRAME_ID, RIGHT_FRAME_ID, STORAGES, BagWriter
+from mffseg_ros.data.calibration import load_endovis_calibration
+from mffseg_ros.data.endovis import EndoVis2017
+from mffseg_ros.data.synth import SceneGenerator, StereoRig
 from mffseg_ros.errors import DataError
+from mffseg_ros.evaluation.ground_truth import ground_truth_records
 from mffseg_ros.sizes import parse_size
-from mffseg_ros.tools.bags import LEFT_FRAME_ID, RIGHT_FRAME_ID, STORAGES, BagWriter
 
 # Stamps start at 1 s rather than 0: a zero stamp means "no time" to many ROS tools.
 START_NS = 1_000_000_000
@@ -59,8 +63,6 @@ def calibration_for_frames(calib, image_size):
 def write_endovis_bag(dataset_dir, out, *, crop=True, rate=1.0, storage='mcap', calibration=None,
                       max_frames=None, overwrite=False):
     """One EndoVis 2017 `instrument_dataset_N` folder -> a bag; returns the number of frames written."""
-    from mffseg_ros.data.calibration import load_endovis_calibration
-    from mffseg_ros.data.endovis import EndoVis2017
 
     dataset_dir = Path(dataset_dir)
     match = re.fullmatch(r'instrument_dataset_(\d+)', dataset_dir.name)
@@ -100,8 +102,6 @@ def write_synth_bag(out, *, frames, size=(256, 320), seed=0, rate=10.0, storage=
     """Synthetic stereo scenes -> a bag with left and right ground truth and the true instruments (tips
     by the node's definition, 3-D tips, shaft axes: evaluation/ground_truth.py);
     returns the number of frames written. `generator_options` go to SceneGenerator."""
-    from mffseg_ros.data.synth import SceneGenerator, StereoRig
-    from mffseg_ros.evaluation.ground_truth import ground_truth_records
 
     _check_rate(rate)
     if frames < 1:

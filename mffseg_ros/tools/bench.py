@@ -1,19 +1,40 @@
-"""`mffseg bench`: model-only latency of MFF (main, aux, multi-task) per size, precision and backend,
-the paper's peers in the same run, and optionally end to end through ROS 2. Writes bench.md,
-bench.json and bench.png to --out."""
+"""`mffseg bench`: latency of MFF (main and aux-only branch) per size, precision and backend, the
+paper's peers in the same run, and optionally end to end through ROS 2. Writes bench.md, bench.json
+and bench.png to --out.
+
+Every row is a `Segmenter` built with that backend and precision, and times exactly what the node
+runs: `network ms` is `Segmenter.forward` (the backend alone, input already on the device) and
+`frame ms` is `Segmenter.segment_batch` on a uint8 frame of the network's size (pre-processing,
+network, post-processing; on CUDA the fast path)."""
 import copy
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 from mffseg_ros.errors import MffsegError
+from mffseg_ros.inference.backends import BACKENDS, PRECISIONS, BackendUnavailable
+from mffseg_ros.inference.segmenter import Segmenter, resolve_device
+from mffseg_ros.model.mffnet import BRANCHES, MFFNet
+from mffseg_ros.model.weights import default_metadata, load_weights
 from mffseg_ros.tools import bench_model as bm
+from mffseg_ros.tools.bench_peers import build_peers
+from mffseg_ros.tools.bench_report import markdown, run_metadata, write_all
 from mffseg_ros.tools.export import parse_size
 
 log = logging.getLogger(__name__)
-BACKENDS = ('torch', 'onnx', 'cudagraph', 'compile')
+# Row variants: each registry backend, plus 'cudagraph' = the torch backend's CUDA fast path captured
+# in CUDA graphs ('torch' rows run the fast path without graphs on CUDA, the eager pipeline on the CPU).
+VARIANTS = {name: (name, {}) for name in BACKENDS}
+VARIANTS['torch'] = ('torch', {'cuda_graphs': False})
+VARIANTS['cudagraph'] = ('torch', {'cuda_graphs': True})
+MODES = BRANCHES  # the node runs one branch: main, or the faster aux-only branch
+
+
+class Unavailable(Exception):
+    """A configuration that cannot run here; the row is reported with this reason."""
 
 
 def _list(text, allowed=None, what='value'):
@@ -31,12 +52,12 @@ def add_arguments(parser):
                                           'speed does not depend on the weights)')
     parser.add_argument('--device', default='auto', help='auto | cpu | cuda[:N]')
     parser.add_argument('--sizes', default='1024x1280,512x640', help='network input sizes HxW, comma-separated')
-    parser.add_argument('--modes', default='main,aux,multitask',
-                        help='MFF modes: main, aux (aux-only branch), multitask (main + aux outputs)')
+    parser.add_argument('--modes', default=','.join(MODES),
+                        help='MFF branches: main, aux (aux-only branch: main decoder skipped)')
     parser.add_argument('--precisions', default=None,
                         help='fp32,fp16,bf16 (default: fp32,fp16 on CUDA, fp32 on the CPU)')
     parser.add_argument('--backends', default=None,
-                        help=f'{",".join(BACKENDS)} (default: torch,cudagraph on CUDA, torch,onnx on the CPU)')
+                        help=f'{",".join(VARIANTS)} (default: torch,cudagraph on CUDA, torch,onnx on the CPU)')
     parser.add_argument('--compile', action='store_true', help='add torch.compile rows')
     parser.add_argument('--peers', action='store_true',
                         help='also time LinkNet-34, TernausNet-11, PSPNet (segmentation_models_pytorch) '
@@ -61,15 +82,14 @@ def add_arguments(parser):
 
 
 def resolve_options(args):
-    from mffseg_ros.inference.segmenter import resolve_device
     device = resolve_device(args.device)
     cuda = device.type == 'cuda'
     opts = {
         'device': device,
         'sizes': [parse_size(s) for s in _list(args.sizes, what='size')],
-        'modes': _list(args.modes, bm.MODES, 'mode'),
-        'precisions': _list(args.precisions or ('fp32,fp16' if cuda else 'fp32'), tuple(bm.DTYPES), 'precision'),
-        'backends': _list(args.backends or ('torch,cudagraph' if cuda else 'torch,onnx'), BACKENDS, 'backend'),
+        'modes': _list(args.modes, MODES, 'mode'),
+        'precisions': _list(args.precisions or ('fp32,fp16' if cuda else 'fp32'), tuple(PRECISIONS), 'precision'),
+        'backends': _list(args.backends or ('torch,cudagraph' if cuda else 'torch,onnx'), VARIANTS, 'backend'),
     }
     if args.compile and 'compile' not in opts['backends']:
         opts['backends'].append('compile')
@@ -86,49 +106,56 @@ def resolve_options(args):
 
 
 def load_mff(weights):
-    from mffseg_ros.model.mffnet import MFFNet
+    """(model, metadata): the weights given, else a randomly initialised MFF (speed does not depend on
+    the weight values)."""
     if weights:
-        from mffseg_ros.model.weights import load_weights
-        return load_weights(weights)[0].eval()
+        return load_weights(weights)
     torch.manual_seed(0)
-    return MFFNet().eval()
+    model = MFFNet().eval()
+    return model, default_metadata(model)
 
 
-def make_runner(model, call, *, mode, backend, device, precision, threads):
-    """`x -> outputs` for one row; raises bm.Unavailable with the reason when it cannot run here."""
-    if backend == 'onnx':
-        from mffseg_ros.inference.backends import BackendUnavailable, make_backend
-        if mode == 'multitask':
-            raise bm.Unavailable('an ONNX export has one output branch')
-        if precision != 'fp32':
-            raise bm.Unavailable('ONNX Runtime backend runs fp32 only')
-        try:
-            return make_backend('onnx', model, {}, device=device, branch=mode, threads=threads)
-        except BackendUnavailable as e:
-            raise bm.Unavailable(str(e)) from None
-    eager = bm.torch_runner(model, call, device=device, precision=precision,
-                            channels_last=device.type == 'cuda')
-    if backend == 'torch':
-        return eager
-    if backend == 'cudagraph':
-        if device.type != 'cuda':
-            raise bm.Unavailable('CUDA graphs need a CUDA device')
-        return 'graph', eager  # captured once the example input exists
-    return bm.compiled_runner(eager, device)
-
-
-def prepare_row(row, model, call, args, opts):
-    """(runner, example input) for `row`, or None with the row's status set to 'unavailable'/'error'."""
-    device, (h, w) = opts['device'], row['size_hw']
-    x = torch.randn(1, 3, h, w, device=device)
+def make_segmenter(model, metadata, *, mode, variant, device, precision, size, threads):
+    """The Segmenter the node would build for this row; Unavailable with the reason if it cannot run."""
+    backend, options = VARIANTS[variant]
+    reason = BACKENDS[backend].missing(device, precision)
+    if variant == 'cudagraph' and device.type != 'cuda':
+        reason = 'CUDA graphs need a CUDA device'
+    if reason:
+        raise Unavailable(reason)
     try:
-        runner = make_runner(model, call, mode=row['mode'], backend=row['backend'], device=device,
-                             precision=row['precision'], threads=args.threads)
-        if isinstance(runner, tuple):
-            runner = bm.graph_runner(runner[1], x)
-        runner(x)  # the first call exports / compiles / fails here, for this row alone
-        return runner, x
-    except bm.Unavailable as e:
+        return Segmenter(model, metadata, device=device, precision=precision, branch=mode, input_size=size,
+                         backend=backend, threads=threads, **options)
+    except BackendUnavailable as e:
+        raise Unavailable(str(e)) from None
+
+
+class _Row:
+    """A row's Segmenter and inputs: a uint8 frame at the network size and its pre-processed tensor."""
+
+    def __init__(self, seg, size):
+        self.seg = seg
+        self.frame = np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)
+        self.x = seg.preprocess([self.frame])
+        self.graphed = seg._fast_path is not None and seg._fast_path.cuda_graphs
+
+    def network(self, x):
+        return self.seg.forward(x)
+
+    def frame_pipeline(self, frame):
+        return self.seg.segment_batch([frame])
+
+
+def prepare_row(row, model, metadata, args, opts):
+    """A _Row for `row`, or None with the row's status set to 'unavailable'/'error'."""
+    device, size = opts['device'], row['size_hw']
+    try:
+        seg = make_segmenter(model, metadata, mode=row['mode'] if row['mode'] != '-' else 'main',
+                             variant=row['backend'], device=device, precision=row['precision'], size=size,
+                             threads=args.threads)
+        seg.warm_up(size)  # exports / compiles / captures / fails here, for this row alone
+        return _Row(seg, size)
+    except Unavailable as e:
         row.update(status='unavailable', reason=str(e))
     except (RuntimeError, MffsegError, OSError) as e:  # out of memory, an op a backend lacks, no compiler
         _failed(row, e, device)
@@ -141,53 +168,74 @@ def _failed(row, error, device):
         torch.cuda.empty_cache()
 
 
+def _calls(ready):
+    """(fn, input) pairs to time per row: the network (not for graphed rows: their graph spans the
+    whole frame) and the whole frame."""
+    return ([] if ready.graphed else [(ready.network, ready.x)]) + [(ready.frame_pipeline, ready.frame)]
+
+
+def _store(row, ready, stats):
+    frame = stats.pop()
+    row.update(frame_median_ms=frame['median_ms'], frame_p99_ms=frame['p99_ms'], status='ok')
+    if stats:
+        row.update(stats[0])
+    row['fps'] = 1e3 / frame['median_ms'] if frame['median_ms'] > 0 else float('inf')
+
+
 def measure_rows(rows, prepared, args, opts):
-    """GPU: each row alone (CUDA events). CPU: all rows round-robin (bm.time_interleaved)."""
+    """GPU: each row alone (CUDA events around the network; the frame call returns host arrays, so a
+    host clock is honest). CPU: all rows round-robin (bm.time_interleaved)."""
     device = opts['device']
     if device.type == 'cuda':
-        for row, (runner, x) in zip(rows, prepared):
+        for row, ready in zip(rows, prepared):
             try:
-                row.update(bm.time_callable(runner, x, device=device, warmup=args.warmup, iters=args.iters),
-                           status='ok')
+                stats = [bm.time_callable(fn, x, device=device if fn == ready.network else 'cpu',
+                                          warmup=args.warmup, iters=args.iters) for fn, x in _calls(ready)]
+                _store(row, ready, stats)
             except RuntimeError as e:
                 _failed(row, e, device)
         return
-    stats = bm.time_interleaved(prepared, warmup=args.warmup, iters=args.iters)
-    for row, st in zip(rows, stats):
-        row.update(st, status='ok', timing='interleaved')
+    calls = [_calls(ready) for ready in prepared]
+    stats = bm.time_interleaved([c for row_calls in calls for c in row_calls], warmup=args.warmup,
+                                iters=args.iters)
+    for row, ready, row_calls in zip(rows, prepared, calls):
+        _store(row, ready, stats[:len(row_calls)])
+        stats = stats[len(row_calls):]
+        row['timing'] = 'interleaved'
 
 
 def model_rows(args, opts):
-    from mffseg_ros.tools.bench_peers import build_peers, peer_call
-    base = load_mff(args.weights)
+    base, metadata = load_mff(args.weights)
     plan = []
     for h, w in opts['sizes']:
         for precision in opts['precisions']:
             for mode in opts['modes']:
                 for backend in opts['backends']:
-                    plan.append(('MFF', base, bm.mff_call(mode), mode, (h, w), precision, backend, ''))
+                    plan.append(('MFF', base, metadata, mode, (h, w), precision, backend, ''))
     if args.peers:
         num_classes = base.tasks.get('type', base.num_outputs)
-        peer_backends = [b for b in opts['backends'] if b in ('torch', 'cudagraph')]
         for name, peer, reason in build_peers(num_classes):
+            peer_meta = default_metadata(peer) if peer is not None else {}
             for h, w in opts['sizes']:
                 for precision in opts['precisions']:
-                    for backend in peer_backends:
-                        plan.append((name, peer, peer_call, '-', (h, w), precision, backend, reason))
+                    for backend in opts['backends']:
+                        plan.append((name, peer, peer_meta, '-', (h, w), precision, backend, reason))
     rows, runnable, prepared, macs = [], [], [], {}
-    for name, model, call, mode, (h, w), precision, backend, reason in tqdm(plan, desc='preparing', unit='row'):
+    for name, model, meta, mode, (h, w), precision, backend, reason in tqdm(plan, desc='preparing', unit='row'):
         row = {'model': name, 'mode': mode, 'size': f'{h}x{w}', 'size_hw': (h, w), 'precision': precision,
                'backend': backend}
         rows.append(row)
         if reason:
             row.update(status='unavailable', reason=reason)
             continue
-        ready = prepare_row(row, copy.deepcopy(model), call, args, opts)
+        ready = prepare_row(row, copy.deepcopy(model), meta, args, opts)
         if ready is None:
             continue
         key = (name, mode, h, w)
         if key not in macs:
-            macs[key] = bm.count_macs(copy.deepcopy(model).float().eval(), torch.zeros(1, 3, h, w), call) / 1e9
+            branch = mode if mode != '-' else 'main'
+            macs[key] = bm.count_macs(copy.deepcopy(model).float().eval(), torch.zeros(1, 3, h, w),
+                                      lambda m, x: m(x, branch=branch)) / 1e9
         row['gmacs'] = macs[key]
         runnable.append(row)
         if opts['device'].type == 'cuda':  # one row at a time: its peak memory is its own
@@ -201,7 +249,7 @@ def model_rows(args, opts):
                  len(prepared), args.warmup, args.iters)
         measure_rows(runnable, prepared, args, opts)
     for row in runnable:
-        if row.get('status') == 'ok':
+        if row.get('status') == 'ok' and row.get('median_ms'):
             row['tflops'] = 2 * row['gmacs'] / row['median_ms']  # GFLOP per ms = TFLOP/s
     add_ratios(rows)
     for row in rows:
@@ -210,14 +258,15 @@ def model_rows(args, opts):
 
 
 def add_ratios(rows):
-    """ratio_to_mff: median / median of MFF main, eager torch, same size and precision (this run)."""
-    reference = {(r['size'], r['precision']): r['median_ms'] for r in rows
+    """ratio_to_mff: frame median / frame median of MFF main, torch backend, same size and precision
+    (this run): what a frame costs relative to the node's default configuration."""
+    reference = {(r['size'], r['precision']): r['frame_median_ms'] for r in rows
                  if r['model'] == 'MFF' and r['mode'] == 'main' and r['backend'] == 'torch'
                  and r.get('status') == 'ok'}
     for r in rows:
         ref = reference.get((r['size'], r['precision']))
         if r.get('status') == 'ok' and ref:
-            r['ratio_to_mff'] = r['median_ms'] / ref
+            r['ratio_to_mff'] = r['frame_median_ms'] / ref
 
 
 def run(args):
@@ -234,7 +283,6 @@ def run(args):
 
 
 def _run(args, opts):
-    from mffseg_ros.tools.bench_report import markdown, run_metadata, write_all
     result = {'meta': run_metadata('mffseg bench ' + ' '.join(_argv_of(args))),
               'options': {'device': str(opts['device']), 'sizes': [f'{h}x{w}' for h, w in opts['sizes']],
                           'modes': opts['modes'], 'precisions': opts['precisions'],
@@ -243,7 +291,7 @@ def _run(args, opts):
     if not args.no_model:
         result['model'] = model_rows(args, opts)
     if args.ros:
-        from mffseg_ros.tools.bench_ros import ros_rows
+        from mffseg_ros.tools.bench_ros import ros_rows  # needs rclpy: only for --ros (GPU images may lack it)
         result['ros'] = ros_rows(args, opts)
     paths = write_all(result, args.out)
     print(markdown(result))

@@ -1,18 +1,9 @@
-"""Model-only timing: honest clocks (CUDA events + synchronize on the GPU), warm-up, many iterations,
-median and p99, peak memory; runners for MFF in each mode/backend and CUDA-graph replay."""
+"""Timing: honest clocks (CUDA events + synchronize on the GPU), warm-up, many iterations, median and
+p99, peak memory; multiply-accumulate counting. What is timed comes from the Segmenter (bench.py)."""
 import time
 
 import numpy as np
 import torch
-
-from mffseg_ros.errors import MffsegError
-
-MODES = ('main', 'aux', 'multitask')  # multitask: main + aux outputs in one pass (return_aux=True)
-DTYPES = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
-
-
-class Unavailable(Exception):
-    """A configuration that cannot run here; the row is reported with this reason."""
 
 
 def time_callable(fn, x, *, device, warmup=5, iters=20):
@@ -84,63 +75,3 @@ def count_macs(model, x, call):
         for h in handles:
             h.remove()
     return total[0]
-
-
-def mff_call(mode):
-    if mode not in MODES:
-        raise MffsegError(f'unknown mode {mode!r}: choose from {", ".join(MODES)}')
-    if mode == 'multitask':
-        return lambda model, x: model(x, branch='main', return_aux=True)
-    return lambda model, x: model(x, branch=mode, return_aux=False)
-
-
-def check_precision(precision, device):
-    if precision not in DTYPES:
-        raise MffsegError(f'unknown precision {precision!r}: choose from {", ".join(DTYPES)}')
-    if precision == 'fp16' and torch.device(device).type != 'cuda':
-        raise Unavailable('fp16 needs CUDA (CPU fp16 convolutions are emulated and slow)')
-
-
-def torch_runner(model, call, *, device, precision, channels_last=False):
-    """An eager `x -> outputs` for `model` cast to the precision (input cast per call)."""
-    check_precision(precision, device)
-    dtype = DTYPES[precision]
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(device, dtype, memory_format=fmt).eval()
-
-    @torch.inference_mode()
-    def run(x):
-        return call(model, x.to(dtype, memory_format=fmt))
-    return run
-
-
-def graph_runner(fn, example):
-    """Capture `fn(static_input)` in a CUDA graph; each call copies the input in and replays."""
-    if example.device.type != 'cuda':
-        raise Unavailable('CUDA graphs need a CUDA device')
-    static = example.clone()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn(static)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        output = fn(static)
-
-    def replay(x):
-        static.copy_(x)
-        graph.replay()
-        return output
-    return replay
-
-
-def compiled_runner(fn, device):
-    mode = 'reduce-overhead' if torch.device(device).type == 'cuda' else 'default'
-    compiled = torch.compile(fn, mode=mode, dynamic=False)
-
-    @torch.inference_mode()
-    def run(x):
-        return compiled(x)
-    return run

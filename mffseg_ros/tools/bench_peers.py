@@ -1,6 +1,11 @@
 """The networks the paper compares MFF with, built without pretrained weights (speed does not depend on
 them). Peers from segmentation_models_pytorch need torchvision; where it is missing they are reported
-as unavailable with the import error. The plain U-Net is defined here (no dependency)."""
+as unavailable with the import error. The plain U-Net is defined here (no dependency).
+
+Each peer is wrapped in `SegmenterModel`, which gives it MFF's calling convention, so `mffseg bench`
+times peers through the same Segmenter, backends and fast path as MFF."""
+from collections import OrderedDict
+
 import torch
 from torch import nn
 
@@ -41,6 +46,20 @@ class PlainUNet(nn.Module):
         return self.head(x)
 
 
+class SegmenterModel(nn.Module):
+    """A plain `x -> logits` network seen as a one-task (type) model with MFF's interface."""
+
+    def __init__(self, net, num_classes):
+        super().__init__()
+        self.net = net
+        self.tasks = OrderedDict(type=int(num_classes))
+        self.task_slices = OrderedDict(type=slice(0, int(num_classes)))
+        self.branch = 'main'
+
+    def forward(self, x, branch='main'):
+        return {'out': self.net(x)}
+
+
 def build_peers(num_classes):
     """[(name, model or None, reason or '')]: every peer, built or with why it cannot be."""
     peers = []
@@ -55,12 +74,8 @@ def build_peers(num_classes):
             continue
         try:
             model = getattr(smp, cls_name)(encoder_name=encoder, encoder_weights=None, classes=num_classes)
-            peers.append((name, model.eval(), ''))
+            peers.append((name, SegmenterModel(model, num_classes).eval(), ''))
         except Exception as e:  # e.g. an smp version without this encoder
             peers.append((name, None, f'{type(e).__name__}: {e}'))
-    peers.append((PLAIN_UNET, PlainUNet(num_classes).eval(), ''))
+    peers.append((PLAIN_UNET, SegmenterModel(PlainUNet(num_classes), num_classes).eval(), ''))
     return peers
-
-
-def peer_call(model, x):
-    return model(x)

@@ -42,13 +42,17 @@ def old_postprocess(seg, logits, size):
         return {t: up[:, s].argmax(1).to(torch.uint8).numpy() for t, s in seg.task_slices.items()}
 
 
-def _timed(fn, times, key):
-    """Runs fn, recording the CPU time of this thread (ms): with one torch thread everything runs
+def _timed(times, key, fn, *args):
+    """fn(*args), recording the CPU time of this thread (ms): with one torch thread everything runs
     here, and a shared machine's other processes do not inflate the figures the way wall time is."""
     start = time.thread_time()
-    out = fn()
+    out = fn(*args)
     times.setdefault(key, []).append(1000 * (time.thread_time() - start))
     return out
+
+
+def _images(frame):
+    return frame.labels_image(), frame.instance_ids_image(), frame.parts_image()
 
 
 def run(weights=None, size=(1024, 1280), frames=6, seed=5, threads=1):
@@ -64,16 +68,15 @@ def run(weights=None, size=(1024, 1280), frames=6, seed=5, threads=1):
         frame = scenes.frame(i * 7)
         pair = [frame.left, frame.right]
         x = seg.preprocess(pair)
-        logits = _timed(lambda: seg.forward(x), times, 'network (stereo batch)')
-        old = _timed(lambda: old_postprocess(seg, logits, size), times, 'old postprocess (upsample logits)')
-        results = _timed(lambda: seg.postprocess(logits, size), times, 'new postprocess (network grid)')
-        out = _timed(lambda: perception.process(results[0], results[1], calibration, i * 0.1), times,
-                     'instruments + tracking + stereo')
+        logits = _timed(times, 'network (stereo batch)', seg.forward, x)
+        old = _timed(times, 'old postprocess (upsample logits)', old_postprocess, seg, logits, size)
+        results = _timed(times, 'new postprocess (network grid)', seg.postprocess, logits, size)
+        out = _timed(times, 'instruments + tracking + stereo', perception.process, results[0], results[1],
+                     calibration, i * 0.1)
         found, instance_map = find_instruments(results[0])
-        _timed(lambda: tracker.update(found, instance_map, size), times, 'of which: tracker update (left eye)')
-        _timed(lambda: (out.labels_image(), out.instance_ids_image(), out.parts_image()), times,
-               'label, instance, parts images')
-        _timed(lambda: instrument_overlay(frame.left, out), times, 'overlay')
+        _timed(times, 'of which: tracker update (left eye)', tracker.update, found, instance_map, size)
+        _timed(times, 'label, instance, parts images', _images, out)
+        _timed(times, 'overlay', instrument_overlay, frame.left, out)
         truth = frame.labels_left
         new = {'parts': results[0].parts, 'type': results[0].type, 'binary': results[0].binary}
         old_binary = old['type'][0] > 0

@@ -43,7 +43,8 @@ def _fmt(value, digits=2):
 
 
 MODEL_COLUMNS = (('model', 'model'), ('mode', 'mode'), ('size', 'size'), ('precision', 'precision'),
-                 ('backend', 'backend'), ('median_ms', 'median ms'), ('p99_ms', 'p99 ms'), ('fps', 'fps'),
+                 ('backend', 'backend'), ('median_ms', 'network ms'), ('p99_ms', 'network p99'),
+                 ('frame_median_ms', 'frame ms'), ('frame_p99_ms', 'frame p99'), ('fps', 'frames/s'),
                  ('peak_mem_mb', 'peak MiB'), ('gmacs', 'GMACs'), ('tflops', 'TFLOP/s'),
                  ('ratio_to_mff', 'x MFF main'), ('status', 'status'))
 ROS_COLUMNS = (('size', 'size'), ('stereo', 'stereo'), ('rate_hz', 'rate Hz'), ('published', 'published'),
@@ -76,8 +77,10 @@ def markdown(result):
               f'{hw["torch_threads"]}); torch {hw["torch"]}, onnxruntime {hw.get("onnxruntime", "–")}'), '']
     if result.get('model'):
         parts += ['## Model only (batch 1)', '',
-                  '`x MFF main`: median time divided by that of MFF main, eager torch, same size and '
-                  'precision, measured in this run (> 1: slower than MFF).'
+                  '`network ms`: `Segmenter.forward` (the backend alone; none for CUDA-graph rows, whose '
+                  'graph spans the frame). `frame ms`: `Segmenter.segment_batch` on a uint8 frame of the '
+                  'network size, what the node runs per frame. `x MFF main`: frame time divided by that of '
+                  'MFF main, torch backend, same size and precision, measured in this run (> 1: slower).'
                   + (' CPU rows were timed round-robin (one call of each row in turn), so load from '
                      'other processes hits them alike and their ratios hold.'
                      if any(r.get('timing') == 'interleaved' for r in result['model']) else ''), '',
@@ -96,13 +99,13 @@ def write_chart(rows, path):
     labels = [f'{r["model"]} {r["mode"]} {r["size"]} {r["precision"]} {r["backend"]}' for r in ok]
     fig, ax = plt.subplots(figsize=(9, 0.35 * max(len(ok), 2) + 1.2))
     if ok:
-        medians = [r['median_ms'] for r in ok]
-        whiskers = [max(r['p99_ms'] - r['median_ms'], 0) for r in ok]
+        medians = [r['frame_median_ms'] for r in ok]
+        whiskers = [max(r['frame_p99_ms'] - r['frame_median_ms'], 0) for r in ok]
         colours = ['tab:blue' if r['model'] == 'MFF' else 'tab:gray' for r in ok]
         ax.barh(range(len(ok)), medians, xerr=[[0] * len(ok), whiskers], color=colours, capsize=2)
         ax.set_yticks(range(len(ok)), labels, fontsize=8)
         ax.invert_yaxis()
-    ax.set_xlabel('latency per frame, ms (bar: median, whisker: p99)')
+    ax.set_xlabel('Segmenter.segment_batch per frame, ms (bar: median, whisker: p99)')
     ax.set_title('mffseg bench: model only, batch 1')
     fig.tight_layout()
     fig.savefig(path, dpi=100)

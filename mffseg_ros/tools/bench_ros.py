@@ -2,18 +2,15 @@
 received by a subscriber. Measures publish->receive latency (header stamps are the publish wall time,
 which the node copies to its outputs), the node's own receive->publish latency (from /diagnostics),
 processed rate, drops, the node's CPU use and GPU memory."""
-import os
 import resource
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 
 import cv2
 import numpy as np
 
 from mffseg_ros.errors import MffsegError
+from mffseg_ros.ros.node_process import NodeProcess
 from mffseg_ros.scalars import parse_scalar
 from mffseg_ros.sizes import parse_size
 
@@ -63,56 +60,6 @@ def _node_parameters(args, opts):
         name, value = item.split(':=', 1)
         params[name.strip()] = parse_scalar(value.strip())
     return params
-
-
-class _NodeProcess:
-    """The segment node as its own process; CPU time read from /proc."""
-
-    def __init__(self, params):
-        def fmt(v):
-            return str(v).lower() if isinstance(v, bool) else str(v)
-        cmd = [sys.executable, '-m', 'mffseg_ros.ros.segment_node', '--ros-args', '-r', f'__ns:={NAMESPACE}']
-        for name, value in params.items():
-            cmd += ['-p', f'{name}:={fmt(value)}']
-        # The node's log goes to a file: an unread pipe fills up and blocks the node mid-run.
-        self.log = tempfile.TemporaryFile(mode='w+')
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, text=True)
-
-    def check_alive(self):
-        if self.proc.poll() is not None:
-            self.log.seek(0)
-            err = self.log.read().strip().splitlines()
-            raise MffsegError(f'segment node exited with code {self.proc.returncode}: '
-                              f'{err[-1] if err else "no message"}')
-
-    def cpu_seconds(self):
-        try:
-            with open(f'/proc/{self.proc.pid}/stat') as f:
-                fields = f.read().rsplit(')', 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
-        except (OSError, IndexError, ValueError):
-            return float('nan')
-
-    def gpu_memory_mb(self):
-        if not shutil.which('nvidia-smi'):
-            return None
-        out = subprocess.run(['nvidia-smi', '--query-compute-apps=pid,used_memory', '--format=csv,noheader,nounits'],
-                             capture_output=True, text=True, check=False).stdout
-        for line in out.splitlines():
-            pid, _, mem = line.partition(',')
-            if pid.strip() == str(self.proc.pid):
-                return float(mem)
-        return None
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
 
 
 class _NodeInProcess:
@@ -169,7 +116,8 @@ def ros_rows(args, opts):
     finally:
         sys.argv = argv
     with ros:
-        node = _NodeInProcess(ros, params) if args.node == 'inprocess' else _NodeProcess(params)
+        node = (_NodeInProcess(ros, params) if args.node == 'inprocess'
+                else NodeProcess(namespace=NAMESPACE, parameters=params))
         try:
             probe = ros.probe
             from mffseg_ros.ros.qos import qos_profile as qos

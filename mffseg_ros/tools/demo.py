@@ -12,8 +12,6 @@
 import json
 import logging
 import os
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -21,9 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from mffseg_ros import topics
-from mffseg_ros.evaluation.instrument_scores import format_summary, match_radius
 from mffseg_ros.errors import MffsegError
+from mffseg_ros.evaluation.instrument_scores import format_summary, match_radius
 from mffseg_ros.paths import share_file
+from mffseg_ros.ros.node_process import NodeProcess
 from mffseg_ros.sizes import parse_size
 
 log = logging.getLogger(__name__)
@@ -70,8 +69,8 @@ def check_setup(out, weights, device):
 # ----------------------------------------------------------------------------------- the bag
 def ensure_bag(path, *, frames, size, seed, rate):
     """Reuses the bag at `path` when it was made with the same settings, else (re)writes it."""
+    from mffseg_ros.data.bags import bag_info
     from mffseg_ros.tools.bag_cli import write_synth_bag
-    from mffseg_ros.tools.bags import bag_info
 
     want = {'mffseg.source': 'synth', 'mffseg.seed': seed, 'mffseg.size': f'{size[0]}x{size[1]}',
             'mffseg.rate_hz': rate}
@@ -91,7 +90,7 @@ def ensure_bag(path, *, frames, size, seed, rate):
 
 def ground_truth(path):
     """{stamp_ns: {'type', 'parts', 'tips'}} of the bag's left ground truth."""
-    from mffseg_ros.tools.bags import cloud_points, image_array, read_bag
+    from mffseg_ros.data.bags import cloud_points, image_array, read_bag
 
     gt = {}
     keys = {topics.GT_TYPE: 'type', topics.GT_PARTS: 'parts', topics.GT_TIPS: 'tips'}
@@ -132,39 +131,6 @@ def percentile(values, q):
 
 
 # ----------------------------------------------------------------------------------- the node
-class NodeProcess:
-    """The segment node in its own process with the bag-replay preset (as `ros2 launch mffseg_ros
-    segment.launch.py preset:=endovis_bag` would): default model, the bag topics, reliable input."""
-
-    def __init__(self, device, weights, log_path):
-        cmd = [sys.executable, '-m', 'mffseg_ros.ros.segment_node', '--ros-args',
-               '--params-file', str(share_file('config', 'endovis_bag.yaml')),
-               '-p', f'device:={device}']
-        if weights:
-            cmd += ['-p', f'weights:={weights}']
-        self.log_path = log_path
-        self._log = open(log_path, 'w')
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=dict(os.environ))
-
-    def failed(self):
-        if self.proc.poll() is None:
-            return None
-        return f'segment node exited with code {self.proc.returncode}: {self.log_tail()}'
-
-    def log_tail(self):
-        self._log.flush()
-        return ' | '.join(Path(self.log_path).read_text().strip().splitlines()[-5:])
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self._log.close()
-
-
 class Tracker:
     """What a downstream tool tracker does: subscribe to the node's outputs, keyed by header stamp."""
 
@@ -186,8 +152,8 @@ class Tracker:
         node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, reliable)
 
     def _store(self, name, msg):
+        from mffseg_ros.data.bags import image_array
         from mffseg_ros.ros.conversions import cloud_to_tips, stamp_ns
-        from mffseg_ros.tools.bags import image_array
 
         now = time.monotonic()
         if name == 'tips':
@@ -248,7 +214,10 @@ def run_demo(out, *, frames=40, size=(512, 640), rate=2.5, seed=7, device='auto'
         if in_process:
             in_node = start_in_process_node(context, executor, device, weights)
         else:
-            node_proc = NodeProcess(device, weights, out / 'segment_node.log')
+            # The bag-replay preset, as `ros2 launch mffseg_ros segment.launch.py preset:=endovis_bag` would.
+            params = {'device': device, **({'weights': weights} if weights else {})}
+            node_proc = NodeProcess(params_file=share_file('config', 'endovis_bag.yaml'), parameters=params,
+                                    log_path=out / 'segment_node.log')
         deadline = time.monotonic() + 180
         while client.count_subscribers(topics.LEFT_IMAGE) < 1 or client.count_publishers(f'{NODE_TOPIC}/tips') < 1:
             if node_proc is not None and node_proc.failed():

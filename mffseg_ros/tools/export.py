@@ -12,6 +12,10 @@ import torch
 
 from mffseg_ros import sizes
 from mffseg_ros.errors import MffsegError
+from mffseg_ros.inference.onnx_export import export_onnx
+from mffseg_ros.model.mffnet import BRANCHES
+from mffseg_ros.model.weights import load_weights, save_weights
+from mffseg_ros.paths import default_weights_path
 
 log = logging.getLogger(__name__)
 # ONNX Runtime and torch sum in different orders; a pixel whose top two logits are this close may
@@ -35,7 +39,7 @@ def add_arguments(parser):
                         help='input HEIGHTxWIDTH, multiples of 32 (default: the weights\' train_size, '
                              'else 512x640)')
     parser.add_argument('--batch', type=int, default=1, help='batch size (default 1; 2 for stereo pairs)')
-    parser.add_argument('--branch', choices=('main', 'aux'), default='main',
+    parser.add_argument('--branch', choices=BRANCHES, default='main',
                         help='main decoder, or the faster aux-only branch')
     parser.add_argument('--opset', type=int, default=17, help='ONNX opset (default 17)')
     parser.add_argument('--no-verify', action='store_true',
@@ -44,8 +48,6 @@ def add_arguments(parser):
 
 def load_model(weights):
     """(model, metadata) from `weights` or the default weights path."""
-    from mffseg_ros.model.weights import load_weights
-    from mffseg_ros.paths import default_weights_path
     path = Path(weights) if weights else default_weights_path()
     return load_weights(path)
 
@@ -59,7 +61,7 @@ def default_size(metadata):
 
 def verify(model, path, *, size, batch, branch, seed=0):
     """(max |logit difference|, label agreement) of ONNX Runtime vs torch on one random frame."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # optional: only --onnx needs ONNX Runtime
     session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
     x = torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(seed))
     with torch.inference_mode():
@@ -70,7 +72,6 @@ def verify(model, path, *, size, batch, branch, seed=0):
 
 
 def export_fp16(args):
-    from mffseg_ros.model.weights import save_weights
     output = Path(args.output)
     if output.suffix != '.safetensors':
         raise MffsegError(f'{output}: output file name must end in .safetensors')
@@ -90,7 +91,6 @@ def export_fp16(args):
 
 
 def run(args):
-    from mffseg_ros.inference.onnx_export import export_onnx
     if args.onnx == args.fp16:
         raise MffsegError('choose one export format: --onnx or --fp16')
     if args.fp16:

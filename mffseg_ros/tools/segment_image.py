@@ -5,6 +5,13 @@ from pathlib import Path
 
 import numpy as np
 
+from mffseg_ros.data.synth import SynthDataset
+from mffseg_ros.errors import DataError, MffsegError
+from mffseg_ros.inference.instruments import DEFAULT_MIN_AREA
+from mffseg_ros.inference.perception import InstrumentPerception, PerceptionConfig
+from mffseg_ros.inference.segmenter import Segmenter
+from mffseg_ros.visualize import contact_sheet, instrument_overlay, load_rgb, overlay, save_png, type_name
+
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff')
 
@@ -25,7 +32,6 @@ def add_arguments(parser):
 
 def expand_images(paths):
     """Files as given; folders -> their image files, sorted. Missing paths raise DataError."""
-    from mffseg_ros.errors import DataError
     files = []
     for p in paths:
         if p.is_dir():
@@ -43,15 +49,12 @@ def expand_images(paths):
 def generated_sample(seed=0, height=512, width=640):
     """A frame (with labels) from the synthetic stereo scene generator: the first of the seed's scenes
     that shows an instrument's claspers (some scenes show no instrument at all)."""
-    from mffseg_ros.data.synth import SynthDataset
     scenes = SynthDataset(32, size=(height, width), seed=seed)
     return next((s for s in scenes if (s['parts'] == 3).any()), scenes[0])
 
 
 def _instruments(result, min_area):
     """One image's instruments (a fresh perception per image: separate images share no tracks)."""
-    from mffseg_ros.inference.instruments import DEFAULT_MIN_AREA
-    from mffseg_ros.inference.perception import InstrumentPerception, PerceptionConfig
     config = PerceptionConfig(min_instance_area=DEFAULT_MIN_AREA if min_area is None else min_area)
     return InstrumentPerception(config).process(result)
 
@@ -60,7 +63,6 @@ def write_result(out_dir, stem, rgb, result, frame, ground_truth=None):
     """<stem>_overlay.png (prediction | ground truth when given), <stem>_parts.png, <stem>_type.png
     (uint8 label images, ids as in model.classes), <stem>_instances.png (uint16 instrument ids).
     Returns the written paths."""
-    from mffseg_ros.visualize import contact_sheet, instrument_overlay, overlay, save_png
     picture = instrument_overlay(rgb, frame)
     if ground_truth is not None:
         gt_type = np.where(ground_truth['type'] == 255, 0, ground_truth['type']).astype(np.uint8)
@@ -75,7 +77,6 @@ def write_result(out_dir, stem, rgb, result, frame, ground_truth=None):
 
 
 def _describe(frame):
-    from mffseg_ros.visualize import type_name
     return ', '.join(f'#{i.track_id} {type_name(i.type_id)} ({i.type_score:.2f}) tip at ({i.tip[0]:.0f}, '
                      f'{i.tip[1]:.0f})' for i in frame.instruments) or 'no instrument found'
 
@@ -83,9 +84,6 @@ def _describe(frame):
 def run(args):
     from tqdm import tqdm
 
-    from mffseg_ros.errors import MffsegError
-    from mffseg_ros.inference.segmenter import Segmenter
-    from mffseg_ros.visualize import load_rgb
     if args.min_area is not None and args.min_area < 1:
         raise MffsegError(f'--min-area must be at least 1 pixel, got {args.min_area}')
     files = expand_images(args.images)

@@ -2,7 +2,10 @@
 import os
 from pathlib import Path
 
+from mffseg_ros.data.datasets import parse_data_spec
 from mffseg_ros.errors import MffsegError
+from mffseg_ros.training.config import apply_override, load_config, validate
+from mffseg_ros.training.trainer import Trainer
 
 
 def add_arguments(parser):
@@ -31,7 +34,6 @@ def add_arguments(parser):
 
 def _absolute_spec(text):
     """A spec given on the command line: its relative path is relative to the current directory."""
-    from mffseg_ros.data.datasets import parse_data_spec
     spec = parse_data_spec(text)
     if spec.get('root'):
         spec['root'] = str(Path(spec['root']).expanduser().resolve())
@@ -40,7 +42,6 @@ def _absolute_spec(text):
 
 def build_config(args):
     """The config file (or the defaults) with the command line's overrides applied."""
-    from mffseg_ros.training.config import apply_override, load_config, validate
     cfg = load_config(args.config, validated=False)
     overrides = list(args.set)
     for value, key in ((args.iters, 'recipe.iters'), (args.batch_size, 'recipe.batch_size'),
@@ -78,7 +79,6 @@ def run(args):
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise MffsegError(f'{out}: cannot create the run folder ({e.strerror or e})') from None
-    from mffseg_ros.training.trainer import Trainer
     path = Trainer(cfg, out, device=args.device, resume=args.resume).run()
     if int(os.environ.get('RANK', '0')) == 0:
         print(path)

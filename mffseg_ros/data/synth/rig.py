@@ -3,7 +3,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-# EndoVis-like defaults at 1280x1024, read off the real calibration files in ../shared/data:
+# EndoVis-like defaults at 1280x1024, read off real calibration files (see docs/SYNTH.md):
 # EndoVis 2018 camera_calibration.txt focal lengths are 1051..1084 px and |T| is 4.28..4.37 mm;
 # the rectified SCARED pair has its principal point at (642.19, 520.72). We keep only numbers.
 ENDOVIS_WIDTH, ENDOVIS_HEIGHT = 1280, 1024

@@ -13,13 +13,13 @@ import numpy as np
 from tqdm import tqdm
 
 from mffseg_ros import topics
+from mffseg_ros.data.bags import cloud_points, image_array, read_bag
 from mffseg_ros.errors import DataError
 from mffseg_ros.evaluation.instrument_scores import InstrumentScorer, format_summary, match_radius
 from mffseg_ros.inference.image_codec import decode_image
 from mffseg_ros.inference.perception import InstrumentPerception, PerceptionConfig
 from mffseg_ros.inference.stereo import StereoCalibration, pixel_rectifier
 from mffseg_ros.inference.tip_records import tip_records
-from mffseg_ros.tools.bags import cloud_points, image_array, read_bag
 
 log = logging.getLogger(__name__)
 _KEYS = {topics.LEFT_IMAGE: 'left', topics.RIGHT_IMAGE: 'right', topics.LEFT_INFO: 'info_left',
@@ -53,12 +53,12 @@ def read_frames(bag, limit=None):
     return {s: complete[s] for s in stamps}
 
 
-def evaluate_bag(segmenter, bag, *, config=PerceptionConfig(), limit=None, stereo=True):
+def evaluate_bag(segmenter, bag, *, config=None, limit=None, stereo=True):
     """Scores of `segmenter` + the post-processing on `bag`: a dict with 'instruments' (see
     instrument_scores.InstrumentScorer.summary), 'dice_binary_mean', 'dice_parts_mean', 'frames'."""
     frames = read_frames(bag, limit)
-    perception = InstrumentPerception(config)
-    scorer = scores = None
+    perception = InstrumentPerception(config or PerceptionConfig())
+    scorer = None
     rows = []
     calibration = None
     for stamp, f in tqdm(frames.items(), desc='evaluate bag', unit='frame'):

@@ -1,0 +1,127 @@
+"""CPU backends compared END TO END on synthetic stereo frames: `python -m mffseg_ros.tools.bench_cpu`.
+
+For each backend (torch, ONNX Runtime fp32, ONNX Runtime int8 with static quantisation calibrated on
+synthetic frames) the node's Segmenter runs `segment_batch([left, right])` (resize, normalise, network,
+post-processing at the frame size) and, separately, the bare network on the same pre-processed batch.
+The post-processing alone is timed too, also on ONNX Runtime's
+raw NCHW logits (what the backend returned before it made them channels-last). All configurations are
+timed round-robin in one run, so the ratios hold on a shared machine. Label
+agreement of ONNX int8 and torch against ONNX fp32 is measured on other synthetic pairs than the
+calibration ones. This is the measurement behind `backend: auto` on the CPU and the int8 decision
+(docs/BENCHMARKS.md)."""
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from mffseg_ros.data.synth import SynthDataset
+from mffseg_ros.inference.segmenter import Segmenter
+from mffseg_ros.sizes import parse_size
+from mffseg_ros.tools import bench_model as bm
+from mffseg_ros.tools.bench_report import run_metadata
+
+
+def synthetic_pairs(count, size, seed):
+    eyes = {eye: SynthDataset(count, size=size, seed=seed, eye=eye) for eye in ('left', 'right')}
+    return [[eyes[eye][i]['image'] for eye in ('left', 'right')] for i in range(count)]
+
+
+def quantize_int8(fp32_path, int8_path, batches):
+    """Static QDQ int8 (per-channel weights, uint8 activations) calibrated on `batches` (N,3,h,w arrays)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.feeds = iter([{'image': b} for b in batches])
+
+        def get_next(self):
+            return next(self.feeds, None)
+    quantize_static(str(fp32_path), str(int8_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    return int8_path
+
+
+def agreement(a, b):
+    """Fraction of equal pixels per task between two SegmentationResults."""
+    return {task: float((getattr(a, task) == getattr(b, task)).mean()) for task in ('type', 'parts')}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--weights', default=None, help='safetensors weights (default: the shipped model)')
+    parser.add_argument('--frame-size', default='1024x1280', help='stereo frame HxW (default 1024x1280)')
+    parser.add_argument('--threads', type=int, default=1)
+    parser.add_argument('--iters', type=int, default=10)
+    parser.add_argument('--calibration', type=int, default=16, help='synthetic stereo pairs for int8 calibration')
+    parser.add_argument('--agreement', type=int, default=8, help='held-out synthetic pairs for label agreement')
+    parser.add_argument('--out', default='bench_results/cpu_backends.json')
+    args = parser.parse_args(argv)
+    size = parse_size(args.frame_size, what='--frame-size', minimum=32)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(args.threads)
+
+    segs = {'torch': Segmenter.load(args.weights, device='cpu', backend='torch', threads=args.threads),
+            'onnx': Segmenter.load(args.weights, device='cpu', backend='onnx', threads=args.threads)}
+    calibration = synthetic_pairs(args.calibration, size, seed=101)
+    held_out = synthetic_pairs(args.agreement, size, seed=202)
+    fp32 = segs['onnx']
+    batches = [fp32.preprocess(pair).numpy() for pair in calibration]
+    fp32_file = fp32._backend.model_file(*batches[0].shape[:1], *batches[0].shape[2:])
+    t0 = time.perf_counter()
+    int8_file = quantize_int8(fp32_file, out.parent / 'mff_int8.onnx', batches)
+    quantize_s = time.perf_counter() - t0
+    segs['onnx-int8'] = Segmenter.load(args.weights, device='cpu', backend='onnx', threads=args.threads,
+                                       onnx_path=int8_file)
+
+    agree = {name: [] for name in segs if name != 'onnx'}
+    for pair in tqdm(held_out, desc='agreement', unit='pair'):
+        reference = fp32.segment_batch(pair)
+        for name in agree:
+            agree[name] += [agreement(r, ref) for r, ref in zip(segs[name].segment_batch(pair), reference)]
+    pair = held_out[0]
+    calls = []
+    for name, seg in segs.items():
+        logits = seg.forward(seg.preprocess(pair))
+        calls += [(seg.segment_batch, pair), (seg.forward, seg.preprocess(pair)),
+                  (lambda lg, seg=seg: seg.postprocess(lg, size), logits)]
+    # ONNX Runtime's own NCHW output, as the backend returned it before it made logits channels-last
+    calls.append((lambda lg: fp32.postprocess(lg, size), fp32.forward(fp32.preprocess(pair)).contiguous()))
+    stats = bm.time_interleaved(calls, warmup=2, iters=args.iters)
+    rows = []
+    for k, name in enumerate(segs):
+        frame, network, post = stats[3 * k:3 * k + 3]
+        row = {'backend': name, 'end_to_end_ms': frame['median_ms'], 'end_to_end_p99_ms': frame['p99_ms'],
+               'network_ms': network['median_ms'], 'postprocess_ms': post['median_ms'],
+               'end_to_end_over_network': frame['median_ms'] / network['median_ms']}
+        if name in agree:
+            row.update({f'{task}_agreement_vs_onnx_fp32': float(np.mean([a[task] for a in agree[name]]))
+                        for task in ('type', 'parts')})
+        rows.append(row)
+    base = {r['backend']: r['end_to_end_ms'] for r in rows}
+    for row in rows:
+        row['speed_up_vs_torch'] = base['torch'] / row['end_to_end_ms']
+        row['speed_up_vs_onnx_fp32'] = base['onnx'] / row['end_to_end_ms']
+    post_torch = rows[0]['postprocess_ms']
+    rows.append({'backend': 'onnx, NCHW logits (before the layout fix)', 'postprocess_ms': stats[-1]['median_ms']})
+    for row in rows:
+        row['postprocess_over_torch'] = row['postprocess_ms'] / post_torch
+    given = sys.argv[1:] if argv is None else argv
+    result = {'meta': run_metadata(' '.join(['python -m mffseg_ros.tools.bench_cpu', *given])),
+              'frame_size': list(size), 'network_size': list(fp32.network_size(*size)), 'threads': args.threads,
+              'iters': args.iters, 'quantize_s': quantize_s, 'int8_file_mb': int8_file.stat().st_size / 2**20,
+              'fp32_file_mb': fp32_file.stat().st_size / 2**20, 'rows': rows}
+    out.write_text(json.dumps(result, indent=2) + '\n')
+    for row in rows:
+        print(json.dumps(row))
+    print(f'wrote {out}')
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
