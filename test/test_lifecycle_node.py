@@ -102,6 +102,17 @@ def test_a_bad_configuration_fails_configure_and_the_node_stays(ros, managed):
     assert state() == 'unconfigured' and node.segmenter is None  # and it still answers
 
 
+def get_state_eventually(client, attempts=6):
+    """GetState across processes: a service can be discovered before its response path is matched, so
+    the first response may be lost (DDS); asking again is harmless, the state is only read."""
+    for _ in range(attempts):
+        try:
+            return client.call(GetState.Request(), timeout_sec=5).current_state
+        except TimeoutError:
+            continue
+    raise TimeoutError('no answer from get_state')
+
+
 def test_console_script_flag_starts_the_managed_node(ros):
     """`segment_node --lifecycle` as its own process: unconfigured until told, active after
     configure + activate, and SIGINT ends it with exit code 0."""
@@ -114,10 +125,10 @@ def test_console_script_flag_starts_the_managed_node(ros):
         change = ros.probe.create_client(ChangeState, f'{ns}/mffseg/change_state')
         get = ros.probe.create_client(GetState, f'{ns}/mffseg/get_state')
         assert get.wait_for_service(timeout_sec=120), 'managed node did not start'
-        assert get.call(GetState.Request(), timeout_sec=10).current_state.id == State.PRIMARY_STATE_UNCONFIGURED
+        assert get_state_eventually(get).id == State.PRIMARY_STATE_UNCONFIGURED
         for transition_id in (Transition.TRANSITION_CONFIGURE, Transition.TRANSITION_ACTIVATE):
             assert change.call(ChangeState.Request(transition=Transition(id=transition_id)), timeout_sec=120).success
-        assert get.call(GetState.Request(), timeout_sec=10).current_state.id == State.PRIMARY_STATE_ACTIVE
+        assert get_state_eventually(get).id == State.PRIMARY_STATE_ACTIVE
         labels = ros.collect(f'{ns}/mffseg/labels', Image)
         pub = ros.publisher(f'{ns}/stereo/left/image_raw', Image)
         assert ros.wait_matched(pub)
