@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from mffseg_ros.errors import ImageFormatError
-from mffseg_ros.inference.image_codec import decode_compressed, decode_image, encode_bgr8, encode_mono8
+from mffseg_ros.inference.image_codec import (DEFAULT_MAX_PIXELS, compressed_size, decode_compressed, decode_image,
+                                              encode_bgr8, encode_mono8, inspect_compressed, inspect_image)
 
 H, W = 24, 40
 
@@ -146,3 +147,81 @@ def test_encoders_round_trip_through_a_real_image_message(rgb):
         encode_mono8(labels.astype(np.uint16))
     with pytest.raises(ValueError):
         encode_bgr8(labels)
+
+
+# --- bounds: sizes come from the header, before any pixel is decoded -----------------------------------
+def _png_declaring(width, height, rows=None):
+    """A small PNG whose header declares width x height grey pixels, all rows zero (deflate shrinks them
+    1000-fold: the decompression bomb a camera topic must not be able to send)."""
+    import struct
+    import zlib
+
+    def chunk(kind, body):
+        return struct.pack('>I', len(body)) + kind + body + struct.pack('>I', zlib.crc32(kind + body) & 0xFFFFFFFF)
+    z = zlib.compressobj(9)
+    rows = b''.join(z.compress(b'\0' * (1 + width)) for _ in range(height if rows is None else rows)) + z.flush()
+    return (b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', width, height, 8, 0, 0, 0, 0))
+            + chunk(b'IDAT', rows) + chunk(b'IEND', b''))
+
+
+def _jpeg_declaring(width, height):
+    """A real small jpeg with its frame header (SOF0) rewritten to declare width x height."""
+    data = bytearray(cv2.imencode('.jpg', np.zeros((16, 16, 3), np.uint8))[1].tobytes())
+    sof = data.index(b'\xff\xc0')
+    data[sof + 5:sof + 9] = height.to_bytes(2, 'big') + width.to_bytes(2, 'big')
+    return bytes(data)
+
+
+@pytest.mark.parametrize('ext, params', [('.jpg', []), ('.jpg', [cv2.IMWRITE_JPEG_PROGRESSIVE, 1]), ('.png', [])])
+def test_compressed_size_reads_the_header(ext, params):
+    for h, w in ((1, 1), (37, 53), (480, 640)):
+        data = cv2.imencode(ext, np.zeros((h, w, 3), np.uint8), params)[1]
+        assert compressed_size(data) == (ext.strip('.').replace('jpg', 'jpeg'), w, h)
+        assert inspect_compressed('', data) == (h, w)
+
+
+def test_png_bomb_is_refused_from_its_header():
+    bomb = _png_declaring(8000, 8000)
+    assert len(bomb) < 100_000  # 64 M pixels in ~62 KB
+    with pytest.raises(ImageFormatError, match='8000x8000 = 64000000 pixels is above max_input_pixels 9437184'):
+        decode_compressed('png', bomb, max_pixels=DEFAULT_MAX_PIXELS)
+    with pytest.raises(ImageFormatError, match='above max_input_pixels'):
+        inspect_compressed('png', bomb, max_pixels=DEFAULT_MAX_PIXELS)
+
+
+def test_jpeg_declaring_a_huge_frame_is_refused_from_its_header():
+    with pytest.raises(ImageFormatError, match='65000x60000'):
+        decode_compressed('jpeg', _jpeg_declaring(65000, 60000), max_pixels=DEFAULT_MAX_PIXELS)
+
+
+def test_opencv_errors_become_image_format_errors():
+    # beyond OpenCV's own pixel limit: cv2.imdecode raises cv2.error, which must not escape
+    with pytest.raises(ImageFormatError, match='undecodable png|decoded to'):
+        decode_compressed('png', _png_declaring(100_000, 100_000, rows=1))
+
+
+@pytest.mark.parametrize('data, problem', [
+    (b'\xff\xd8\xff\xda\x00\x08' + bytes(40) + b'\xff\xd9', 'no frame header'),   # scan before any SOF
+    (b'\xff\xd8\xff\xe0\x00\x01' + bytes(40) + b'\xff\xd9', 'segment length 1'),
+    (b'\x89PNG\r\n\x1a\n' + b'\x00\x00\x00\x0dIDAT' + bytes(30) + b'IEND\xaeB`\x82', 'IHDR is not the first chunk'),
+])
+def test_corrupt_headers_are_named(data, problem):
+    with pytest.raises(ImageFormatError, match=problem):
+        decode_compressed('', data)
+
+
+def test_raw_image_bound_is_checked_before_the_data():
+    with pytest.raises(ImageFormatError, match='100000x100000 = 10000000000 pixels is above max_input_pixels'):
+        decode_image('rgb8', 100_000, 100_000, 300_000, b'', max_pixels=DEFAULT_MAX_PIXELS)
+    assert decode_image('rgb8', 2, 2, 6, bytes(12), max_pixels=4).shape == (2, 2, 3)
+    with pytest.raises(ImageFormatError, match='above max_input_pixels 3'):
+        decode_image('rgb8', 2, 2, 6, bytes(12), max_pixels=3)
+
+
+def test_inspect_checks_without_converting(rgb):
+    assert inspect_image('bgr8', H, W, W * 3, rgb.tobytes()) == (H, W)
+    with pytest.raises(ImageFormatError, match='truncated'):
+        inspect_image('bgr8', H, W, W * 3, rgb.tobytes()[:-1])
+    jpeg = cv2.imencode('.jpg', rgb)[1].tobytes()
+    with pytest.raises(ImageFormatError, match='truncated jpeg'):
+        inspect_compressed('jpeg', jpeg[:len(jpeg) // 2])

@@ -169,7 +169,7 @@ def test_compressed_input(ros, start, fmt, ext):
 
 
 def test_best_effort_node_receives_reliable_and_best_effort_publishers(ros, start):
-    _node, ns = start(stereo=False)  # input_reliability: best_effort (the default)
+    _node, ns = start(stereo=False, input_reliability='best_effort')
     labels = ros.collect(f'{ns}/mffseg/labels', Image)
     for reliability in ('reliable', 'best_effort'):
         pub = ros.publisher(f'{ns}/stereo/left/image_raw', Image, reliability)

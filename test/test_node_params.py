@@ -44,7 +44,7 @@ def test_every_preset_loads_and_validates(ros, segmenter, preset):
     node = ros.start_node(namespace=f'/preset_{preset.stem}', segmenter=segmenter,
                           cli_args=['--ros-args', '--params-file', str(preset)])
     try:
-        subscribed = {s.topic_name for s in node._subs}
+        subscribed = {s.topic_name for s in node._subs.values()}
         if preset.stem == 'ambf':
             assert not node.cfg.stereo and node.cfg.frame_id == 'cameraL'
             assert '/ambf/env/cameras/cameraL/ImageData' in subscribed

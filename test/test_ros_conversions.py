@@ -48,13 +48,17 @@ def test_bad_image_message_raises_image_format_error():
         conversions.decode_image_msg(msg)
 
 
-def test_projection_matrix_from_camera_info():
+def test_calibration_from_camera_info():
     info = CameraInfo()
     with pytest.raises(DataError, match='not calibrated'):
-        conversions.projection_matrix(info)  # all zeros: an uncalibrated camera
+        conversions.calibration(info)  # all zeros: an uncalibrated camera
     info.p = [300.0, 0, 80, -1.5, 0, 300.0, 60, 0, 0, 0, 1, 0]
-    P = conversions.projection_matrix(info)
-    assert P.shape == (3, 4) and P[0, 3] == -1.5
+    cal = conversions.calibration(info)
+    assert cal.P.shape == (3, 4) and cal.P[0, 3] == -1.5 and cal.rectify is None and cal.image_size is None
+    info.height, info.width, info.d = 120, 160, [0.1, 0.0, 0.0]  # plumb_bob takes 5
+    with pytest.raises(DataError, match='D has 3 coefficients'):
+        conversions.calibration(info)
+    assert conversions.camera_info_key(info) != conversions.camera_info_key(CameraInfo())
 
 
 def test_stamp_ns():
@@ -180,3 +184,22 @@ def test_diagnostics_report_counts_latency_and_levels():
 def test_no_input_is_a_warning():
     arr = diagnostic_array(header().stamp, 'mffseg', NodeStats().snapshot(), {'device': 'cpu'})
     assert arr.status[0].level == DiagnosticStatus.WARN and 'no input' in arr.status[0].message
+
+
+def test_rejected_frames_are_not_counted_again_when_dropped_or_unmatched():
+    mono = StereoPairer(stereo=False)
+    mono.push('left', Frame(1, 0.0, None, rejected=True))  # counted as rejected when it arrived
+    mono.push('left', frame(2))
+    mono.push('left', frame(3))
+    assert mono.counts.dropped == 1  # only the valid frame 2
+    stereo = StereoPairer(stereo=True, slop_ns=0, depth=10)
+    for stamp, left_rejected in ((10, True), (20, False)):
+        stereo.push('left', Frame(stamp, 0.0, None, rejected=left_rejected))
+        stereo.push('right', frame(stamp))
+    stereo.push('left', frame(25))  # never gets a partner
+    stereo.push('left', frame(30))
+    stereo.push('right', frame(30))
+    left, right = stereo.pop_newest(timeout=0)
+    assert (left.stamp_ns, right.stamp_ns) == (30, 30)
+    assert stereo.counts.dropped == 1 + 2  # the pair at 10 without its rejected left, the pair at 20
+    assert stereo.counts.unmatched == 1    # 25

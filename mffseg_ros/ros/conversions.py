@@ -21,16 +21,26 @@ def stamp_ns(header):
     return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
 
 
-def decode_image_msg(msg):
-    """sensor_msgs/Image -> HxWx3 RGB uint8 (raises ImageFormatError)."""
+def decode_image_msg(msg, max_pixels=None):
+    """sensor_msgs/Image -> HxWx3 RGB uint8 (raises ImageFormatError, also above `max_pixels`)."""
     from mffseg_ros.inference.image_codec import decode_image
-    return decode_image(msg.encoding, msg.height, msg.width, msg.step, msg.data, msg.is_bigendian)
+    return decode_image(msg.encoding, msg.height, msg.width, msg.step, msg.data, msg.is_bigendian, max_pixels)
 
 
-def decode_compressed_msg(msg):
-    """sensor_msgs/CompressedImage -> HxWx3 RGB uint8 (raises ImageFormatError)."""
+def decode_compressed_msg(msg, max_pixels=None):
+    """sensor_msgs/CompressedImage -> HxWx3 RGB uint8 (raises ImageFormatError, also above `max_pixels`);
+    the size is read from the jpeg/png header before any pixel is decoded."""
     from mffseg_ros.inference.image_codec import decode_compressed
-    return decode_compressed(msg.format, msg.data)
+    return decode_compressed(msg.format, msg.data, max_pixels)
+
+
+def inspect_image_msg(msg, max_pixels=None):
+    """(height, width) of an Image or CompressedImage that would decode, without decoding its pixels
+    (raises ImageFormatError): the check for an image that is not segmented."""
+    from mffseg_ros.inference.image_codec import inspect_compressed, inspect_image
+    if hasattr(msg, 'format'):
+        return inspect_compressed(msg.format, msg.data, max_pixels)
+    return inspect_image(msg.encoding, msg.height, msg.width, msg.step, msg.data, msg.is_bigendian, max_pixels)
 
 
 def _uint8_array(pixels):
@@ -52,17 +62,21 @@ def image_msg(pixels, header, encoding):
     return msg
 
 
-def projection_matrix(info_msg):
-    """sensor_msgs/CameraInfo -> 3x4 float P; DataError when uncalibrated (P all zero) or unusable."""
-    from mffseg_ros.inference.stereo import projection_from_camera_info
-    return projection_from_camera_info(info_msg.p)
+def calibration(info_msg, image_size=None):
+    """sensor_msgs/CameraInfo -> checked camera_model.Calibration (P, raw -> rectified pixel function,
+    image size); DataError naming the problem when it is unusable (e.g. uncalibrated: P all zero)."""
+    from mffseg_ros.inference.camera_model import check_camera_info
+    m = info_msg
+    return check_camera_info(k=m.k, d=m.d, r=m.r, p=m.p, distortion_model=m.distortion_model, height=m.height,
+                             width=m.width, binning_x=m.binning_x, binning_y=m.binning_y, roi_height=m.roi.height,
+                             roi_width=m.roi.width, image_size=image_size)
 
 
-def pixel_rectifier(info_msg):
-    """sensor_msgs/CameraInfo -> raw pixel -> rectified pixel function (None: already rectified);
-    DataError when P is unusable or the distortion model unknown."""
-    from mffseg_ros.inference.stereo import pixel_rectifier as rectifier
-    return rectifier(info_msg.k, info_msg.d, info_msg.r, info_msg.p, info_msg.distortion_model)
+def camera_info_key(info_msg):
+    """The fields `calibration` reads, hashable: a camera repeating its camera_info is checked once."""
+    m = info_msg
+    return (m.height, m.width, m.distortion_model, bytes(memoryview(m.d)), bytes(memoryview(m.k)),
+            bytes(memoryview(m.r)), bytes(memoryview(m.p)), m.binning_x, m.binning_y, m.roi.height, m.roi.width)
 
 
 def tips_cloud(instruments, header):

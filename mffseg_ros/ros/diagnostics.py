@@ -19,6 +19,8 @@ class NodeStats:
         self.rejected_by_reason = Counter()
         self.last_error = ''
         self._latencies = deque(maxlen=latency_window)
+        self._input_ages = deque(maxlen=latency_window)   # header stamp -> image callback
+        self._transport = deque(maxlen=latency_window)    # publish (DDS source timestamp) -> image callback
         self._received_times = deque()
         self._processed_times = deque()
 
@@ -29,6 +31,12 @@ class NodeStats:
             self.counts[f'received.{side}'] += 1
             if side == 'left':
                 self._received_times.append(time.monotonic())
+
+    def arrived(self, input_age_s, transport_s):
+        """Delays of one image before the node saw it: since its stamp, and since it was published."""
+        with self._lock:
+            self._input_ages.append(input_age_s)
+            self._transport.append(transport_s)
 
     def processed(self, latency_s):
         with self._lock:
@@ -59,6 +67,8 @@ class NodeStats:
                 while times and now - times[0] > RATE_WINDOW_S:
                     times.popleft()
             lat = np.asarray(self._latencies, dtype=np.float64)
+            age = np.asarray(self._input_ages, dtype=np.float64)
+            transport = np.asarray(self._transport, dtype=np.float64)
             return {
                 'counts': {**dict.fromkeys(STANDARD_COUNTS, 0), **self.counts},
                 'rejected_by_reason': dict(self.rejected_by_reason),
@@ -66,8 +76,19 @@ class NodeStats:
                 'processed_rate_hz': _rate(self._processed_times, now),
                 'latency_p50_ms': float(np.percentile(lat, 50) * 1e3) if lat.size else float('nan'),
                 'latency_p99_ms': float(np.percentile(lat, 99) * 1e3) if lat.size else float('nan'),
+                'input_age_p50_ms': _percentile_ms(age, 50),
+                'input_age_p99_ms': _percentile_ms(age, 99),
+                'transport_p50_ms': _percentile_ms(transport, 50),
+                'transport_p99_ms': _percentile_ms(transport, 99),
+                # of the time from publish to outputs, the part spent before the node saw the frame
+                'transport_share': (float(np.median(transport) / (np.median(transport) + np.median(lat)))
+                                    if transport.size and lat.size else float('nan')),
                 'last_error': self.last_error,
             }
+
+
+def _percentile_ms(values, q):
+    return float(np.percentile(values, q) * 1e3) if values.size else float('nan')
 
 
 def _rate(times, now):
@@ -77,10 +98,10 @@ def _rate(times, now):
     return (len(times) - 1) / span if span < RATE_WINDOW_S else len(times) / RATE_WINDOW_S
 
 
-def diagnostic_array(stamp, node_name, snapshot, info, previous_counts=None):
+def diagnostic_array(stamp, node_name, snapshot, info, previous_counts=None, warning=''):
     """One DiagnosticStatus for the node. `info` adds static fields (device, precision, model...).
     Level: ERROR after processing errors since the last report, WARN after rejected frames or with
-    no input, OK otherwise."""
+    no input or with a standing `warning` (e.g. stereo asked for, 3-D impossible), OK otherwise."""
     counts = snapshot['counts']
     previous_counts = previous_counts or {}
     new_errors = counts.get('errors', 0) - previous_counts.get('errors', 0)
@@ -91,6 +112,8 @@ def diagnostic_array(stamp, node_name, snapshot, info, previous_counts=None):
         level, message = DiagnosticStatus.WARN, f'{new_rejected} frame(s) rejected: {snapshot["last_error"]}'
     elif not counts.get('received'):
         level, message = DiagnosticStatus.WARN, 'no input images yet'
+    elif warning:
+        level, message = DiagnosticStatus.WARN, warning
     else:
         level, message = DiagnosticStatus.OK, f'{snapshot["processed_rate_hz"]:.1f} Hz'
     values = {
@@ -98,10 +121,18 @@ def diagnostic_array(stamp, node_name, snapshot, info, previous_counts=None):
         'processed_rate_hz': f'{snapshot["processed_rate_hz"]:.2f}',
         'latency_p50_ms': f'{snapshot["latency_p50_ms"]:.1f}',
         'latency_p99_ms': f'{snapshot["latency_p99_ms"]:.1f}',
+        'input_age_p50_ms': f'{snapshot["input_age_p50_ms"]:.1f}',
+        'input_age_p99_ms': f'{snapshot["input_age_p99_ms"]:.1f}',
+        'transport_p50_ms': f'{snapshot["transport_p50_ms"]:.1f}',
+        'transport_p99_ms': f'{snapshot["transport_p99_ms"]:.1f}',
+        'transport_share': f'{snapshot["transport_share"]:.2f}',
         'last_error': snapshot['last_error'],
     }
-    for key in (*STANDARD_COUNTS, 'dropped', 'unmatched'):
+    for key in (*STANDARD_COUNTS, 'dropped', 'unmatched', 'superseded', 'camera_info_rejected'):
         values[key] = str(counts.get(key, 0))
+    for key, n in sorted(counts.items()):
+        if key.startswith(('superseded.', 'camera_info_rejected.')):
+            values[key] = str(n)
     for reason, n in sorted(snapshot['rejected_by_reason'].items()):
         values[f'rejected.{reason}'] = str(n)
     values.update({k: str(v) for k, v in info.items()})

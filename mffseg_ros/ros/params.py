@@ -11,6 +11,7 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from mffseg_ros import topics
 from mffseg_ros.errors import MffsegError
 from mffseg_ros.inference.backends import BACKEND_CHOICES, BACKENDS, PRECISIONS
+from mffseg_ros.inference.image_codec import DEFAULT_MAX_PIXELS
 from mffseg_ros.inference.instruments import DEFAULT_MIN_AREA
 from mffseg_ros.inference.perception import LABEL_MODES, PerceptionConfig
 from mffseg_ros.model.classes import TASK_CLASSES
@@ -26,7 +27,7 @@ CHOICES = {
     'precision': tuple(PRECISIONS),
     'branch': BRANCHES,
     'backend': BACKEND_CHOICES,
-    'input_reliability': ('best_effort', 'reliable'),
+    'input_reliability': ('auto', 'best_effort', 'reliable'),
     'labels_mode': LABEL_MODES,
 }
 
@@ -46,7 +47,7 @@ class NodeConfig:
     # Wiring (read-only)
     stereo: bool = True
     use_compressed: bool = False
-    input_reliability: str = 'best_effort'
+    input_reliability: str = 'auto'
     left_image_topic: str = topics.LEFT_IMAGE.lstrip('/')
     right_image_topic: str = topics.RIGHT_IMAGE.lstrip('/')
     left_info_topic: str = topics.LEFT_INFO.lstrip('/')
@@ -76,6 +77,7 @@ class NodeConfig:
     publish_overlay: bool = True
     marker_scale: float = 0.004
     diagnostics_period: float = 1.0
+    max_input_pixels: int = DEFAULT_MAX_PIXELS
 
     @property
     def input_size(self):
@@ -106,13 +108,14 @@ DESCRIPTIONS = {
     'branch': 'main | aux (aux skips the main decoder: faster, coarser)',
     'backend': 'auto (CPU: the backend measured faster end to end, see docs/BENCHMARKS.md; CUDA: torch) | '
                + ' | '.join(f'{name} ({spec.help})' for name, spec in BACKENDS.items()),
-    'threads': 'CPU inference threads (torch and ONNX Runtime); 0 = their default',
+    'threads': 'CPU inference threads (torch and ONNX Runtime); 0 = all cores but one (left for DDS transport)',
     'input_scale': 'resize factor before the network; 0 = fit the frame to the training size in the weights',
     'input_height': 'network input height in px (multiple of 32); 0 = use input_scale',
     'input_width': 'network input width in px (multiple of 32); 0 = use input_scale',
     'stereo': 'pair left/right by stamp; with both camera_infos, triangulate tips in 3-D',
     'use_compressed': 'subscribe to <image topic>/compressed (sensor_msgs/CompressedImage)',
-    'input_reliability': 'best_effort (sensor data QoS, receives from any publisher) | reliable',
+    'input_reliability': 'auto (reliable when every publisher is, else best effort; follows publisher changes) '
+                         '| best_effort (receives from any publisher) | reliable',
     'left_image_topic': 'left (or mono) image topic; relative names follow the namespace',
     'right_image_topic': 'right image topic (stereo only)',
     'left_info_topic': 'left sensor_msgs/CameraInfo topic',
@@ -141,6 +144,8 @@ DESCRIPTIONS = {
     'publish_overlay': 'publish ~/overlay (bgr8)',
     'marker_scale': 'tip sphere diameter in metres',
     'diagnostics_period': 'seconds between /diagnostics messages',
+    'max_input_pixels': 'images declaring more pixels (width x height, read from the header) are rejected '
+                        'before decoding; default 4096x2304',
 }
 
 RANGES = {
@@ -161,6 +166,7 @@ RANGES = {
     'max_epipolar_px': FloatingPointRange(from_value=0.1, to_value=1000.0),
     'marker_scale': FloatingPointRange(from_value=0.0001, to_value=1.0),
     'diagnostics_period': FloatingPointRange(from_value=0.1, to_value=60.0),
+    'max_input_pixels': IntegerRange(from_value=1, to_value=1 << 28),
 }
 
 

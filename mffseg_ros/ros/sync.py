@@ -15,6 +15,7 @@ class Frame:
     stamp_ns: int
     received: float  # time.monotonic() when the callback stored it
     msg: Any
+    rejected: bool = False  # already counted as malformed: not counted again when dropped or unmatched
 
 
 @dataclass
@@ -44,11 +45,10 @@ class StereoPairer:
             buf = self._buffers[side]
             if not self.stereo:
                 # Mono: only the newest frame is kept; an unprocessed older one is stale.
-                self.counts.dropped += len(buf)
+                self.counts.dropped += _counted(buf)
                 buf.clear()
             elif len(buf) >= self.depth:
-                buf.popleft()
-                self.counts.unmatched += 1
+                self.counts.unmatched += _counted([buf.popleft()])
             buf.append(frame)
             self.counts.max_buffered = max(self.counts.max_buffered, len(buf))
             if self.stereo:
@@ -67,6 +67,13 @@ class StereoPairer:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+
+    def reopen(self):
+        """Accept work again after `close` (a lifecycle node re-activated); old frames are let go."""
+        with self._cond:
+            self._closed = False
+            for buf in self._buffers.values():
+                buf.clear()
 
     def pop_newest(self, timeout=None):
         """Newest (left, right) pair (right is None in mono), or None on timeout / close."""
@@ -115,11 +122,17 @@ class StereoPairer:
         left, right = self._buffers['left'], self._buffers['right']
         old_left = [left.popleft() for _ in range(li)]
         old_right = [right.popleft() for _ in range(ri)]
-        paired, unpaired_right = 0, list(old_right)
+        paired, unpaired_left, unpaired_right = [], [], list(old_right)
         for frame in old_left:
             i = self._partner(frame.stamp_ns, unpaired_right)
-            if i is not None:
-                unpaired_right.pop(i)
-                paired += 1
-        self.counts.dropped += 2 * paired
-        self.counts.unmatched += len(old_left) + len(old_right) - 2 * paired
+            if i is None:
+                unpaired_left.append(frame)
+            else:
+                paired += [frame, unpaired_right.pop(i)]
+        self.counts.dropped += _counted(paired)
+        self.counts.unmatched += _counted(unpaired_left + unpaired_right)
+
+
+def _counted(frames):
+    """Frames to count as dropped/unmatched: rejected ones were counted when they arrived."""
+    return sum(not frame.rejected for frame in frames)
