@@ -277,7 +277,7 @@ def test_synth_bag_round_trip(tmp_path):
         # Tips seen by both eyes are triangulated: they project back onto both eyes' tips.
         right = eye_tips(frame.labels_right['instance'], frame.labels_right['parts'])
         for record in truth[truth['score'] == 1]:
-            for side, topic, tips in (('left', topics.LEFT_INFO, visible), ('right', topics.RIGHT_INFO, right)):
+            for topic, tips in ((topics.LEFT_INFO, visible), (topics.RIGHT_INFO, right)):
                 P = camera_info_dict(msgs[topic][i][1])['p']
                 uvw = P @ np.array([record['x'], record['y'], record['z'], 1.0])
                 # Two eyes see slightly different clasper pixels: their centroids agree to a pixel, not exactly.

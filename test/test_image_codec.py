@@ -5,8 +5,16 @@ import numpy as np
 import pytest
 
 from mffseg_ros.errors import ImageFormatError
-from mffseg_ros.inference.image_codec import (DEFAULT_MAX_PIXELS, compressed_size, decode_compressed, decode_image,
-                                              encode_bgr8, encode_mono8, inspect_compressed, inspect_image)
+from mffseg_ros.inference.image_codec import (
+    DEFAULT_MAX_PIXELS,
+    compressed_size,
+    decode_compressed,
+    decode_image,
+    encode_bgr8,
+    encode_mono8,
+    inspect_compressed,
+    inspect_image,
+)
 
 H, W = 24, 40
 

@@ -131,7 +131,8 @@ def test_class_tables_and_postprocessing_load_without_torch():
     # Post-processing and class names must work in deployments without torch (e.g. ONNX Runtime only).
     import subprocess
     import sys
-    code = ('import sys, mffseg_ros.model.classes, mffseg_ros.inference.instruments, mffseg_ros.inference.perception, mffseg_ros.inference.stereo; '
+    code = ('import sys, mffseg_ros.model.classes, mffseg_ros.inference.instruments, '
+            'mffseg_ros.inference.perception, mffseg_ros.inference.stereo; '
             'sys.exit("torch" in sys.modules)')
     assert subprocess.run([sys.executable, '-c', code]).returncode == 0
 

@@ -176,7 +176,7 @@ def test_best_effort_node_receives_reliable_and_best_effort_publishers(ros, star
         assert ros.wait_matched(pub)
         time.sleep(0.1)
         stamp = publish_pair(pub, None)
-        assert ros.wait_for(lambda: labels.stamped(stamp)), reliability
+        assert ros.wait_for(lambda stamp=stamp: labels.stamped(stamp)), reliability
 
 
 def test_reliable_node_matches_only_reliable_publishers(ros, start):
@@ -216,7 +216,8 @@ def test_bad_messages_are_rejected_counted_and_the_node_lives_on(ros, start):
     for kind, msg in bad.items():
         left.publish(msg)
         # one at a time, so the latest-frame policy does not drop (instead of reject) any of them
-        assert ros.wait_for(lambda: node.snapshot()['counts'].get('rejected', 0) >= list(bad).index(kind) + 1), kind
+        expected = list(bad).index(kind) + 1
+        assert ros.wait_for(lambda n=expected: node.snapshot()['counts'].get('rejected', 0) >= n), kind
     stamp = publish_pair(left, None)
     assert ros.wait_for(lambda: labels.stamped(stamp)), 'node stopped after bad messages'
 

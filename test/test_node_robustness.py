@@ -90,7 +90,7 @@ def publish_one_by_one(ros, node, pub, msgs, key='rejected'):
     for msg in msgs:
         before = counts(node).get(key, 0)
         pub.publish(msg)
-        assert ros.wait_for(lambda: counts(node).get(key, 0) > before), (key, counts(node))
+        assert ros.wait_for(lambda key=key, before=before: counts(node).get(key, 0) > before), (key, counts(node))
 
 
 def node_diagnostics(diagnostics, node, predicate):
@@ -213,7 +213,7 @@ def test_a_broken_right_camera_is_counted_even_without_3d(ros, start):
         broken.header = h
         left.publish(conversions.image_msg(frame(), h, 'rgb8'))
         right.publish(broken)
-        assert ros.wait_for(lambda: labels.stamped(stamp))
+        assert ros.wait_for(lambda stamp=stamp: labels.stamped(stamp))
     snap = node.snapshot()
     assert snap['rejected_by_reason'] == {'right': 2} and snap['counts']['errors'] == 0, snap
     assert 'above max_input_pixels' in snap['last_error']
@@ -235,7 +235,7 @@ def test_auto_input_qos_follows_the_publishers(ros, start):
     for pub in (best_effort, reliable):
         h, stamp = header()
         pub.publish(conversions.image_msg(frame(), h, 'rgb8'))
-        assert ros.wait_for(lambda: labels.stamped(stamp))
+        assert ros.wait_for(lambda stamp=stamp: labels.stamped(stamp))
     ros.probe.destroy_publisher(best_effort)
     assert ros.wait_for(lambda: node._input_reliability[topic] == 'reliable', timeout=5)
 

@@ -36,6 +36,6 @@ def test_thread_ends_before_the_executor_shuts_down(capfd):
         node.destroy_node()
         rclpy.shutdown(context=context)
     assert alive_at_shutdown == [False]
-    del executor, spinner
+    executor = spinner = None  # drop the last references before collecting
     gc.collect()  # rclpy prints unretrieved callback exceptions when their tasks are collected
     assert 'never retrieved' not in capfd.readouterr().err

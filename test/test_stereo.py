@@ -150,16 +150,13 @@ def render(P, tools):
         depth = tip[2]
         centre, back = (round(tu * 16), round(tv * 16)), (round(su * 16), round(sv * 16))  # 1/16 px
 
-        def draw(part, radius_m, shape):
-            radius = round(radius_m * F_PX / depth * 16)
+        for part, radius_m, shape in ((1, 0.004, 'line'), (2, 0.004, 'disc'), (3, 0.002, 'disc')):
+            radius = round(radius_m * F_PX / depth * 16)  # 8 mm shaft, wrist and jaw discs
             for image, value in ((types, type_id), (parts, part)):
                 if shape == 'line':
                     cv2.line(image, back, centre, value, max(1, radius // 8), cv2.LINE_8, 4)
                 else:
                     cv2.circle(image, centre, radius, value, -1, cv2.LINE_8, 4)
-        draw(1, 0.004, 'line')  # 8 mm shaft
-        draw(2, 0.004, 'disc')
-        draw(3, 0.002, 'disc')
     return types, parts
 
 

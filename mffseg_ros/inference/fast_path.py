@@ -5,8 +5,9 @@ pinned host buffer, one asynchronous copy moves them to the device, and resize (
 bilinear when enlarging, like the eager pipeline's OpenCV resize), normalisation, the network
 (channels_last, in the segmenter's precision) and the network-resolution maps (inference/results.py:
 P(instrument), labels, type probabilities, confidence) all run there, captured once in a CUDA graph and
-replayed per frame. Only those small maps come back; nothing is computed at the camera's resolution. On the CPU the same code runs eagerly (no pinning, no graphs) so CI can check that it
-agrees with the eager pipeline.
+replayed per frame. Only those small maps come back; nothing is computed at the camera's resolution.
+On the CPU the same code runs eagerly (no pinning, no graphs) so CI can check that it agrees with the
+eager pipeline.
 """
 import logging
 

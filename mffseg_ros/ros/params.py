@@ -97,7 +97,8 @@ class NodeConfig:
             min_depth=self.min_depth, max_depth=self.max_depth, max_epipolar_px=self.max_epipolar_px)
 
 
-READ_ONLY = {'weights', 'device', 'precision', 'branch', 'backend', 'threads', 'input_scale', 'input_height', 'input_width',
+READ_ONLY = {'weights', 'device', 'precision', 'branch', 'backend', 'threads', 'input_scale', 'input_height',
+             'input_width',
              'stereo', 'use_compressed', 'input_reliability', 'left_image_topic', 'right_image_topic',
              'left_info_topic', 'right_info_topic', 'sync_queue_size', 'diagnostics_period'}
 

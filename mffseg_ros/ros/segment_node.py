@@ -8,6 +8,7 @@ Run: `segment_node --ros-args --params-file config/segment.yaml` or
 `python -m mffseg_ros.ros.segment_node --ros-args ...` (see docs/ROS_INTERFACE.md);
 `segment_node --lifecycle` for the managed variant (LifecycleSegmentNode, transitions in lifecycle_node.py).
 """
+import dataclasses
 import os
 import re
 import signal
@@ -95,7 +96,7 @@ class SegmentNode(Node):
         self.add_on_set_parameters_callback(self._check_new_parameters)
         self.add_post_set_parameters_callback(self._apply_new_parameters)
         self._last_diag_counts = {}
-        self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+        self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', qos_profile('reliable', depth=10))
         self._diag_timer = self.create_timer(self.cfg.diagnostics_period, self._publish_diagnostics)
 
     def _configure(self, segmenter=None):
@@ -167,8 +168,6 @@ class SegmentNode(Node):
                                  backend=cfg.backend, threads=cfg.threads or default_threads())
         for w in caught:
             self.get_logger().warning(str(w.message))
-        if cfg.device == 'auto' and seg.device.type == 'cpu':
-            self.get_logger().warning('device=auto: no CUDA device, running on the CPU (slower)')
         # Before any subscription exists: the first real frame must not pay for export/autotuning/capture.
         seconds = seg.warm_up(batch=2 if cfg.stereo else 1)
         self.get_logger().info(f'warm-up ({seg.backend_name}, one {"stereo pair" if cfg.stereo else "frame"}'
@@ -321,8 +320,8 @@ class SegmentNode(Node):
 
     # --- parameters at run time -------------------------------------------------------------------
     def _candidate(self, parameters):
-        changes = {p.name: p.value for p in parameters if p.name in params.NodeConfig.__dataclass_fields__}
-        return params.NodeConfig(**{**self.cfg.__dict__, **changes})
+        known = {f.name for f in dataclasses.fields(params.NodeConfig)}
+        return dataclasses.replace(self.cfg, **{p.name: p.value for p in parameters if p.name in known})
 
     def _check_new_parameters(self, parameters):
         problems = params.validate(self._candidate(parameters))
@@ -350,7 +349,7 @@ class SegmentNode(Node):
 
     def _wanted(self, cfg):
         """Outputs that are enabled AND watched: everything else is not computed (lazy outputs)."""
-        watched = {name: cfg.__dict__[f'publish_{name}'] and pub.get_subscription_count() > 0
+        watched = {name: getattr(cfg, f'publish_{name}') and pub.get_subscription_count() > 0
                    for name, pub in self._pubs.items()}
         watched['masks'] = cfg.publish_masks and any(p.get_subscription_count() for p in self._mask_pubs.values())
         return watched

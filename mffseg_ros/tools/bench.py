@@ -235,7 +235,7 @@ def model_rows(args, opts):
         if key not in macs:
             branch = mode if mode != '-' else 'main'
             macs[key] = bm.count_macs(copy.deepcopy(model).float().eval(), torch.zeros(1, 3, h, w),
-                                      lambda m, x: m(x, branch=branch)) / 1e9
+                                      lambda m, x, branch=branch: m(x, branch=branch)) / 1e9
         row['gmacs'] = macs[key]
         runnable.append(row)
         if opts['device'].type == 'cuda':  # one row at a time: its peak memory is its own

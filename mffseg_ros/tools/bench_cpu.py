@@ -82,11 +82,11 @@ def main(argv=None):
     agree = {name: [] for name in segs if name != 'onnx'}
     for pair in tqdm(held_out, desc='agreement', unit='pair'):
         reference = fp32.segment_batch(pair)
-        for name in agree:
-            agree[name] += [agreement(r, ref) for r, ref in zip(segs[name].segment_batch(pair), reference)]
+        for name, scores in agree.items():
+            scores += [agreement(r, ref) for r, ref in zip(segs[name].segment_batch(pair), reference)]
     pair = held_out[0]
     calls = []
-    for name, seg in segs.items():
+    for seg in segs.values():
         logits = seg.forward(seg.preprocess(pair))
         calls += [(seg.segment_batch, pair), (seg.forward, seg.preprocess(pair)),
                   (lambda lg, seg=seg: seg.postprocess(lg, size), logits)]

@@ -1,7 +1,8 @@
 """Training configs: YAML files merged over the defaults, with `key.sub=value` overrides.
 
 Data specs (`data.train`, `data.val`) are `parse_data_spec` strings or dicts; a relative `root` is
-taken relative to `data.root` (default ../shared/data: the data folder beside a clone, see README). A spec may carry `repeat: N` to oversample it.
+taken relative to `data.root` (default ../shared/data: the data folder beside a clone, see README). A
+spec may carry `repeat: N` to oversample it.
 """
 import copy
 from pathlib import Path
