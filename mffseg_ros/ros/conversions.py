@@ -11,6 +11,9 @@ from sensor_msgs.msg import Image, PointCloud2, PointField
 from std_msgs.msg import ColorRGBA
 from visualization_msgs.msg import Marker, MarkerArray
 
+from mffseg_ros.inference.camera_model import check_camera_info
+from mffseg_ros.inference.image_codec import decode_compressed, decode_image, inspect_compressed, inspect_image
+
 # The ~/tips point layout is defined once (40 bytes a point, little endian): a numpy-only consumer
 # reads np.frombuffer(msg.data, dtype=TIP_DTYPE, count=msg.width * msg.height).
 from mffseg_ros.inference.tip_records import TIP_DTYPE, TIP_POINT_FIELDS, axis_quaternion, tip_records
@@ -23,21 +26,18 @@ def stamp_ns(header):
 
 def decode_image_msg(msg, max_pixels=None):
     """sensor_msgs/Image -> HxWx3 RGB uint8 (raises ImageFormatError, also above `max_pixels`)."""
-    from mffseg_ros.inference.image_codec import decode_image
     return decode_image(msg.encoding, msg.height, msg.width, msg.step, msg.data, msg.is_bigendian, max_pixels)
 
 
 def decode_compressed_msg(msg, max_pixels=None):
     """sensor_msgs/CompressedImage -> HxWx3 RGB uint8 (raises ImageFormatError, also above `max_pixels`);
     the size is read from the jpeg/png header before any pixel is decoded."""
-    from mffseg_ros.inference.image_codec import decode_compressed
     return decode_compressed(msg.format, msg.data, max_pixels)
 
 
 def inspect_image_msg(msg, max_pixels=None):
     """(height, width) of an Image or CompressedImage that would decode, without decoding its pixels
     (raises ImageFormatError): the check for an image that is not segmented."""
-    from mffseg_ros.inference.image_codec import inspect_compressed, inspect_image
     if hasattr(msg, 'format'):
         return inspect_compressed(msg.format, msg.data, max_pixels)
     return inspect_image(msg.encoding, msg.height, msg.width, msg.step, msg.data, msg.is_bigendian, max_pixels)
@@ -65,7 +65,6 @@ def image_msg(pixels, header, encoding):
 def calibration(info_msg, image_size=None):
     """sensor_msgs/CameraInfo -> checked camera_model.Calibration (P, raw -> rectified pixel function,
     image size); DataError naming the problem when it is unusable (e.g. uncalibrated: P all zero)."""
-    from mffseg_ros.inference.camera_model import check_camera_info
     m = info_msg
     return check_camera_info(k=m.k, d=m.d, r=m.r, p=m.p, distortion_model=m.distortion_model, height=m.height,
                              width=m.width, binning_x=m.binning_x, binning_y=m.binning_y, roi_height=m.roi.height,

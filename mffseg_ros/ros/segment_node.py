@@ -33,7 +33,9 @@ from visualization_msgs.msg import MarkerArray
 from mffseg_ros.errors import DataError, ImageFormatError, MffsegError
 from mffseg_ros.inference.instruments import UNKNOWN_TYPE
 from mffseg_ros.inference.perception import InstrumentPerception
+from mffseg_ros.inference.segmenter import EXPECTED_FRAME_SIZE, Segmenter
 from mffseg_ros.inference.stereo import StereoCalibration
+from mffseg_ros.paths import share_file
 from mffseg_ros.ros import conversions, params
 from mffseg_ros.ros.diagnostics import NodeStats, diagnostic_array
 from mffseg_ros.ros.lifecycle_node import ManagedTransitions
@@ -159,7 +161,6 @@ class SegmentNode(Node):
         return params.config_from({p.name: p.value for p in declared})
 
     def _load_segmenter(self):
-        from mffseg_ros.inference.segmenter import EXPECTED_FRAME_SIZE, Segmenter
         cfg = self.cfg
         with warnings.catch_warnings(record=True) as caught:  # e.g. "random model": into the ROS log
             warnings.simplefilter('always')
@@ -524,7 +525,6 @@ LIFECYCLE_FLAG = '--lifecycle'
 def use_large_image_profile():
     """Point Fast DDS at the shipped profile for large images (before any participant exists), unless
     the environment already names one."""
-    from mffseg_ros.paths import share_file
     os.environ.setdefault('FASTDDS_DEFAULT_PROFILES_FILE', str(share_file('config', 'fastdds_large_images.xml')))
 
 

@@ -10,7 +10,11 @@ import cv2
 import numpy as np
 
 from mffseg_ros.errors import MffsegError
+from mffseg_ros.ros.conversions import image_msg
+from mffseg_ros.ros.diagnostics import diagnostic_values
+from mffseg_ros.ros.harness import RosHarness
 from mffseg_ros.ros.node_process import NodeProcess
+from mffseg_ros.ros.qos import qos_profile as qos
 from mffseg_ros.scalars import parse_scalar
 from mffseg_ros.sizes import parse_size
 
@@ -89,9 +93,6 @@ def ros_rows(args, opts):
     from diagnostic_msgs.msg import DiagnosticArray
     from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
-    from mffseg_ros.ros.conversions import image_msg
-    from mffseg_ros.ros.diagnostics import diagnostic_values
-    from mffseg_ros.ros.harness import RosHarness
 
     height, width = parse_frame_size(args.frame_size)
     rates = parse_rates(args.rate)
@@ -120,7 +121,6 @@ def ros_rows(args, opts):
                 else NodeProcess(namespace=NAMESPACE, parameters=params))
         try:
             probe = ros.probe
-            from mffseg_ros.ros.qos import qos_profile as qos
             probe.create_subscription(Image, f'{NAMESPACE}/mffseg/labels', on_labels, qos('reliable', 50))
             probe.create_subscription(DiagnosticArray, '/diagnostics', on_diagnostics, qos('reliable', 10))
             if args.stereo:  # watching ~/tips makes the node match, triangulate and publish 3-D tips

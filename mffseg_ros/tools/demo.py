@@ -19,11 +19,18 @@ from pathlib import Path
 import numpy as np
 
 from mffseg_ros import topics
+from mffseg_ros.data.bags import bag_info, cloud_points, image_array, read_bag
 from mffseg_ros.errors import MffsegError
-from mffseg_ros.evaluation.instrument_scores import format_summary, match_radius
+from mffseg_ros.evaluation.instrument_scores import InstrumentScorer, format_summary, match_radius
+from mffseg_ros.inference.instruments import SOURCE_NAMES
+from mffseg_ros.inference.segmenter import resolve_device
+from mffseg_ros.inference.tip_records import rotate_x_axis
+from mffseg_ros.model.weights import read_metadata
 from mffseg_ros.paths import share_file
 from mffseg_ros.ros.node_process import NodeProcess
 from mffseg_ros.sizes import parse_size
+from mffseg_ros.tools.bag_cli import write_synth_bag
+from mffseg_ros.visualize import contact_sheet, save_png, type_name
 
 log = logging.getLogger(__name__)
 NODE_TOPIC = '/mffseg'
@@ -56,8 +63,6 @@ def run(args):
 
 def check_setup(out, weights, device):
     """Fail in one line before any work: results folder, weights file, device."""
-    from mffseg_ros.inference.segmenter import resolve_device
-    from mffseg_ros.model.weights import read_metadata
 
     if Path(out).exists() and not Path(out).is_dir():
         raise MffsegError(f'{out}: --out exists and is not a folder')
@@ -69,8 +74,6 @@ def check_setup(out, weights, device):
 # ----------------------------------------------------------------------------------- the bag
 def ensure_bag(path, *, frames, size, seed, rate):
     """Reuses the bag at `path` when it was made with the same settings, else (re)writes it."""
-    from mffseg_ros.data.bags import bag_info
-    from mffseg_ros.tools.bag_cli import write_synth_bag
 
     want = {'mffseg.source': 'synth', 'mffseg.seed': seed, 'mffseg.size': f'{size[0]}x{size[1]}',
             'mffseg.rate_hz': rate}
@@ -90,7 +93,6 @@ def ensure_bag(path, *, frames, size, seed, rate):
 
 def ground_truth(path):
     """{stamp_ns: {'type', 'parts', 'tips'}} of the bag's left ground truth."""
-    from mffseg_ros.data.bags import cloud_points, image_array, read_bag
 
     gt = {}
     keys = {topics.GT_TYPE: 'type', topics.GT_PARTS: 'parts', topics.GT_TIPS: 'tips'}
@@ -117,7 +119,6 @@ def score_frame(labels, parts, gt):
 
 def pose_axes(pose_array):
     """geometry_msgs/PoseArray from ~/tip_poses -> N x 3 shaft axes (the poses' x axes; NaN without 3-D)."""
-    from mffseg_ros.inference.tip_records import rotate_x_axis
     axes = []
     for pose in pose_array.poses:
         q = pose.orientation
@@ -135,6 +136,8 @@ class Tracker:
     """What a downstream tool tracker does: subscribe to the node's outputs, keyed by header stamp."""
 
     def __init__(self, node):
+        # ROS modules (rclpy and messages) are imported where the demo starts ROS, after the one-line
+        # set-up checks: a bad --out or --weights is reported before rclpy loads.
         from diagnostic_msgs.msg import DiagnosticArray
         from geometry_msgs.msg import PoseArray
         from sensor_msgs.msg import Image, PointCloud2
@@ -152,7 +155,6 @@ class Tracker:
         node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, reliable)
 
     def _store(self, name, msg):
-        from mffseg_ros.data.bags import image_array
         from mffseg_ros.ros.conversions import cloud_to_tips, stamp_ns
 
         now = time.monotonic()
@@ -259,9 +261,6 @@ def run_demo(out, *, frames=40, size=(512, 640), rate=2.5, seed=7, device='auto'
 
 
 def summarise(out, tracker, published, gt, size, wall, verbose):
-    from mffseg_ros.evaluation.instrument_scores import InstrumentScorer
-    from mffseg_ros.inference.instruments import SOURCE_NAMES
-    from mffseg_ros.visualize import contact_sheet, save_png, type_name
 
     scorer = InstrumentScorer(match_px=match_radius(size))
     rows, overlays = [], []

@@ -14,16 +14,11 @@ from tqdm import tqdm
 from mffseg_ros.data.synth import SceneGenerator, StereoRig
 from mffseg_ros.errors import MffsegError
 from mffseg_ros.model.classes import PART_COLORS
+from mffseg_ros.sizes import parse_size
 
 
 def _size(text):
-    try:
-        h, w = (int(v) for v in text.lower().split('x'))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'expected HxW such as 512x640, got {text!r}') from None
-    if h < 16 or w < 16:
-        raise argparse.ArgumentTypeError(f'size must be at least 16x16, got {text!r}')
-    return h, w
+    return parse_size(text, what='--size', minimum=16, error=argparse.ArgumentTypeError)
 
 
 def contact_tile(frame):
