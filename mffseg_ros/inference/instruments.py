@@ -194,7 +194,8 @@ def _gap_has_head(a, b, axis, parts):
     start, end = a[np.argmax(pa)], b[np.argmin(pb)]
     steps = int(np.ceil(np.linalg.norm(end - start))) + 1
     samples = np.round(start + np.linspace(0, 1, steps)[:, None] * (end - start)).astype(int)
-    return bool((parts[samples[:, 1], samples[:, 0]] >= PART_WRIST).any())
+    # Mostly wrist/jaw pixels: two heads meeting. A few among the occluding shaft's pixels are noise.
+    return bool((parts[samples[:, 1], samples[:, 0]] >= PART_WRIST).mean() >= 0.5)
 
 
 def _merge_collinear(shafts, parts, max_angle_deg=12.0):
@@ -238,11 +239,31 @@ def _elongated(mask, ratio=2.5):
     return length >= ratio * len(pts) / length  # width = area / length
 
 
-def _distinct_heads(heads):
-    """Heads (wrist + claspers pieces) far enough apart to belong to different instruments: pieces
-    closer than twice the larger one's size are one instrument's head seen in pieces (largest kept)."""
+def _band_width(mask):
+    """Mean width of a band-shaped piece: its area over its length along the principal axis."""
+    pts = np.column_stack(np.nonzero(mask)[::-1]).astype(np.float64)
+    _, axis = _principal_axis(pts)
+    return len(pts) / (np.ptp(pts @ axis) + 1.0)
+
+
+def _drop_slivers(shafts, ratio=0.35):
+    """Shaft pieces much thinner than the widest one are a highlight or an edge of that shaft labelled
+    apart, not another instrument (instruments in one view have similar shaft widths)."""
+    if len(shafts) < 2:
+        return shafts
+    widths = [_band_width(m) for m in shafts]
+    return [m for m, w in zip(shafts, widths) if w >= ratio * max(widths)]
+
+
+def _distinct_heads(heads, ratio=0.2):
+    """Heads (wrist + claspers pieces) that can stand for an instrument: at least `ratio` of the largest
+    one (smaller pieces are specks of a noisy parts map), and far enough apart to belong to different
+    instruments (pieces closer than twice the larger one's size are one head seen in pieces)."""
     kept = []
+    largest = max((np.count_nonzero(h) for h in heads), default=0)
     for h in sorted(heads, key=np.count_nonzero, reverse=True):
+        if np.count_nonzero(h) < ratio * largest:
+            break
         centre = np.argwhere(h).mean(axis=0)
         size = math.sqrt(np.count_nonzero(h))
         if all(np.linalg.norm(centre - c) > 2.0 * max(size, s) for _, c, s in kept):
@@ -265,6 +286,7 @@ def split_region(mask, parts, *, shape, origin, min_part_area, min_area):
         largest = max(area for area, _ in shafts)
         shafts = _merge_collinear([m for area, m in shafts if area >= 0.2 * largest], parts)
         shafts = [m for m in shafts if _elongated(m)]  # a shaft is a long band; a blob is noise
+        shafts = _drop_slivers(shafts)
     heads = _distinct_heads(heads)
     if max(len(heads), len(shafts)) < 2:
         return [mask]
