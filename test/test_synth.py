@@ -74,15 +74,18 @@ def test_labels_follow_the_sample_contract(frames):
     assert len(drawn) >= 4, drawn  # the type head gets several types to tell apart
 
 
-def test_black_canvas_hides_image_and_labels():
-    gen = SceneGenerator(RIG, seed=1, canvas='circle', num_instruments=3, episode_length=1)
+@pytest.mark.parametrize('canvas', ['circle', 'octagon', 'ellipse'])
+def test_black_canvas_hides_image_and_labels(canvas):
+    gen = SceneGenerator(RIG, seed=1, canvas=canvas, num_instruments=3, episode_length=1)
     for i in range(3):
         f = gen.frame(i)
+        grey = gen.episode(i).effects.canvas_grey  # the sensor's black level: near black, one flat value
+        assert grey < 16
         for image, lab in ((f.left, f.labels_left), (f.right, f.labels_right)):
             corners = (slice(0, 3), slice(0, 3)), (slice(-3, None), slice(-3, None))
-            for rows, cols in corners:  # a round field stop always hides the corners
-                assert not image[rows, cols].any() and not lab['parts'][rows, cols].any()
-            assert image[RIG.height // 2, RIG.width // 2].any()
+            for rows, cols in corners:  # these field stops always hide the corners
+                assert (image[rows, cols] == grey).all() and not lab['parts'][rows, cols].any()
+            assert (image[RIG.height // 2, RIG.width // 2] != grey).any()
 
 
 def test_tip_projects_onto_its_own_claspers_in_both_eyes(frames):
@@ -162,7 +165,7 @@ def test_motion_is_smooth_and_tools_enter_and_leave():
         if i % 400:  # within an episode
             steps += [np.linalg.norm(np.subtract(xyz, prev)) for (_, _, xyz), prev in zip(tips, last)]
         last = [xyz for _, _, xyz in tips]
-    assert max(steps) < 0.006  # metres per 2 frames: no jumps
+    assert max(steps) < 0.008  # metres per 2 frames: no jumps (the tip sits ~30 mm beyond the bending wrist)
     changes = sum(a != b for prev, cur in zip(in_view, in_view[1:]) if len(prev) == len(cur)
                   for a, b in zip(prev, cur))
     assert changes >= 2  # tips leave the view and come back within episodes

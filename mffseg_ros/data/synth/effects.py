@@ -4,7 +4,10 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-CANVASES = ('full', 'circle', 'box')
+# Field stops and black borders: a round stop, black side bars, an octagon (cut corners) and an
+# ellipse wider than the frame (black corners only).
+CANVASES = ('full', 'circle', 'box', 'octagon', 'ellipse')
+CANVAS_WEIGHTS = (0.45, 0.2, 0.15, 0.1, 0.1)
 
 
 @dataclass(frozen=True)
@@ -23,13 +26,16 @@ class Effects:
     shadow_offset: tuple = (0.0, 0.0)  # normalised shift of the shadow from the tool
     canvas: str = 'full'
     canvas_params: tuple = ()
+    canvas_grey: int = 0  # the black canvas is rarely 0: sensor black level
+    band: float = 0.0  # peak gain of a bright specular band on the background (a lit, wet phantom rim)
+    band_params: tuple = (1.0, 0.0, 0.05)  # (side: +-1 = bottom/top, tilt, normalised half-thickness)
 
     @classmethod
     def random(cls, rng, *, canvas='random', strength=1.0):
         """Episode effects; `strength` 0 gives a clean frame, 1 the training variety."""
         on = lambda p: rng.random() < p * strength
         if canvas == 'random':
-            canvas = str(rng.choice(CANVASES, p=(0.6, 0.2, 0.2)))
+            canvas = str(rng.choice(CANVASES, p=CANVAS_WEIGHTS))
         if canvas not in CANVASES:
             raise ValueError(f'canvas must be one of {CANVASES} or "random", got {canvas!r}')
         params = ()
@@ -37,6 +43,10 @@ class Effects:
             params = (rng.uniform(0.48, 0.6), rng.uniform(-0.03, 0.03), rng.uniform(-0.03, 0.03))  # radius / width
         elif canvas == 'box':
             params = tuple(rng.uniform(0.0, 0.08, 4))
+        elif canvas == 'octagon':
+            params = (rng.uniform(0.1, 0.3), rng.uniform(0.0, 0.05))  # corner cut, side bars (of width)
+        elif canvas == 'ellipse':
+            params = (rng.uniform(0.52, 0.62), rng.uniform(0.55, 0.68))  # semi-axes / width, / height
         s = strength
         angle = rng.uniform(0, 2 * np.pi)
         return cls(gains=tuple(1 + rng.uniform(-0.12, 0.12, 3) * s), gamma=float(1 + rng.uniform(-0.2, 0.2) * s),
@@ -50,7 +60,10 @@ class Effects:
                    noise=float(rng.uniform(1.0, 6.0)) if on(0.5) else 0.0,
                    shadow=float(rng.uniform(0.25, 0.6) * s),
                    shadow_offset=tuple(rng.uniform(0.004, 0.02) * np.array([np.cos(angle), np.sin(angle)])),
-                   canvas=canvas, canvas_params=params)
+                   canvas=canvas, canvas_params=params, canvas_grey=int(rng.integers(0, 14)),
+                   band=float(rng.uniform(0.4, 1.0)) if on(0.15) else 0.0,
+                   band_params=(float(rng.choice((-1.0, 1.0))), float(rng.uniform(-0.15, 0.15)),
+                                float(rng.uniform(0.02, 0.08))))
 
 
 def canvas_mask(effects, height, width):
@@ -62,10 +75,35 @@ def canvas_mask(effects, height, width):
         r, dx, dy = effects.canvas_params
         centre = (int(round(width * (0.5 + dx) * 16)), int(round(height * (0.5 + dy) * 16)))
         cv2.circle(mask, centre, int(round(r * width * 16)), 1, -1, cv2.LINE_8, shift=4)
-    else:
+    elif effects.canvas == 'box':
         left, right, top, bottom = effects.canvas_params
         mask[int(top * height):height - int(bottom * height), int(left * width):width - int(right * width)] = 1
+    elif effects.canvas == 'octagon':
+        cut, bar = (v * width for v in effects.canvas_params)
+        x0, x1 = bar, width - bar
+        pts = [(x0 + cut, 0), (x1 - cut, 0), (x1, cut), (x1, height - cut), (x1 - cut, height), (x0 + cut, height),
+               (x0, height - cut), (x0, cut)]
+        cv2.fillConvexPoly(mask, np.round(np.array(pts) * 16).astype(np.int32), 1, cv2.LINE_8, shift=4)
+    else:
+        ax, ay = effects.canvas_params
+        cv2.ellipse(mask, (width * 8, height * 8), (int(ax * width * 16), int(ay * height * 16)), 0, 0, 360, 1, -1,
+                    cv2.LINE_8, shift=4)
     return mask.astype(bool)
+
+
+def specular_band(image, effects):
+    """Add a bright, saturating band near the bottom or top border to a background, in place."""
+    if not effects.band:
+        return
+    h, w = image.shape[:2]
+    side, tilt, half = effects.band_params
+    sw, sh = max(8, w // 8), max(8, h // 8)
+    yy, xx = np.mgrid[0:sh, 0:sw].astype(np.float32)
+    centre = (0.5 + side * (0.5 - 1.5 * half)) + tilt * (xx / sw - 0.5)
+    d = (yy / sh - centre) / half
+    blob = (255 * effects.band) * np.exp(-0.5 * d * d) * (0.7 + 0.3 * np.cos(xx / sw * 3 + tilt * 20))
+    blob = np.clip(cv2.resize(blob, (w, h), interpolation=cv2.INTER_LINEAR), 0, 255).astype(np.uint8)
+    image[:] = cv2.add(image, cv2.merge([blob] * 3))
 
 
 def vignette_map(effects, r2):
