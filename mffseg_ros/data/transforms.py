@@ -22,7 +22,9 @@ class Augment:
     blur: float = 0.0        # probability of a Gaussian blur (sigma 0.5..1.5)
     brightness: float = 0.0  # max relative brightness change, e.g. 0.2 = +-20 %
     skew: float = 0.0        # max horizontal shear (tan of the angle), e.g. 0.1
-    scale: tuple = (1.0, 1.0)  # random zoom (>= 1) on top of the resize that covers the training size
+    # random zoom on top of the resize that covers the frame size; below 1 zooms out (multi-scale
+    # training: the network sees tools as large as at frame sizes scale[0]..scale[1] x the frame size)
+    scale: tuple = (1.0, 1.0)
 
     @classmethod
     def from_config(cls, cfg):
@@ -63,15 +65,17 @@ def _crop(sample, top, left, size):
     return {k: (v[top:top + th, left:left + tw] if k != 'name' else v) for k, v in sample.items()}
 
 
-def prepare_sample(sample, size, *, augment=None, rng=None):
-    """Sample resized (aspect kept, covering `size` = (H, W)) and cropped to `size`.
-    With `augment` and an `rng` (numpy Generator): random zoom, crop position, flips, skew, brightness,
-    blur; without: a centre crop and nothing else."""
+def prepare_sample(sample, size, *, augment=None, rng=None, frame_size=None):
+    """Sample resized (aspect kept, covering `frame_size` = (H, W), default `size`) and cropped to
+    `size`. With `augment` and an `rng` (numpy Generator): random zoom (never below covering `size`),
+    crop position, flips, skew, brightness, blur; without: a centre crop and nothing else."""
     th, tw = size
+    fh, fw = frame_size or size
     h, w = sample['image'].shape[:2]
-    scale = max(th / h, tw / w)
+    scale = max(fh / h, fw / w)
     if augment is not None and rng is not None:
-        scale *= max(1.0, float(rng.uniform(*augment.scale)))
+        scale *= float(rng.uniform(*augment.scale))
+    scale = max(scale, th / h, tw / w)
     out = _resize(sample, scale, size)
     if augment is not None and rng is not None and augment.skew > 0:
         out = _shear(out, float(rng.uniform(-augment.skew, augment.skew)))

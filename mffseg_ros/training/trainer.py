@@ -19,12 +19,14 @@ from mffseg_ros.model.weights import save_weights
 from mffseg_ros.training import losses
 from mffseg_ros.training.checkpoint import load_checkpoint, save_checkpoint
 from mffseg_ros.training.config import resolve_specs
+from mffseg_ros.training.history import load_initial_weights, totals
 from mffseg_ros.training.loader import evaluation_samples, training_samples
 from mffseg_ros.training.logs import CsvLog, git_revision, plot_curves
 from mffseg_ros.training.validation import validate
 
 log = logging.getLogger(__name__)
 WEIGHTS_FILE = 'weights.safetensors'
+STOP_FILE = 'STOP'  # touch <out>/STOP: the run ends after the current step and writes its weights
 LOSS_KEYS = ('loss', 'main', 'aux', 'adv', 'disc')
 
 
@@ -110,10 +112,17 @@ class Trainer:
         else:
             self.disc_net = self.disc
         self.iteration = 0
+        self.seconds = 0.0  # training time of this run (summed over resumed sessions)
+        self.prior_history = []
         if resume:
             counters = load_checkpoint(self.out / 'checkpoint', model=self.model, discriminator=self.disc,
                                        optimizer=self.opt, disc_optimizer=self.disc_opt, scalers=self.scalers)
             self.iteration = int(counters['iteration'])
+            self.seconds = float(counters.get('seconds', 0.0))
+            self.prior_history = list(counters.get('prior_history', []))
+        elif cfg.get('init_weights'):
+            self.prior_history = load_initial_weights(self.model, cfg['init_weights'], cfg['tasks'])
+            log.info('starting from %s (%d earlier iterations)', cfg['init_weights'], totals(self.prior_history)[0])
         self.metrics = {}
 
     # -- one step ---------------------------------------------------------------------------------
@@ -226,6 +235,9 @@ class Trainer:
                    disable=not self.dist.main, dynamic_ncols=True)
         last = {}
         tick = time.perf_counter()
+        started, start_iteration = tick, self.iteration
+        stop_file = self.out / STOP_FILE
+        stop_file.unlink(missing_ok=True)
         while self.iteration < stop:
             epoch, offset = divmod(self.iteration, bpe)
             for batch in self._loader(samples, epoch, offset):
@@ -234,6 +246,7 @@ class Trainer:
                     row.update({k: self.dist.mean(v, self.device) for k, v in row.items() if k in LOSS_KEYS})
                 now = time.perf_counter()
                 row.update(iteration=self.iteration, epoch=epoch, sec_per_iter=now - tick)
+                self.seconds += now - tick
                 tick = now
                 last = row
                 bar.update(1)
@@ -241,10 +254,16 @@ class Trainer:
                 if csv_log is not None and (self.iteration % int(cfg['log_every']) == 0
                                             or self.iteration == total or self.iteration == 1):
                     csv_log.write(row)
+                    rate = (now - started) / max(1, self.iteration - start_iteration)
+                    log.info('iteration %d/%d loss %.3f, %.2f s/it, %.2f h so far, ETA %.0f min', self.iteration,
+                             stop, row['loss'], rate, self.seconds / 3600, (stop - self.iteration) * rate / 60)
                 if int(cfg['val_every']) and val_specs and self.iteration % int(cfg['val_every']) == 0:
                     self.validate(val_specs)
                 if self.iteration % int(cfg['checkpoint_every']) == 0 and self.iteration < total:
                     self.checkpoint()
+                if stop_file.exists():
+                    log.info('%s found: stopping at iteration %d', stop_file, self.iteration)
+                    stop = total = self.iteration
                 if self.iteration >= stop:
                     break
         bar.close()
@@ -266,9 +285,9 @@ class Trainer:
     def checkpoint(self):
         if not self.dist.main:
             return
+        counters = {'iteration': self.iteration, 'seconds': self.seconds, 'prior_history': self.prior_history}
         save_checkpoint(self.out / 'checkpoint', model=self.model, discriminator=self.disc, optimizer=self.opt,
-                        disc_optimizer=self.disc_opt, counters={'iteration': self.iteration},
-                        scalers=self.scalers)
+                        disc_optimizer=self.disc_opt, counters=counters, scalers=self.scalers)
         if (self.out / 'train_log.csv').is_file():
             plot_curves(self.out / 'train_log.csv', self.out / 'train_curves.png', title=self.cfg['name'])
 
@@ -297,13 +316,26 @@ class Trainer:
     def _write_weights(self, path, train_specs, val_specs):
         cfg = self.cfg
         recipe = dict(cfg['recipe'], seed=cfg['seed'], augment=cfg['augment'], train_data=train_specs,
-                      val_data=val_specs, world_size=self.dist.world, config_name=cfg['name'])
+                      val_data=val_specs, world_size=self.dist.world, config_name=cfg['name'],
+                      crop_size=cfg.get('crop_size'), init_weights=cfg.get('init_weights'))
+        history = self.prior_history + [{
+            'iterations': self.iteration, 'hours': round(self.seconds / 3600, 4), 'config_name': cfg['name'],
+            'train_size': [int(v) for v in cfg['train_size']], 'device': str(self.device),
+            'world_size': self.dist.world, 'git_revision': git_revision()}]
+        total_iters, total_hours, unknown = totals(history)
+        scales = [float(v) for v in cfg['augment'].get('scale', (1.0, 1.0))]
         meta = {
             'class_names': {t: list(TASK_CLASSES[t]) for t in self.model.tasks if t in TASK_CLASSES},
             'normalization': cfg['normalization'],
             'input_scale': float(cfg['input_scale']),
             'train_size': [int(v) for v in cfg['train_size']],
+            # frame sizes seen in training: train_size x augment.scale (multi-scale when the range is wide)
+            'train_scales': scales,
             'recipe': recipe,
+            'training_history': history,
+            'total_iterations': total_iters,
+            'total_hours': round(total_hours, 4),
+            'runs_without_hours': unknown,
             'metrics': self.metrics,
             'git_revision': git_revision(),
         }
