@@ -25,6 +25,8 @@ class Augment:
     # random zoom on top of the resize that covers the frame size; below 1 zooms out (multi-scale
     # training: the network sees tools as large as at frame sizes scale[0]..scale[1] x the frame size)
     scale: tuple = (1.0, 1.0)
+    distort: float = 0.0     # probability of a radial lens distortion (barrel or pincushion)
+    jpeg: float = 0.0        # probability of JPEG compression (quality 35..90)
 
     @classmethod
     def from_config(cls, cfg):
@@ -101,7 +103,38 @@ def prepare_sample(sample, size, *, augment=None, rng=None, frame_size=None):
         out['image'] = np.clip(out['image'].astype(np.float32) * factor, 0, 255).astype(np.uint8)
     if augment.blur > 0 and rng.random() < augment.blur:
         out['image'] = cv2.GaussianBlur(out['image'], (5, 5), float(rng.uniform(0.5, 1.5)))
+    if augment.distort > 0 and rng.random() < augment.distort:
+        out = radial_distortion(out, float(rng.uniform(-0.3, 0.15)))
+    if augment.jpeg > 0 and rng.random() < augment.jpeg:
+        out['image'] = jpeg_roundtrip(out['image'], int(rng.integers(35, 91)))
     return out
+
+
+def radial_distortion(sample, k):
+    """Sample seen through a lens with radial distortion k (r' = r (1 + k r^2), r = 1 at the corners;
+    k < 0: barrel, like endoscopes). Labels follow the image; pixels from outside are 255 (ignore)."""
+    h, w = sample['image'].shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    cx, cy, norm = (w - 1) / 2, (h - 1) / 2, np.float32(np.hypot(w, h) / 2)
+    dx, dy = (xx - cx) / norm, (yy - cy) / norm
+    f = 1 + np.float32(k) * (dx * dx + dy * dy)
+    # A barrel lens shows more than the pinhole: scale so the corners map onto the frame's corners.
+    f /= np.float32(1 + k)
+    map_x, map_y = cx + dx * f * norm, cy + dy * f * norm
+    out = dict(sample)
+    out['image'] = cv2.remap(sample['image'], map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                             borderValue=0)
+    for key in LABEL_KEYS:
+        fill = 0 if key == 'instance' else IGNORE
+        out[key] = cv2.remap(sample[key], map_x, map_y, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT,
+                             borderValue=fill)
+    return out
+
+
+def jpeg_roundtrip(rgb, quality):
+    """The image after JPEG compression at `quality` (block artefacts of recorded, streamed video)."""
+    ok, buf = cv2.imencode('.jpg', np.ascontiguousarray(rgb[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    return np.ascontiguousarray(cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1]) if ok else rgb
 
 
 def normalize_image(rgb, normalization=None):

@@ -28,6 +28,9 @@ class Effects:
     canvas_params: tuple = ()
     canvas_grey: int = 0  # the black canvas is rarely 0: sensor black level
     band: float = 0.0  # peak gain of a bright specular band on the background (a lit, wet phantom rim)
+    exposure: float = 1.0  # global gain before gamma (under/over-exposed frames clip)
+    fog: float = 0.0  # lens fog: a veil of the blurred frame and white, 0..1
+    motion: tuple = (0.0, 0.0)  # camera motion blur: length (px at 640 wide), direction (radians)
     band_params: tuple = (1.0, 0.0, 0.05)  # (side: +-1 = bottom/top, tilt, normalised half-thickness)
 
     @classmethod
@@ -49,7 +52,10 @@ class Effects:
             params = (rng.uniform(0.52, 0.62), rng.uniform(0.55, 0.68))  # semi-axes / width, / height
         s = strength
         angle = rng.uniform(0, 2 * np.pi)
-        return cls(gains=tuple(1 + rng.uniform(-0.12, 0.12, 3) * s), gamma=float(1 + rng.uniform(-0.2, 0.2) * s),
+        # White balance: usually close, sometimes clearly warm or cool (red and blue gains opposed).
+        balance = rng.uniform(-0.25, 0.25) * s if on(0.3) else 0.0
+        gains = 1 + rng.uniform(-0.12, 0.12, 3) * s + np.array([balance, 0.0, -balance])
+        return cls(gains=tuple(float(g) for g in gains), gamma=float(1 + rng.uniform(-0.2, 0.2) * s),
                    vignette=round(float(rng.uniform(0.1, 0.6)), 2),  # 2 decimals: a few cached maps serve all
                    # Optics are never pixel-sharp (this also anti-aliases the tool edges); sometimes defocus.
                    blur_sigma=float(rng.uniform(1.2, 3.0) if on(0.3) else rng.uniform(0.5, 0.9) * s),
@@ -63,7 +69,10 @@ class Effects:
                    canvas=canvas, canvas_params=params, canvas_grey=int(rng.integers(0, 14)),
                    band=float(rng.uniform(0.4, 1.0)) if on(0.15) else 0.0,
                    band_params=(float(rng.choice((-1.0, 1.0))), float(rng.uniform(-0.15, 0.15)),
-                                float(rng.uniform(0.02, 0.08))))
+                                float(rng.uniform(0.02, 0.08))),
+                   exposure=float(np.exp(rng.uniform(-0.45, 0.35) * s)),
+                   fog=float(rng.uniform(0.15, 0.5)) if on(0.1) else 0.0,
+                   motion=(float(rng.uniform(3, 14)), float(rng.uniform(0, np.pi))) if on(0.15) else (0.0, 0.0))
 
 
 def canvas_mask(effects, height, width):
@@ -147,13 +156,32 @@ def apply_effects(image, effects, *, rng, smoke, smoke_shift, vignette, noise_ti
         out = cv2.add(out, cv2.merge([blob] * 3))
     if effects.blur_sigma:
         out = cv2.GaussianBlur(out, (0, 0), effects.blur_sigma * w / 640)
+    if effects.motion[0]:
+        out = cv2.filter2D(out, -1, motion_kernel(effects.motion[0] * w / 640, effects.motion[1]),
+                           borderType=cv2.BORDER_REFLECT)
+    if effects.fog:
+        veil = cv2.GaussianBlur(out, (0, 0), 0.03 * w)  # fog scatters light over large distances
+        veil = cv2.addWeighted(veil, 0.6, np.full_like(out, 230), 0.4, 0.0)
+        out = cv2.addWeighted(out, 1 - effects.fog, veil, effects.fog, 0.0)
     if effects.noise:
         oy, ox = rng.integers(0, noise_tile.shape[0] - h + 1), rng.integers(0, noise_tile.shape[1] - w + 1)
         out = cv2.addWeighted(out, 1.0, noise_tile[oy:oy + h, ox:ox + w], effects.noise, 0.0, dtype=cv2.CV_8U)
-    return cv2.LUT(out, colour_lut(effects.gains, effects.gamma))
+    return cv2.LUT(out, colour_lut(effects.gains, effects.gamma, effects.exposure))
 
 
-def colour_lut(gains, gamma):
-    """256x1x3 uint8 table applying per-channel gains, then gamma (the colour jitter)."""
-    x = np.arange(256, dtype=np.float32)[:, None] / 255 * np.asarray(gains, np.float32)
+def motion_kernel(length, angle):
+    """Normalised line kernel of `length` px (>= 1) along `angle` (radians)."""
+    n = max(3, int(np.ceil(length)) | 1)
+    k = np.zeros((n, n), np.float32)
+    c, d = (n - 1) / 2, (length - 1) / 2
+    p0 = (c - d * np.cos(angle), c - d * np.sin(angle))
+    p1 = (c + d * np.cos(angle), c + d * np.sin(angle))
+    cv2.line(k, tuple(int(round(v * 16)) for v in p0), tuple(int(round(v * 16)) for v in p1), 1.0, 1,
+             cv2.LINE_AA, shift=4)
+    return k / max(k.sum(), 1e-6)
+
+
+def colour_lut(gains, gamma, exposure=1.0):
+    """256x1x3 uint8 table applying exposure and per-channel gains (white balance), then gamma."""
+    x = np.arange(256, dtype=np.float32)[:, None] / 255 * np.asarray(gains, np.float32) * np.float32(exposure)
     return (np.clip(x, 0, 1) ** gamma * 255 + 0.5).astype(np.uint8).reshape(256, 1, 3)

@@ -27,6 +27,7 @@ ENTRY_ANGLES = np.array([0.0, 0.5, 1.0, 1.5]) * np.pi
 ENTRY_WEIGHTS = np.array([0.38, 0.14, 0.38, 0.10])
 # Share of lab (non-tissue) backgrounds per style: suturing pads, phantoms, drapes, cavities.
 BACKGROUND_STYLES = {'tissue': 0.0, 'mixed': 0.35, 'lab': 1.0}
+TOUCH_PROBABILITY = 0.3  # episodes (with 2+ tools) whose first two tools aim at the same spot
 
 
 @dataclass
@@ -177,7 +178,10 @@ class SceneGenerator:
                bool(rng.integers(2)), bool(rng.integers(2)))
         effects = Effects.random(rng, canvas=self.canvas, strength=self.effects_strength)
         t0 = float(rng.uniform(0, 1000))
-        return _Episode(texture_id, t0, pan, instruments, effects, int(rng.integers(4)))
+        smoke_id = int(rng.integers(4))
+        if n >= 2 and rng.random() < TOUCH_PROBABILITY:  # two tools working together: their jaws meet
+            instruments[1].centre = instruments[0].centre + rng.normal(0, 0.003, 3)
+        return _Episode(texture_id, t0, pan, instruments, effects, smoke_id)
 
     # --- rendering ----------------------------------------------------------------------------------
     def _pose(self, i):
