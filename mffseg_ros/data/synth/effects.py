@@ -67,7 +67,8 @@ class Effects:
                    shadow=float(rng.uniform(0.25, 0.6) * s),
                    shadow_offset=tuple(rng.uniform(0.004, 0.02) * np.array([np.cos(angle), np.sin(angle)])),
                    canvas=canvas, canvas_params=params, canvas_grey=int(rng.integers(0, 14)),
-                   band=float(rng.uniform(0.4, 1.0)) if on(0.15) else 0.0,
+                   # rare and rarely saturating: over-exposed metal is white too, and must stay a tool
+                   band=float(rng.uniform(0.3, 0.7)) if on(0.08) else 0.0,
                    band_params=(float(rng.choice((-1.0, 1.0))), float(rng.uniform(-0.15, 0.15)),
                                 float(rng.uniform(0.02, 0.08))),
                    exposure=float(np.exp(rng.uniform(-0.45, 0.35) * s)),

@@ -39,6 +39,10 @@ class Look:
 # Da Vinci shafts are near-black with a bright specular line; wrists are bright metal with pulleys and
 # cable grooves (ridges across the axis), which is what tells them apart from the jaws.
 _DARK_SHAFT = Material((0.09, 0.09, 0.10), spec=0.9, shininess=20, metal=0.2)
+# Bright metal shafts (laparoscopic tools, suction, some robotic tools): a model that only ever saw dark
+# shafts calls an over-exposed silver shaft background.
+_BRIGHT_SHAFT = Material((0.70, 0.70, 0.72), spec=1.1, shininess=30, metal=0.5)
+BRIGHT_SHAFT_SHARE = 0.25
 _SILVER = Material((0.66, 0.66, 0.68), spec=1.0, shininess=40, metal=0.5, stripes=260, stripe_depth=0.35)
 LOOKS = {
     1: Look(14 * MM, (1.9 * MM, 1.5 * MM), 36, 0, 0.85,  # bipolar forceps: slim blue-grey jaws
@@ -147,9 +151,12 @@ class Instrument:
                      jaw_roll=Wave(rng, periods=(120, 400), amplitude=2.0),
                      open=Wave(rng, periods=(25, 80)))
         materials = tuple(_jitter_material(rng, m, 0.12) for m in look.materials)
-        return cls(instance_id, type_id, look, materials, rng.uniform(3.6, 4.4) * MM, pivot,
+        inst = cls(instance_id, type_id, look, materials, rng.uniform(3.6, 4.4) * MM, pivot,
                    np.array([xn * z, yn * z, z]), waves, retract_amp=rng.choice((0.0, 0.0, 0.5, 0.9)),
                    stains=Stains.random(rng))
+        if rng.random() < BRIGHT_SHAFT_SHARE:  # not a type cue: any tool may have a bright metal shaft
+            inst.materials = (_jitter_material(rng, _BRIGHT_SHAFT, 0.15),) + materials[1:]
+        return inst
 
     def capsules(self, t):
         """Shaft (part 1), two-segment wrist (part 2) and two two-capsule jaws (part 3) at t, plus
