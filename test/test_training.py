@@ -232,3 +232,50 @@ def test_bad_validation_spec_fails_before_training(tmp_path, capsys):
     assert main(argv + ['--set', 'recipe.iters=[1']) == 2
     err = capsys.readouterr().err.strip()
     assert 'not valid YAML' in err and len(err.splitlines()) == 1
+
+
+def test_init_weights_continue_the_history_and_stop_file_writes_weights(tiny_set, tmp_path, capsys):
+    """A run from earlier weights starts from their exact tensors and records both runs' iterations and
+    hours; touching <out>/STOP ends a run early with its weights; crops of larger frames train."""
+    common = ['train', '--data', tiny_set, '--batch-size', '2', '--train-size', '64', '64', '--workers', '0',
+              '--set', 'checkpoint_every=100']
+    first = tmp_path / 'first'
+    assert main(common + ['--out', str(first), '--iters', '2']) == 0
+    start, _ = load_weights(first / 'weights.safetensors')
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(common[1:] + ['--iters', '3', '--init-weights', str(first / 'weights.safetensors'),
+                                           '--set', 'crop_size=[32, 64]', '--set', 'augment.scale=[0.5, 1.5]'])
+    cfg = build_config(args)
+    trainer = Trainer(cfg, tmp_path / 'second', device='cpu')
+    for (name, a), b in zip(start.state_dict().items(), trainer.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    (tmp_path / 'second').mkdir(exist_ok=True)
+    original_step = trainer.step
+
+    def step_then_stop(batch):  # after the first step, ask the run to stop
+        assert batch['image'].shape[-2:] == (32, 64)  # crops, not whole frames
+        row = original_step(batch)
+        (tmp_path / 'second' / 'STOP').touch()
+        return row
+    trainer.step = step_then_stop
+    path = trainer.run()
+    meta = read_metadata(path)
+    assert meta['metrics']['iterations'] == 1 and meta['train_size'] == [64, 64]
+    assert meta['train_scales'] == [0.5, 1.5] and meta['recipe']['crop_size'] == [32, 64]
+    runs = meta['training_history']
+    assert [r['iterations'] for r in runs] == [2, 1] and meta['total_iterations'] == 3
+    assert all(r['hours'] > 0 for r in runs) and meta['total_hours'] == pytest.approx(sum(r['hours'] for r in runs))
+    assert meta['runs_without_hours'] == 0
+
+    # weights from before histories existed count as one run of unknown hours
+    from mffseg_ros.training.history import history_of, totals
+    old = history_of({'recipe': {'iters': 800, 'config_name': 'x'}, 'metrics': {'iterations': 800}})
+    assert totals(old + runs) == (803, pytest.approx(sum(r['hours'] for r in runs)), 1)
+    # a file that is not there, or a model with other heads, is a one-line error before training
+    assert main(common + ['--out', str(tmp_path / 'x'), '--init-weights', str(tmp_path / 'none.safetensors')]) == 2
+    assert 'init_weights' in capsys.readouterr().err
+    assert main(common + ['--out', str(tmp_path / 'y'), '--iters', '1', '--set', 'tasks={parts: 4}',
+                          '--init-weights', str(first / 'weights.safetensors')]) == 2
+    assert 'init weights have tasks' in capsys.readouterr().err
