@@ -75,9 +75,11 @@ class RealFrames:
             scared = [_fit(img, b, size) for img, b in _scared_frames(root / 'scared')]
             groups['scared'] = list(range(len(self.frames), len(self.frames) + len(scared)))
             self.frames += scared
-        # Backgrounds are drawn video first, then frame: a 72-frame clip of one scene must not crowd out
-        # the other videos.
+        # Backgrounds are drawn video first (weight: the square root of its frame count), then frame: a
+        # 72-frame clip of one scene must not crowd out the other videos, nor 2 SCARED frames the rest.
         self.groups = [g for g in groups.values() if g]
+        weights = np.sqrt([len(g) for g in self.groups])
+        self.group_p = weights / weights.sum()
         if not self.with_tools:
             raise DataError(f'{root / "cholecseg8k"}: no frame shows an instrument to cut out')
 
@@ -180,7 +182,7 @@ class CompositeDataset:
         if mode == 'real_tools':
             sample = dict(synth)
         else:
-            group = self.real.groups[int(rng.integers(len(self.real.groups)))]
+            group = self.real.groups[int(rng.choice(len(self.real.groups), p=self.real.group_p))]
             image, binary = frames[group[int(rng.integers(len(group)))]]
             sample = paste_synthetic_tools(image, binary, synth)
         if mode != 'real_background':
