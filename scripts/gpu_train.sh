@@ -62,7 +62,7 @@ if [ "$DRY_RUN" = 1 ]; then
   if [ -d "$DATA_ROOT/cholecseg8k" ]; then
     TRAIN+=(--data 'synth:?frames=4&seed=1&size=64x96' --data "composite:$DATA_ROOT?frames=4&seed=2&size=64x96")
   fi
-  DEVICE=cpu; FRAMES=${FRAMES:-1}; SIZES=64x96; MINUTES=${TRAIN_MINUTES:-5}
+  DEVICE=cpu; FRAMES=${FRAMES:-1}; SIZES=; MINUTES=${TRAIN_MINUTES:-5}  # default input only (64x96)
 else
   workers=$(( $(nproc) - 2 )); [ "$workers" -gt 14 ] && workers=14
   crop=${CROP:-384x480}

@@ -59,7 +59,7 @@ def test_gpu_train_dry_run_on_cpu(data_root, tmp_path):
     for which in ('new', 'init'):
         summary = json.loads((out / f'heldout_{which}' / 'summary.json').read_text())
         assert set(summary['results']) == {'synth_seed999', 'synth_lab_seed998', 'vid03'}
-        assert 0 <= summary['results']['vid03']['64x96']['binary'] <= 1
+        assert 0 <= summary['results']['vid03']['default']['binary'] <= 1
     shipped = read_metadata(out / 'mffseg_default.safetensors')
     assert shipped['stored_dtype'] == 'float16' and 'heldout' in shipped['metrics']
     assert (out / 'gpu_train.log').stat().st_size > 0 and 'done in' in proc.stdout
