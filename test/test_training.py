@@ -66,6 +66,8 @@ def test_task_loss_values_by_hand():
     p = torch.softmax(logits[0, :, 0], dim=0)  # (3 classes, 3 pixels)
     expected = (-torch.log(p[1, 0]) - torch.log(1 - p[0, 1])) / 2  # CE at px0, binary BCE at px1, px2 ignored
     assert torch.allclose(losses.task_loss(logits, target, binary), expected)
+    weighted = (-torch.log(p[1, 0]) - 3 * torch.log(1 - p[0, 1])) / 2  # binary-only pixels count 3x
+    assert torch.allclose(losses.task_loss(logits, target, binary, binary_weight=3.0), weighted)
     assert losses.task_loss(logits, torch.full((1, 1, 3), 255), None) == 0  # nothing supervised
     # aux ground truth: nearest downsampling of the label map
     small = losses.downsample_labels(torch.arange(16).reshape(1, 4, 4), (2, 2))

@@ -27,6 +27,7 @@ DEFAULTS = {
         'iters': 1000, 'batch_size': 8,
         'lr': 1.0e-3, 'disc_lr': 1.5e-4, 'poly_power': 0.9, 'weight_decay': 5.0e-4,
         'aux': True, 'aux_weight': 0.4, 'adversarial': True, 'adv_weight': 0.01,
+        'binary_weight': 1.0,  # loss weight of binary-only pixels (real frames without parts/type)
         'amp': True,  # CUDA only
     },
     'seed': 0,
@@ -117,7 +118,7 @@ def _validate(cfg, where):
     r = cfg['recipe']
     if int(r['iters']) < 1 or int(r['batch_size']) < 1:
         raise ConfigError(f'{where}: recipe.iters and recipe.batch_size must be >= 1')
-    for key in ('lr', 'disc_lr', 'poly_power', 'weight_decay', 'aux_weight', 'adv_weight'):
+    for key in ('lr', 'disc_lr', 'poly_power', 'weight_decay', 'aux_weight', 'adv_weight', 'binary_weight'):
         float(r[key])
     for key in ('seed', 'workers', 'checkpoint_every', 'log_every', 'val_every'):
         int(cfg[key])

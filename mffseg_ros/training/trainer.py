@@ -147,10 +147,11 @@ class Trainer:
         with self._autocast():
             pred = self.net(image)
         main = self.model.split(pred['out'])
-        terms = {'main': losses.segmentation_loss(main, targets)}
+        bw = float(r.get('binary_weight', 1.0))
+        terms = {'main': losses.segmentation_loss(main, targets, bw)}
         total = terms['main']
         if r['aux']:
-            terms['aux'] = losses.segmentation_loss(self.model.split(pred['aux']), targets)
+            terms['aux'] = losses.segmentation_loss(self.model.split(pred['aux']), targets, bw)
             total = total + r['aux_weight'] * terms['aux']
         if r['adversarial']:
             disc = self.disc if disc is None else disc  # frozen here: the plain module, no DDP sync
