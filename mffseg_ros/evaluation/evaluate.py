@@ -218,9 +218,9 @@ def format_report(report):
     body = [format_task(s) for s in report['tasks'].values() if s['images']]
     if report.get('instrument_types'):
         it = report['instrument_types']
+        per_type = ', '.join(f'{n} {_fmt(v["accuracy"], 2)} ({v["instruments"]})' for n, v in it['per_type'].items())
         body.append(f'### type per instrument (majority vote over its pixels)\n\n'
-                    f'{_fmt(it["type_accuracy"])} of {it["instruments"]} instruments; per type: '
-                    + ', '.join(f'{n} {_fmt(v["accuracy"], 2)} ({v["instruments"]})' for n, v in it['per_type'].items()))
+                    f'{_fmt(it["type_accuracy"])} of {it["instruments"]} instruments; per type: {per_type}')
     if report.get('worst'):
         body.append('### worst frames (mean paper IoU over tasks)\n\n' + '\n'.join(
             f'{i}. {w["name"]}: {_fmt(w["iou"])}' for i, w in enumerate(report['worst'], 1)))

@@ -52,7 +52,7 @@ def segmentation_loss(logits_by_task, targets, binary_weight=1.0):
 
 def prediction_probs(logits_by_task):
     """Discriminator input for a prediction: per-task softmax, concatenated in task order."""
-    return torch.cat([torch.softmax(l.float(), dim=1) for l in logits_by_task.values()], dim=1)
+    return torch.cat([torch.softmax(logits.float(), dim=1) for logits in logits_by_task.values()], dim=1)
 
 
 def ground_truth_probs(logits_by_task, targets):

@@ -9,8 +9,15 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from mffseg_ros.data.synth.effects import (CANVASES, Effects, apply_effects, canvas_mask, cast_shadows,
-                                           specular_band, vignette_map)
+from mffseg_ros.data.synth.effects import (
+    CANVASES,
+    Effects,
+    apply_effects,
+    canvas_mask,
+    cast_shadows,
+    specular_band,
+    vignette_map,
+)
 from mffseg_ros.data.synth.instruments import Instrument, Wave
 from mffseg_ros.data.synth.lab import bake_lab
 from mffseg_ros.data.synth.render import render_instruments
