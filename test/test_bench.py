@@ -62,10 +62,10 @@ def test_bench_times_the_segmenter_the_node_builds():
                              precision='fp32', size=(64, 64), threads=1)
 
 
-def test_ros_end_to_end(tmp_path):
+def test_ros_end_to_end(tmp_path):  # 96x120: the default model upscales frames at most 4x to its 384x480
     out = tmp_path / 'ros'
     assert main(['bench', '--device', 'cpu', '--no-model', '--ros', '--node', 'inprocess', '--stereo',
-                 '--frame-size', '64x80', '--rate', '10,20', '--duration', '1', '--threads', '1',
+                 '--frame-size', '96x120', '--rate', '10,20', '--duration', '1', '--threads', '1',
                  '--out', str(out)]) == 0
     result, md = read_outputs(out)
     slow, row = result['ros']

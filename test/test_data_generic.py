@@ -9,7 +9,7 @@ import pytest
 
 from mffseg_ros.data.datasets import build_dataset, build_datasets
 from mffseg_ros.data.endovis import LabelWarning
-from mffseg_ros.data.transforms import Augment, normalize_image, prepare_sample
+from mffseg_ros.data.transforms import Augment, jpeg_roundtrip, normalize_image, prepare_sample, radial_distortion
 from mffseg_ros.errors import DataError
 
 
@@ -127,6 +127,53 @@ def test_prepare_sample_resizes_and_augments_consistently():
     assert 0 < flipped < 8
     same = [prepare_sample(s, (32, 64), augment=aug, rng=np.random.default_rng(5))['image'] for _ in range(2)]
     assert np.array_equal(*same)
+
+
+def test_multi_scale_crops_of_a_larger_frame():
+    """frame_size 96x128 with zoom 0.5..1.5 and 32x64 crops: stripes of 5 px in a 60x90 frame are 8 px in
+    the fitted frame (scale 1.6), and 4..12 px in the crops, as at frame sizes 0.5x..1.5x of 96x128."""
+    h, w = 60, 90
+    parts = ((np.arange(w) // 5) % 2).astype(np.uint8)[None].repeat(h, 0)
+    s = {'image': _frame(h, w), 'parts': parts, 'type': parts.copy(), 'binary': parts.copy(),
+         'instance': parts.astype(np.uint16), 'name': 'x'}
+
+    def stripe_width(out):
+        row = out['parts'][16]
+        return 64 / (np.count_nonzero(np.diff(row.astype(int))) + 1)
+
+    plain = prepare_sample(s, (32, 64), frame_size=(96, 128))
+    assert plain['image'].shape == (32, 64, 3) and 7 <= stripe_width(plain) <= 9
+    aug = Augment(hflip=False, vflip=False, scale=(0.5, 1.5))
+    widths = [stripe_width(prepare_sample(s, (32, 64), augment=aug, rng=np.random.default_rng(seed),
+                                          frame_size=(96, 128))) for seed in range(12)]
+    assert min(widths) < 6 and max(widths) > 10 and 3.5 <= min(widths) and max(widths) <= 13
+
+
+def test_lens_distortion_moves_labels_with_the_image():
+    h, w = 60, 80
+    image = np.zeros((h, w, 3), np.uint8)
+    parts = np.zeros((h, w), np.uint8)
+    image[5:15, 5:15] = 255  # a square near a corner: barrel distortion pulls it towards the centre
+    parts[5:15, 5:15] = 3
+    s = {'image': image, 'parts': parts, 'type': parts.copy(), 'binary': (parts > 0).astype(np.uint8),
+         'instance': parts.astype(np.uint16), 'name': 'x'}
+    for k in (-0.3, 0.15):
+        out = radial_distortion(s, k)
+        bright, labelled = out['image'][..., 0] > 127, out['parts'] == 3
+        assert (bright == labelled).mean() > 0.995 and labelled.sum() > 30
+        ys, xs = np.nonzero(labelled)
+        moved = np.hypot(ys.mean() - 9.5, xs.mean() - 9.5)
+        assert moved > 0.5, k
+    assert not np.array_equal(radial_distortion(s, -0.3)['parts'], radial_distortion(s, 0.15)['parts'])
+    assert np.array_equal(radial_distortion(s, 0.0)['parts'], parts)  # k = 0: the identity
+
+
+def test_jpeg_roundtrip_keeps_size_and_loses_detail():
+    rgb = _frame(48, 80)
+    low, high = jpeg_roundtrip(rgb, 35), jpeg_roundtrip(rgb, 90)
+    assert low.shape == rgb.shape and low.dtype == np.uint8
+    err = lambda x: np.abs(x.astype(int) - rgb).mean()
+    assert 0 < err(high) < err(low)
 
 
 def test_normalize_image():

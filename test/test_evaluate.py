@@ -72,6 +72,30 @@ def test_perfect_predictions_score_perfectly(samples):
     assert report['tasks']['parts']['images'] == 3
     assert report['tasks']['parts']['per_class']['wrist']['iou'] is None  # never present
     assert report['worst'] == []
+    it = report['instrument_types']  # frame 2's instrument has no type label: not counted
+    assert it['instruments'] == 2 and it['type_accuracy'] == 1.0
+    assert set(it['per_type']) == {'bipolar_forceps', 'prograsp_forceps'}
+
+
+def test_type_per_instrument_is_a_majority_vote(samples):
+    """Scattered wrong pixels do not make an instrument wrong; a majority of another type does."""
+    from mffseg_ros.evaluation.evaluate import InstrumentTypeMeter
+    meter = InstrumentTypeMeter()
+    s0, s1 = samples[0], samples[1]  # types 1 and 2
+    noisy = s0['type'].copy()
+    on = np.argwhere(s0['instance'] > 0)
+    for y, x in on[::3]:  # a third of its pixels another type, many background
+        noisy[y, x] = 5 if (y + x) % 2 else 0
+    meter.add(s0, noisy)
+    wrong = np.where(s1['instance'] > 0, 4, 0).astype(np.uint8)
+    wrong[np.nonzero(s1['instance'])[0][:5], np.nonzero(s1['instance'])[1][:5]] = 2
+    meter.add(s1, wrong)
+    none = np.zeros_like(wrong)  # nothing predicted on an instrument: wrong, not skipped
+    meter.add(s1, none)
+    out = meter.summary()
+    assert out['instruments'] == 3 and out['type_accuracy'] == pytest.approx(1 / 3)
+    assert out['per_type']['bipolar_forceps'] == {'accuracy': 1.0, 'instruments': 1}
+    assert out['per_type']['prograsp_forceps'] == {'accuracy': 0.0, 'instruments': 2}
 
 
 def test_evaluate_real_segmenter_writes_json_md_and_worst_pngs(samples, weights, tmp_path):
@@ -133,6 +157,13 @@ def test_cli_evaluate_end_to_end(weights, tmp_path, capsys):
     report = json.loads((out / 'metrics.json').read_text())
     assert report['tasks']['type']['images'] == 0  # the mapping labels no types
     assert len(list((out / 'worst').glob('*.png'))) == 1
+    rc = main(['evaluate', '--weights', str(weights), '--data', spec, '--out', str(tmp_path / 'sized'),
+               '--worst', '0', '--device', 'cpu', '--input-size', '64x96'])
+    assert rc == 0 and 'input 64x96' in json.loads((tmp_path / 'sized' / 'metrics.json').read_text())['model']
+    capsys.readouterr()
+    assert main(['evaluate', '--weights', str(weights), '--data', spec, '--out', str(tmp_path / 'bad'),
+                 '--input-size', '60x96']) == 2
+    assert 'multiples of 32' in capsys.readouterr().err
 
 
 def test_cli_user_errors_are_one_line(weights, tmp_path, capsys):

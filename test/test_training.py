@@ -67,6 +67,8 @@ def test_task_loss_values_by_hand():
     p = torch.softmax(logits[0, :, 0], dim=0)  # (3 classes, 3 pixels)
     expected = (-torch.log(p[1, 0]) - torch.log(1 - p[0, 1])) / 2  # CE at px0, binary BCE at px1, px2 ignored
     assert torch.allclose(losses.task_loss(logits, target, binary), expected)
+    weighted = (-torch.log(p[1, 0]) - 3 * torch.log(1 - p[0, 1])) / 2  # binary-only pixels count 3x
+    assert torch.allclose(losses.task_loss(logits, target, binary, binary_weight=3.0), weighted)
     assert losses.task_loss(logits, torch.full((1, 1, 3), 255), None) == 0  # nothing supervised
     # aux ground truth: nearest downsampling of the label map
     small = losses.downsample_labels(torch.arange(16).reshape(1, 4, 4), (2, 2))
@@ -302,3 +304,54 @@ def test_encoder_weights_start_the_encoder(tiny_set, tmp_path, caplog):
     args.encoder_weights = str(tmp_path / 'missing.pth')
     with pytest.raises(MffsegError, match='missing.pth: encoder weights file not found'):
         Trainer(build_config(args), tmp_path / 'run2', device='cpu')
+
+
+def test_init_weights_continue_the_history_and_stop_file_writes_weights(tiny_set, tmp_path, capsys):
+    """A run from earlier weights starts from their exact tensors and records both runs' iterations and
+    hours; touching <out>/STOP ends a run early with its weights; crops of larger frames train."""
+    common = ['train', '--data', tiny_set, '--batch-size', '2', '--train-size', '64', '64', '--workers', '0',
+              '--set', 'checkpoint_every=100']
+    first = tmp_path / 'first'
+    assert main(common + ['--out', str(first), '--iters', '2']) == 0
+    start, _ = load_weights(first / 'weights.safetensors')
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(common[1:] + ['--iters', '3', '--init-weights', str(first / 'weights.safetensors'),
+                                           '--set', 'crop_size=[32, 64]', '--set', 'augment.scale=[0.5, 1.5]'])
+    cfg = build_config(args)
+    trainer = Trainer(cfg, tmp_path / 'second', device='cpu')
+    for (name, a), b in zip(start.state_dict().items(), trainer.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    (tmp_path / 'second').mkdir(exist_ok=True)
+    original_step = trainer.step
+
+    def step_then_stop(batch):  # after the first step, ask the run to stop
+        assert batch['image'].shape[-2:] == (32, 64)  # crops, not whole frames
+        row = original_step(batch)
+        (tmp_path / 'second' / 'STOP').touch()
+        return row
+    trainer.step = step_then_stop
+    path = trainer.run()
+    meta = read_metadata(path)
+    assert meta.preprocessing.train_size == [64, 64]
+    extra = meta.extra
+    assert extra['train_scales'] == [0.5, 1.5] and meta.recipe['crop_size'] == [32, 64]
+    runs = extra['training_history']
+    assert [r['iterations'] for r in runs] == [2, 1] and extra['total_iterations'] == 3
+    assert meta.provenance.iterations == 3 and meta.provenance.hours == pytest.approx(extra['total_hours'])
+    assert all(r['hours'] > 0 for r in runs) and extra['total_hours'] == pytest.approx(sum(r['hours'] for r in runs))
+    assert extra['runs_without_hours'] == 0
+
+    # weights from before histories existed count as one run of unknown hours
+    from mffseg_ros.model.weights import WeightsMeta
+    from mffseg_ros.training.history import history_of, totals
+    old = history_of(WeightsMeta(tasks={'parts': 4}, recipe={'iters': 800, 'config_name': 'x'},
+                                 metrics={'iterations': 800}))
+    assert totals(old + runs) == (803, pytest.approx(sum(r['hours'] for r in runs)), 1)
+    # a file that is not there, or a model with other heads, is a one-line error before training
+    assert main(common + ['--out', str(tmp_path / 'x'), '--init-weights', str(tmp_path / 'none.safetensors')]) == 2
+    assert 'init_weights' in capsys.readouterr().err
+    assert main(common + ['--out', str(tmp_path / 'y'), '--iters', '1', '--set', 'tasks={parts: 4}',
+                          '--init-weights', str(first / 'weights.safetensors')]) == 2
+    assert 'init weights have tasks' in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
     endovis:/data/endovis17?videos=7,8          endovis:/data/endovis17?split=fold0-val
     cholecseg8k:/path        cholec_instance:/path        synth:?frames=64&seed=3&size=256x320
+    composite:/data/root?frames=64&seed=3&size=384x480    (rendered tools on real frames, real tools pasted)
     folder:/images?masks=/masks&mapping=map.yaml&image_suffix=.png&mask_suffix=_mask.png
 
 Every kind also takes `stride=N` (every N-th frame) and `limit=N` (first N frames after the stride).
@@ -12,6 +13,7 @@ from urllib.parse import parse_qsl
 from mffseg_ros.data.cholec import CholecInstanceSeg, cholecseg8k
 from mffseg_ros.data.endovis import EndoVis2017
 from mffseg_ros.data.generic import FolderDataset
+from mffseg_ros.data.real_pixels import CompositeDataset
 from mffseg_ros.data.samples import ConcatSamples, Subsampled
 from mffseg_ros.data.splits import split_videos
 from mffseg_ros.data.synth import SynthDataset
@@ -19,7 +21,7 @@ from mffseg_ros.errors import DataError
 from mffseg_ros.scalars import parse_scalar
 from mffseg_ros.sizes import parse_size
 
-KINDS = ('endovis', 'folder', 'cholecseg8k', 'cholec_instance', 'synth')
+KINDS = ('endovis', 'folder', 'cholecseg8k', 'cholec_instance', 'synth', 'composite')
 LIST_KEYS = ('videos',)
 
 
@@ -63,13 +65,15 @@ def _build(kind, opts, spec):
         return cholecseg8k(_root(spec), **opts)
     if kind == 'cholec_instance':
         return CholecInstanceSeg(_root(spec), **opts)
-    # synth: the synthetic-scene generator's data set, imported only when asked for
+    # synth and composite: the synthetic-scene generator's data sets
     if 'frames' in opts:
         opts['length'] = opts.pop('frames')
     if 'length' not in opts:
-        raise DataError(f'data spec {spec}: synth needs frames=N')
+        raise DataError(f'data spec {spec}: {kind} needs frames=N')
     if 'size' in opts:  # size=256x320 (H x W) in a spec string, [H, W] in a config
         opts['size'] = _size(opts['size'], spec)
+    if kind == 'composite':
+        return CompositeDataset(_root(spec), **opts)
     return SynthDataset(**opts)
 
 

@@ -22,7 +22,11 @@ class Augment:
     blur: float = 0.0        # probability of a Gaussian blur (sigma 0.5..1.5)
     brightness: float = 0.0  # max relative brightness change, e.g. 0.2 = +-20 %
     skew: float = 0.0        # max horizontal shear (tan of the angle), e.g. 0.1
-    scale: tuple = (1.0, 1.0)  # random zoom (>= 1) on top of the resize that covers the training size
+    # random zoom on top of the resize that covers the frame size; below 1 zooms out (multi-scale
+    # training: the network sees tools as large as at frame sizes scale[0]..scale[1] x the frame size)
+    scale: tuple = (1.0, 1.0)
+    distort: float = 0.0     # probability of a radial lens distortion (barrel or pincushion)
+    jpeg: float = 0.0        # probability of JPEG compression (quality 35..90)
 
     @classmethod
     def from_config(cls, cfg):
@@ -63,15 +67,17 @@ def _crop(sample, top, left, size):
     return {k: (v[top:top + th, left:left + tw] if k != 'name' else v) for k, v in sample.items()}
 
 
-def prepare_sample(sample, size, *, augment=None, rng=None):
-    """Sample resized (aspect kept, covering `size` = (H, W)) and cropped to `size`.
-    With `augment` and an `rng` (numpy Generator): random zoom, crop position, flips, skew, brightness,
-    blur; without: a centre crop and nothing else."""
+def prepare_sample(sample, size, *, augment=None, rng=None, frame_size=None):
+    """Sample resized (aspect kept, covering `frame_size` = (H, W), default `size`) and cropped to
+    `size`. With `augment` and an `rng` (numpy Generator): random zoom (never below covering `size`),
+    crop position, flips, skew, brightness, blur; without: a centre crop and nothing else."""
     th, tw = size
+    fh, fw = frame_size or size
     h, w = sample['image'].shape[:2]
-    scale = max(th / h, tw / w)
+    scale = max(fh / h, fw / w)
     if augment is not None and rng is not None:
-        scale *= max(1.0, float(rng.uniform(*augment.scale)))
+        scale *= float(rng.uniform(*augment.scale))
+    scale = max(scale, th / h, tw / w)
     out = _resize(sample, scale, size)
     if augment is not None and rng is not None and augment.skew > 0:
         out = _shear(out, float(rng.uniform(-augment.skew, augment.skew)))
@@ -97,7 +103,38 @@ def prepare_sample(sample, size, *, augment=None, rng=None):
         out['image'] = np.clip(out['image'].astype(np.float32) * factor, 0, 255).astype(np.uint8)
     if augment.blur > 0 and rng.random() < augment.blur:
         out['image'] = cv2.GaussianBlur(out['image'], (5, 5), float(rng.uniform(0.5, 1.5)))
+    if augment.distort > 0 and rng.random() < augment.distort:
+        out = radial_distortion(out, float(rng.uniform(-0.3, 0.15)))
+    if augment.jpeg > 0 and rng.random() < augment.jpeg:
+        out['image'] = jpeg_roundtrip(out['image'], int(rng.integers(35, 91)))
     return out
+
+
+def radial_distortion(sample, k):
+    """Sample seen through a lens with radial distortion k (r' = r (1 + k r^2), r = 1 at the corners;
+    k < 0: barrel, like endoscopes). Labels follow the image; pixels from outside are 255 (ignore)."""
+    h, w = sample['image'].shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    cx, cy, norm = (w - 1) / 2, (h - 1) / 2, np.float32(np.hypot(w, h) / 2)
+    dx, dy = (xx - cx) / norm, (yy - cy) / norm
+    f = 1 + np.float32(k) * (dx * dx + dy * dy)
+    # A barrel lens shows more than the pinhole: scale so the corners map onto the frame's corners.
+    f /= np.float32(1 + k)
+    map_x, map_y = cx + dx * f * norm, cy + dy * f * norm
+    out = dict(sample)
+    out['image'] = cv2.remap(sample['image'], map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                             borderValue=0)
+    for key in LABEL_KEYS:
+        fill = 0 if key == 'instance' else IGNORE
+        out[key] = cv2.remap(sample[key], map_x, map_y, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT,
+                             borderValue=fill)
+    return out
+
+
+def jpeg_roundtrip(rgb, quality):
+    """The image after JPEG compression at `quality` (block artefacts of recorded, streamed video)."""
+    ok, buf = cv2.imencode('.jpg', np.ascontiguousarray(rgb[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    return np.ascontiguousarray(cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1]) if ok else rgb
 
 
 def normalize_image(rgb, normalization=None):

@@ -7,6 +7,7 @@ from mffseg_ros.errors import MffsegError
 from mffseg_ros.evaluation import bag_eval
 from mffseg_ros.evaluation.evaluate import evaluate, format_report
 from mffseg_ros.inference.segmenter import Segmenter
+from mffseg_ros.sizes import parse_size
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,8 @@ def add_arguments(parser):
     parser.add_argument('--device', default='auto', help='auto, cpu or cuda[:N] (default auto)')
     parser.add_argument('--input-scale', type=float, default=None,
                         help="network input scale relative to the frame (default: the weights' own)")
+    parser.add_argument('--input-size', default=None, metavar='HxW',
+                        help="network input size, e.g. 384x480 (default: the weights' training frame size)")
 
 
 def run(args):
@@ -40,7 +43,9 @@ def run(args):
         raise MffsegError(f'--worst must be >= 0, got {args.worst}')
     if args.out.exists() and not args.out.is_dir():  # fail now, not after scoring every frame
         raise MffsegError(f'{args.out}: exists and is not a folder (--out is the output folder)')
-    segmenter = Segmenter.load(args.weights, device=args.device, input_scale=args.input_scale)
+    input_size = parse_size(args.input_size, what='--input-size', multiple=32) if args.input_size else None
+    segmenter = Segmenter.load(args.weights, device=args.device, input_scale=args.input_scale,
+                               input_size=input_size)
     if args.bag is not None:
         return bag_eval.run(args, segmenter)
     samples = build_datasets(args.data)

@@ -65,12 +65,49 @@ def resolve_tasks(requested, segmenter):
     return [requested]
 
 
+class InstrumentTypeMeter:
+    """Type accuracy per instrument: an instrument (a ground-truth instance with a known type) counts as
+    right when the predicted type most voted over its pixels, background aside, is its type. This is
+    what per-instrument outputs see (they vote), where per-pixel Dice punishes scattered pixels."""
+
+    def __init__(self):
+        self.counts = {}  # true type -> [right, total]
+
+    def add(self, sample, type_pred):
+        instance, truth = sample.get('instance'), sample.get('type')
+        if instance is None or truth is None or type_pred is None or not instance.any():
+            return
+        for iid in np.unique(instance[instance > 0]):
+            on = instance == iid
+            true_types = truth[on]
+            true_types = true_types[(true_types > 0) & (true_types < 255)]
+            if not len(true_types):
+                continue
+            true_type = int(np.bincount(true_types).argmax())
+            votes = np.bincount(type_pred[on].astype(np.int64), minlength=NUM_CLASSES['type'])[1:]
+            right = votes.any() and int(votes.argmax()) + 1 == true_type
+            entry = self.counts.setdefault(true_type, [0, 0])
+            entry[0] += int(right)
+            entry[1] += 1
+
+    def summary(self):
+        if not self.counts:
+            return None
+        right = sum(c[0] for c in self.counts.values())
+        total = sum(c[1] for c in self.counts.values())
+        names = TASK_CLASSES['type']
+        return {'instruments': total, 'type_accuracy': right / total,
+                'per_type': {names[t]: {'accuracy': c[0] / c[1], 'instruments': c[1]}
+                             for t, c in sorted(self.counts.items())}}
+
+
 def evaluate(segmenter, samples, *, tasks='all', worst=8, out_dir=None, progress=True, info=None):
     """Scores `segmenter` on `samples` (a sequence of sample dicts). Returns the report dict; with
     `out_dir`, also writes metrics.json, metrics.md and worst/NN_<name>.png (the `worst` lowest
     frames by their mean paper IoU over the scored tasks)."""
     task_list = resolve_tasks(tasks, segmenter)
     meters = {t: TaskMeter(t, TASK_CLASSES[t]) for t in task_list}
+    instrument_types = InstrumentTypeMeter() if 'type' in task_list else None
     worst_heap = []  # (-score, index, sample, result): a max-heap of the K lowest scores
     frame_scores = []
     total = len(samples)
@@ -79,6 +116,8 @@ def evaluate(segmenter, samples, *, tasks='all', worst=8, out_dir=None, progress
     for index in tqdm(range(total), desc='evaluate', unit='frame', disable=not progress):
         sample = samples[index]
         result = segmenter.segment(sample['image'])
+        if instrument_types is not None:
+            instrument_types.add(sample, result.type)
         ious = []
         for task, meter in meters.items():
             gt = sample.get(task)
@@ -102,6 +141,8 @@ def evaluate(segmenter, samples, *, tasks='all', worst=8, out_dir=None, progress
     report['frames'] = total
     report['scored_frames'] = len(frame_scores)
     report['tasks'] = {t: m.summary() for t, m in meters.items()}
+    if instrument_types is not None and instrument_types.summary() is not None:
+        report['instrument_types'] = instrument_types.summary()
     unlabelled = [t for t, m in meters.items() if not m.images]
     if unlabelled:
         log.warning('the data set labels no frame for task(s) %s: not scored', ', '.join(unlabelled))
@@ -164,6 +205,11 @@ def format_report(report):
             head.append(f'- {key}: `{report[key]}`')
     head.append(f'- frames: {report["frames"]} ({report["scored_frames"]} with ground truth)')
     body = [format_task(s) for s in report['tasks'].values() if s['images']]
+    if report.get('instrument_types'):
+        it = report['instrument_types']
+        per_type = ', '.join(f'{n} {_fmt(v["accuracy"], 2)} ({v["instruments"]})' for n, v in it['per_type'].items())
+        body.append(f'### type per instrument (majority vote over its pixels)\n\n'
+                    f'{_fmt(it["type_accuracy"])} of {it["instruments"]} instruments; per type: {per_type}')
     if report.get('worst'):
         body.append('### worst frames (mean paper IoU over tasks)\n\n' + '\n'.join(
             f'{i}. {w["name"]}: {_fmt(w["iou"])}' for i, w in enumerate(report['worst'], 1)))

@@ -173,8 +173,10 @@ def _upgrade_metadata(meta):
     meta['preprocessing'] = pre
     recipe = meta.get('recipe') if isinstance(meta.get('recipe'), dict) else {}
     metrics = meta.get('metrics') if isinstance(meta.get('metrics'), dict) else {}
+    # Totals over every run, where a file recorded them (training_history stays as an extra key).
     meta['provenance'] = {'git_revision': meta.pop('git_revision', 'unknown'),
-                          'iterations': metrics.get('iterations'),
+                          'iterations': meta.get('total_iterations', metrics.get('iterations')),
+                          'hours': meta.get('total_hours'),
                           'train_data': recipe.get('train_data') or [], 'val_data': recipe.get('val_data') or []}
     return meta
 

@@ -12,6 +12,9 @@ def add_arguments(parser):
     parser.add_argument('--config', help='training config (YAML), e.g. configs/default_multitask.yaml')
     parser.add_argument('--out', help='run folder (default: runs/<config name>)')
     parser.add_argument('--resume', action='store_true', help='continue from <out>/checkpoint')
+    parser.add_argument('--init-weights', metavar='PATH',
+                        help='start from these weights (e.g. models/mffseg_default.safetensors); the new '
+                             'weights record the total iterations and hours of both runs')
     parser.add_argument('--iters', type=int, help='override recipe.iters')
     parser.add_argument('--batch-size', type=int, help='override recipe.batch_size (per process)')
     parser.add_argument('--data', action='append', metavar='SPEC',
@@ -56,6 +59,8 @@ def build_config(args):
         overrides.append('recipe.aux=false')
     if args.no_adversarial:
         overrides.append('recipe.adversarial=false')
+    if args.init_weights:
+        cfg['init_weights'] = str(Path(args.init_weights).expanduser().resolve())
     if args.data:
         cfg['data']['train'] = [_absolute_spec(s) for s in args.data]
     if args.val:

@@ -18,7 +18,9 @@ DEFAULTS = {
     'name': 'run',
     'tasks': {'parts': 4, 'type': 8},
     'data': {'root': '../shared/data', 'train': [], 'val': []},
-    'train_size': [256, 320],   # (H, W), multiples of 32
+    'train_size': [256, 320],   # (H, W), multiples of 32: the frame size the model is trained for
+    'crop_size': None,          # (H, W) training crops of the train_size frames (default: train_size)
+    'init_weights': None,       # weights file to start from (continues its training history)
     'input_scale': 0.25,        # frame scale the inference applies before the network (metadata)
     'normalization': DEFAULT_NORMALIZATION,
     'encoder_weights': None,    # ImageNet ResNet-18 weights (torchvision/timm) to start the encoder from
@@ -27,6 +29,7 @@ DEFAULTS = {
         'iters': 1000, 'batch_size': 8,
         'lr': 1.0e-3, 'disc_lr': 1.5e-4, 'poly_power': 0.9, 'weight_decay': 5.0e-4,
         'aux': True, 'aux_weight': 0.4, 'adversarial': True, 'adv_weight': 0.01,
+        'binary_weight': 1.0,  # loss weight of binary-only pixels (real frames without parts/type)
         'amp': True,  # CUDA only
     },
     'seed': 0,
@@ -108,10 +111,16 @@ def _validate(cfg, where):
     h, w = (int(v) for v in cfg['train_size'])
     if h % 32 or w % 32 or h <= 0 or w <= 0:
         raise ConfigError(f'{where}: train_size {h}x{w} must be positive multiples of 32')
+    if cfg.get('crop_size') is not None:
+        ch, cw = (int(v) for v in cfg['crop_size'])
+        if ch % 32 or cw % 32 or not 0 < ch <= h or not 0 < cw <= w:
+            raise ConfigError(f'{where}: crop_size {ch}x{cw} must be positive multiples of 32, at most train_size')
+    if cfg.get('init_weights') is not None and not Path(str(cfg['init_weights'])).expanduser().is_file():
+        raise ConfigError(f'{where}: init_weights {cfg["init_weights"]}: weights file not found')
     r = cfg['recipe']
     if int(r['iters']) < 1 or int(r['batch_size']) < 1:
         raise ConfigError(f'{where}: recipe.iters and recipe.batch_size must be >= 1')
-    for key in ('lr', 'disc_lr', 'poly_power', 'weight_decay', 'aux_weight', 'adv_weight'):
+    for key in ('lr', 'disc_lr', 'poly_power', 'weight_decay', 'aux_weight', 'adv_weight', 'binary_weight'):
         float(r[key])
     for key in ('seed', 'workers', 'checkpoint_every', 'log_every', 'val_every'):
         int(cfg[key])

@@ -13,9 +13,10 @@ TARGET_KEYS = ('parts', 'type', 'binary')
 class TensorSamples(torch.utils.data.Dataset):
     """Training (augment given) or evaluation view of a sample source at `size` (H, W)."""
 
-    def __init__(self, samples, size, normalization, augment=None, seed=0):
+    def __init__(self, samples, size, normalization, augment=None, seed=0, frame_size=None):
         self.samples = samples
         self.size = tuple(int(s) for s in size)
+        self.frame_size = None if frame_size is None else tuple(int(s) for s in frame_size)
         self.normalization = normalization
         self.augment = augment
         self.seed = int(seed)
@@ -29,7 +30,7 @@ class TensorSamples(torch.utils.data.Dataset):
 
     def __getitem__(self, index):
         rng = np.random.default_rng([self.seed, self.epoch, int(index)]) if self.augment else None
-        s = prepare_sample(self.samples[index], self.size, augment=self.augment, rng=rng)
+        s = prepare_sample(self.samples[index], self.size, augment=self.augment, rng=rng, frame_size=self.frame_size)
         item = {'image': torch.from_numpy(normalize_image(s['image'], self.normalization))}
         for key in TARGET_KEYS:
             item[key] = torch.from_numpy(s[key].astype(np.int64))
@@ -48,8 +49,10 @@ def build_samples(specs):
 
 
 def training_samples(cfg, specs):
-    return TensorSamples(build_samples(specs), cfg['train_size'], cfg['normalization'],
-                         Augment.from_config(cfg['augment']), seed=cfg['seed'])
+    """Frames fitted to train_size, zoomed by augment.scale, cropped to crop_size (default train_size):
+    small crops of large frames keep CPU steps cheap while the model learns the large frame's scale."""
+    return TensorSamples(build_samples(specs), cfg.get('crop_size') or cfg['train_size'], cfg['normalization'],
+                         Augment.from_config(cfg['augment']), seed=cfg['seed'], frame_size=cfg['train_size'])
 
 
 def evaluation_samples(cfg, specs):

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 IGNORE = 255
 
 
-def task_loss(logits, target, binary=None):
+def task_loss(logits, target, binary=None, binary_weight=1.0):
     """Mean over supervised pixels of cross-entropy on `target` (B, H, W; 255 = ignore) plus, where only
-    `binary` is known, BCE of P(instrument) against it. Computed in float32."""
+    `binary` is known, `binary_weight` x BCE of P(instrument) against it. Computed in float32."""
     logits = logits.float()
     labelled = target != IGNORE
     total = F.cross_entropy(logits, target.long(), ignore_index=IGNORE, reduction='sum')
@@ -25,7 +25,7 @@ def task_loss(logits, target, binary=None):
             log_fg = torch.logsumexp(logits[:, 1:], dim=1) - log_all     # log P(instrument)
             y = (binary == 1).float()
             bce = -(y * log_fg + (1 - y) * log_bg)
-            total = total + bce[fallback].sum()
+            total = total + binary_weight * bce[fallback].sum()
             count = count + fallback.sum()
     return total / count.clamp(min=1)
 
@@ -37,14 +37,16 @@ def downsample_labels(labels, size):
     return F.interpolate(labels[:, None].float(), size=size, mode='nearest')[:, 0].to(labels.dtype)
 
 
-def segmentation_loss(logits_by_task, targets):
+def segmentation_loss(logits_by_task, targets, binary_weight=1.0):
     """Sum over tasks of `task_loss`; `targets` holds (B, H, W) maps per task and `binary`, at any size
-    (nearest-downsampled to the logits' size, which is how the aux ground truth is made)."""
+    (nearest-downsampled to the logits' size, which is how the aux ground truth is made). `binary_weight`
+    weighs binary-only pixels (real frames without parts/type labels), which a few real frames among
+    many synthetic ones would otherwise hardly train."""
     loss = 0.0
     for task, logits in logits_by_task.items():
         size = logits.shape[-2:]
         binary = downsample_labels(targets['binary'], size) if task != 'binary' else None
-        loss = loss + task_loss(logits, downsample_labels(targets[task], size), binary)
+        loss = loss + task_loss(logits, downsample_labels(targets[task], size), binary, binary_weight)
     return loss
 
 

@@ -19,12 +19,14 @@ from mffseg_ros.model.weights import Preprocessing, Provenance, WeightsMeta, sav
 from mffseg_ros.training import losses
 from mffseg_ros.training.checkpoint import load_checkpoint, save_checkpoint
 from mffseg_ros.training.config import resolve_specs
+from mffseg_ros.training.history import load_initial_weights, totals
 from mffseg_ros.training.loader import evaluation_samples, training_samples
 from mffseg_ros.training.logs import CsvLog, git_revision, plot_curves
 from mffseg_ros.training.validation import validate
 
 log = logging.getLogger(__name__)
 WEIGHTS_FILE = 'weights.safetensors'
+STOP_FILE = 'STOP'  # touch <out>/STOP: the run ends after the current step and writes its weights
 LOSS_KEYS = ('loss', 'main', 'aux', 'adv', 'disc')
 
 
@@ -113,13 +115,18 @@ class Trainer:
         else:
             self.disc_net = self.disc
         self.iteration = 0
-        self.hours_before = 0.0  # training hours of the earlier parts of a resumed run
+        self.seconds = 0.0  # training time of this run (summed over resumed sessions)
+        self.prior_history = []  # earlier runs of the weights this run started from (init_weights)
         if resume:
             counters = load_checkpoint(self.out / 'checkpoint', model=self.model, discriminator=self.disc,
                                        optimizer=self.opt, disc_optimizer=self.disc_opt, scalers=self.scalers)
             self.iteration = int(counters['iteration'])
-            self.hours_before = float(counters.get('hours', 0.0))
-        self._started = time.perf_counter()
+            # 'hours': checkpoints written before the seconds counter existed
+            self.seconds = float(counters.get('seconds', 3600 * float(counters.get('hours', 0.0))))
+            self.prior_history = list(counters.get('prior_history', []))
+        elif cfg.get('init_weights'):
+            self.prior_history = load_initial_weights(self.model, cfg['init_weights'], cfg['tasks'])
+            log.info('starting from %s (%d earlier iterations)', cfg['init_weights'], totals(self.prior_history)[0])
         self.metrics = {}
 
     # -- one step ---------------------------------------------------------------------------------
@@ -144,10 +151,11 @@ class Trainer:
         with self._autocast():
             pred = self.net(image)
         main = self.model.split(pred['out'])
-        terms = {'main': losses.segmentation_loss(main, targets)}
+        bw = float(r.get('binary_weight', 1.0))
+        terms = {'main': losses.segmentation_loss(main, targets, bw)}
         total = terms['main']
         if r['aux']:
-            terms['aux'] = losses.segmentation_loss(self.model.split(pred['aux']), targets)
+            terms['aux'] = losses.segmentation_loss(self.model.split(pred['aux']), targets, bw)
             total = total + r['aux_weight'] * terms['aux']
         if r['adversarial']:
             disc = self.disc if disc is None else disc  # frozen here: the plain module, no DDP sync
@@ -244,6 +252,9 @@ class Trainer:
                    disable=not self.dist.main, dynamic_ncols=True)
         last = {}
         tick = time.perf_counter()
+        started, start_iteration = tick, self.iteration
+        stop_file = self.out / STOP_FILE
+        stop_file.unlink(missing_ok=True)
         while self.iteration < stop:
             epoch, offset = divmod(self.iteration, bpe)
             for batch in self._loader(samples, epoch, offset):
@@ -252,6 +263,7 @@ class Trainer:
                     row.update({k: self.dist.mean(v, self.device) for k, v in row.items() if k in LOSS_KEYS})
                 now = time.perf_counter()
                 row.update(iteration=self.iteration, epoch=epoch, sec_per_iter=now - tick)
+                self.seconds += now - tick
                 tick = now
                 last = row
                 bar.update(1)
@@ -259,10 +271,16 @@ class Trainer:
                 if csv_log is not None and (self.iteration % int(cfg['log_every']) == 0
                                             or self.iteration == total or self.iteration == 1):
                     csv_log.write(row)
+                    rate = (now - started) / max(1, self.iteration - start_iteration)
+                    log.info('iteration %d/%d loss %.3f, %.2f s/it, %.2f h so far, ETA %.0f min', self.iteration,
+                             stop, row['loss'], rate, self.seconds / 3600, (stop - self.iteration) * rate / 60)
                 if int(cfg['val_every']) and val_specs and self.iteration % int(cfg['val_every']) == 0:
                     self.validate(val_specs)
                 if self.iteration % int(cfg['checkpoint_every']) == 0 and self.iteration < total:
                     self.checkpoint()
+                if stop_file.exists():
+                    log.info('%s found: stopping at iteration %d', stop_file, self.iteration)
+                    stop = total = self.iteration
                 if self.iteration >= stop:
                     break
         bar.close()
@@ -282,9 +300,9 @@ class Trainer:
     def checkpoint(self):
         if not self.dist.main:
             return
+        counters = {'iteration': self.iteration, 'seconds': self.seconds, 'prior_history': self.prior_history}
         save_checkpoint(self.out / 'checkpoint', model=self.model, discriminator=self.disc, optimizer=self.opt,
-                        disc_optimizer=self.disc_opt, scalers=self.scalers,
-                        counters={'iteration': self.iteration, 'hours': self.hours()})
+                        disc_optimizer=self.disc_opt, counters=counters, scalers=self.scalers)
         if (self.out / 'train_log.csv').is_file():
             plot_curves(self.out / 'train_log.csv', self.out / 'train_curves.png', title=self.cfg['name'])
 
@@ -313,18 +331,23 @@ class Trainer:
     def _write_weights(self, path, train_specs, val_specs):
         cfg = self.cfg
         recipe = dict(cfg['recipe'], seed=cfg['seed'], augment=cfg['augment'], world_size=self.dist.world,
-                      config_name=cfg['name'])
+                      config_name=cfg['name'], crop_size=cfg.get('crop_size'), init_weights=cfg.get('init_weights'))
         norm = cfg['normalization']
         preprocessing = Preprocessing(mean=norm['mean'], std=norm['std'], train_size=cfg['train_size'],
                                       input_scale=cfg['input_scale'])
+        history = self.prior_history + [{
+            'iterations': self.iteration, 'hours': round(self.seconds / 3600, 4), 'config_name': cfg['name'],
+            'train_size': [int(v) for v in cfg['train_size']], 'device': str(self.device),
+            'world_size': self.dist.world, 'git_revision': git_revision()}]
+        total_iters, total_hours, unknown = totals(history)
         encoder = cfg.get('encoder_weights')
-        provenance = Provenance(git_revision=git_revision(), iterations=self.iteration,
-                                hours=round(self.hours(), 4), train_data=train_specs, val_data=val_specs,
+        provenance = Provenance(git_revision=git_revision(), iterations=total_iters, hours=round(total_hours, 4),
+                                train_data=train_specs, val_data=val_specs,
                                 encoder_init=Path(encoder).name if encoder else 'random')
+        # The run-by-run record and the training frame scales travel as extra keys of the metadata.
+        extra = {'training_history': history, 'total_iterations': total_iters,
+                 'total_hours': round(total_hours, 4), 'runs_without_hours': unknown,
+                 'train_scales': [float(v) for v in cfg['augment'].get('scale', (1.0, 1.0))]}
         meta = WeightsMeta.for_model(self.model, preprocessing=preprocessing, recipe=recipe, metrics=self.metrics,
-                                     provenance=provenance)
+                                     provenance=provenance, extra=extra)
         save_weights(path, self.model, meta)
-
-    def hours(self):
-        """Training hours so far, over all the sessions of a resumed run."""
-        return self.hours_before + (time.perf_counter() - self._started) / 3600

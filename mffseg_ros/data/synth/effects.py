@@ -4,7 +4,10 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-CANVASES = ('full', 'circle', 'box')
+# Field stops and black borders: a round stop, black side bars, an octagon (cut corners) and an
+# ellipse wider than the frame (black corners only).
+CANVASES = ('full', 'circle', 'box', 'octagon', 'ellipse')
+CANVAS_WEIGHTS = (0.45, 0.2, 0.15, 0.1, 0.1)
 
 
 @dataclass(frozen=True)
@@ -23,13 +26,19 @@ class Effects:
     shadow_offset: tuple = (0.0, 0.0)  # normalised shift of the shadow from the tool
     canvas: str = 'full'
     canvas_params: tuple = ()
+    canvas_grey: int = 0  # the black canvas is rarely 0: sensor black level
+    band: float = 0.0  # peak gain of a bright specular band on the background (a lit, wet phantom rim)
+    exposure: float = 1.0  # global gain before gamma (under/over-exposed frames clip)
+    fog: float = 0.0  # lens fog: a veil of the blurred frame and white, 0..1
+    motion: tuple = (0.0, 0.0)  # camera motion blur: length (px at 640 wide), direction (radians)
+    band_params: tuple = (1.0, 0.0, 0.05)  # (side: +-1 = bottom/top, tilt, normalised half-thickness)
 
     @classmethod
     def random(cls, rng, *, canvas='random', strength=1.0):
         """Episode effects; `strength` 0 gives a clean frame, 1 the training variety."""
         on = lambda p: rng.random() < p * strength
         if canvas == 'random':
-            canvas = str(rng.choice(CANVASES, p=(0.6, 0.2, 0.2)))
+            canvas = str(rng.choice(CANVASES, p=CANVAS_WEIGHTS))
         if canvas not in CANVASES:
             raise ValueError(f'canvas must be one of {CANVASES} or "random", got {canvas!r}')
         params = ()
@@ -37,9 +46,16 @@ class Effects:
             params = (rng.uniform(0.48, 0.6), rng.uniform(-0.03, 0.03), rng.uniform(-0.03, 0.03))  # radius / width
         elif canvas == 'box':
             params = tuple(rng.uniform(0.0, 0.08, 4))
+        elif canvas == 'octagon':
+            params = (rng.uniform(0.1, 0.3), rng.uniform(0.0, 0.05))  # corner cut, side bars (of width)
+        elif canvas == 'ellipse':
+            params = (rng.uniform(0.52, 0.62), rng.uniform(0.55, 0.68))  # semi-axes / width, / height
         s = strength
         angle = rng.uniform(0, 2 * np.pi)
-        return cls(gains=tuple(1 + rng.uniform(-0.12, 0.12, 3) * s), gamma=float(1 + rng.uniform(-0.2, 0.2) * s),
+        # White balance: usually close, sometimes clearly warm or cool (red and blue gains opposed).
+        balance = rng.uniform(-0.25, 0.25) * s if on(0.3) else 0.0
+        gains = 1 + rng.uniform(-0.12, 0.12, 3) * s + np.array([balance, 0.0, -balance])
+        return cls(gains=tuple(float(g) for g in gains), gamma=float(1 + rng.uniform(-0.2, 0.2) * s),
                    vignette=round(float(rng.uniform(0.1, 0.6)), 2),  # 2 decimals: a few cached maps serve all
                    # Optics are never pixel-sharp (this also anti-aliases the tool edges); sometimes defocus.
                    blur_sigma=float(rng.uniform(1.2, 3.0) if on(0.3) else rng.uniform(0.5, 0.9) * s),
@@ -50,7 +66,14 @@ class Effects:
                    noise=float(rng.uniform(1.0, 6.0)) if on(0.5) else 0.0,
                    shadow=float(rng.uniform(0.25, 0.6) * s),
                    shadow_offset=tuple(rng.uniform(0.004, 0.02) * np.array([np.cos(angle), np.sin(angle)])),
-                   canvas=canvas, canvas_params=params)
+                   canvas=canvas, canvas_params=params, canvas_grey=int(rng.integers(0, 14)),
+                   # rare and rarely saturating: over-exposed metal is white too, and must stay a tool
+                   band=float(rng.uniform(0.3, 0.7)) if on(0.08) else 0.0,
+                   band_params=(float(rng.choice((-1.0, 1.0))), float(rng.uniform(-0.15, 0.15)),
+                                float(rng.uniform(0.02, 0.08))),
+                   exposure=float(np.exp(rng.uniform(-0.45, 0.35) * s)),
+                   fog=float(rng.uniform(0.15, 0.5)) if on(0.1) else 0.0,
+                   motion=(float(rng.uniform(3, 14)), float(rng.uniform(0, np.pi))) if on(0.15) else (0.0, 0.0))
 
 
 def canvas_mask(effects, height, width):
@@ -62,10 +85,35 @@ def canvas_mask(effects, height, width):
         r, dx, dy = effects.canvas_params
         centre = (int(round(width * (0.5 + dx) * 16)), int(round(height * (0.5 + dy) * 16)))
         cv2.circle(mask, centre, int(round(r * width * 16)), 1, -1, cv2.LINE_8, shift=4)
-    else:
+    elif effects.canvas == 'box':
         left, right, top, bottom = effects.canvas_params
         mask[int(top * height):height - int(bottom * height), int(left * width):width - int(right * width)] = 1
+    elif effects.canvas == 'octagon':
+        cut, bar = (v * width for v in effects.canvas_params)
+        x0, x1 = bar, width - bar
+        pts = [(x0 + cut, 0), (x1 - cut, 0), (x1, cut), (x1, height - cut), (x1 - cut, height), (x0 + cut, height),
+               (x0, height - cut), (x0, cut)]
+        cv2.fillConvexPoly(mask, np.round(np.array(pts) * 16).astype(np.int32), 1, cv2.LINE_8, shift=4)
+    else:
+        ax, ay = effects.canvas_params
+        cv2.ellipse(mask, (width * 8, height * 8), (int(ax * width * 16), int(ay * height * 16)), 0, 0, 360, 1, -1,
+                    cv2.LINE_8, shift=4)
     return mask.astype(bool)
+
+
+def specular_band(image, effects):
+    """Add a bright, saturating band near the bottom or top border to a background, in place."""
+    if not effects.band:
+        return
+    h, w = image.shape[:2]
+    side, tilt, half = effects.band_params
+    sw, sh = max(8, w // 8), max(8, h // 8)
+    yy, xx = np.mgrid[0:sh, 0:sw].astype(np.float32)
+    centre = (0.5 + side * (0.5 - 1.5 * half)) + tilt * (xx / sw - 0.5)
+    d = (yy / sh - centre) / half
+    blob = (255 * effects.band) * np.exp(-0.5 * d * d) * (0.7 + 0.3 * np.cos(xx / sw * 3 + tilt * 20))
+    blob = np.clip(cv2.resize(blob, (w, h), interpolation=cv2.INTER_LINEAR), 0, 255).astype(np.uint8)
+    image[:] = cv2.add(image, cv2.merge([blob] * 3))
 
 
 def vignette_map(effects, r2):
@@ -109,13 +157,32 @@ def apply_effects(image, effects, *, rng, smoke, smoke_shift, vignette, noise_ti
         out = cv2.add(out, cv2.merge([blob] * 3))
     if effects.blur_sigma:
         out = cv2.GaussianBlur(out, (0, 0), effects.blur_sigma * w / 640)
+    if effects.motion[0]:
+        out = cv2.filter2D(out, -1, motion_kernel(effects.motion[0] * w / 640, effects.motion[1]),
+                           borderType=cv2.BORDER_REFLECT)
+    if effects.fog:
+        veil = cv2.GaussianBlur(out, (0, 0), 0.03 * w)  # fog scatters light over large distances
+        veil = cv2.addWeighted(veil, 0.6, np.full_like(out, 230), 0.4, 0.0)
+        out = cv2.addWeighted(out, 1 - effects.fog, veil, effects.fog, 0.0)
     if effects.noise:
         oy, ox = rng.integers(0, noise_tile.shape[0] - h + 1), rng.integers(0, noise_tile.shape[1] - w + 1)
         out = cv2.addWeighted(out, 1.0, noise_tile[oy:oy + h, ox:ox + w], effects.noise, 0.0, dtype=cv2.CV_8U)
-    return cv2.LUT(out, colour_lut(effects.gains, effects.gamma))
+    return cv2.LUT(out, colour_lut(effects.gains, effects.gamma, effects.exposure))
 
 
-def colour_lut(gains, gamma):
-    """256x1x3 uint8 table applying per-channel gains, then gamma (the colour jitter)."""
-    x = np.arange(256, dtype=np.float32)[:, None] / 255 * np.asarray(gains, np.float32)
+def motion_kernel(length, angle):
+    """Normalised line kernel of `length` px (>= 1) along `angle` (radians)."""
+    n = max(3, int(np.ceil(length)) | 1)
+    k = np.zeros((n, n), np.float32)
+    c, d = (n - 1) / 2, (length - 1) / 2
+    p0 = (c - d * np.cos(angle), c - d * np.sin(angle))
+    p1 = (c + d * np.cos(angle), c + d * np.sin(angle))
+    cv2.line(k, tuple(int(round(v * 16)) for v in p0), tuple(int(round(v * 16)) for v in p1), 1.0, 1,
+             cv2.LINE_AA, shift=4)
+    return k / max(k.sum(), 1e-6)
+
+
+def colour_lut(gains, gamma, exposure=1.0):
+    """256x1x3 uint8 table applying exposure and per-channel gains (white balance), then gamma."""
+    x = np.arange(256, dtype=np.float32)[:, None] / 255 * np.asarray(gains, np.float32) * np.float32(exposure)
     return (np.clip(x, 0, 1) ** gamma * 255 + 0.5).astype(np.uint8).reshape(256, 1, 3)

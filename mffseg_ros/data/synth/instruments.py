@@ -9,6 +9,7 @@ from mffseg_ros.model.classes import PART_CLASPERS, PART_SHAFT, PART_WRIST, TASK
 MM = 1e-3
 SHAFT, WRIST, JAW = 0, 1, 2  # material slots
 JAW_SEGMENTS = 2
+WRIST_SEGMENT = 0.75  # length of each of the two wrist segments, in shaft diameters
 
 
 @dataclass(frozen=True)
@@ -35,22 +36,28 @@ class Look:
     materials: tuple  # (shaft, wrist, jaw)
 
 
-_DARK_SHAFT = Material((0.16, 0.16, 0.18), spec=0.7, shininess=25, metal=0.15)
-_SILVER = Material((0.62, 0.62, 0.64), spec=0.9, shininess=40, metal=0.45)
+# Da Vinci shafts are near-black with a bright specular line; wrists are bright metal with pulleys and
+# cable grooves (ridges across the axis), which is what tells them apart from the jaws.
+_DARK_SHAFT = Material((0.09, 0.09, 0.10), spec=0.9, shininess=20, metal=0.2)
+# Bright metal shafts (laparoscopic tools, suction, some robotic tools): a model that only ever saw dark
+# shafts calls an over-exposed silver shaft background.
+_BRIGHT_SHAFT = Material((0.70, 0.70, 0.72), spec=1.1, shininess=30, metal=0.5)
+BRIGHT_SHAFT_SHARE = 0.25
+_SILVER = Material((0.66, 0.66, 0.68), spec=1.0, shininess=40, metal=0.5, stripes=260, stripe_depth=0.35)
 LOOKS = {
     1: Look(14 * MM, (1.9 * MM, 1.5 * MM), 36, 0, 0.85,  # bipolar forceps: slim blue-grey jaws
             (_DARK_SHAFT, _SILVER, Material((0.35, 0.45, 0.75), spec=0.8, shininess=35, metal=0.2))),
     2: Look(17 * MM, (2.3 * MM, 1.8 * MM), 40, 0, 0.85,  # prograsp: silver, fenestrated (dark slots)
-            (_DARK_SHAFT, Material((0.62, 0.62, 0.64), spec=0.9, shininess=40, metal=0.45,
-                                   band=(0.0, 2 * MM, (0.12, 0.12, 0.13))),
+            (_DARK_SHAFT, Material((0.62, 0.62, 0.64), spec=0.9, shininess=40, metal=0.45, stripes=260,
+                                   stripe_depth=0.35, band=(0.0, 2 * MM, (0.12, 0.12, 0.13))),
              Material((0.58, 0.58, 0.60), spec=1.0, shininess=45, metal=0.5, stripes=180, stripe_depth=0.6))),
     3: Look(20 * MM, (1.8 * MM, 1.3 * MM), 26, 0, 0.8,  # large needle driver: long, bright, barely opens
             (_DARK_SHAFT, _SILVER, Material((0.62, 0.62, 0.64), spec=1.1, shininess=60, metal=0.55,
                                             stripes=500, stripe_depth=0.25))),
     4: Look(18 * MM, (2.9 * MM, 2.2 * MM), 28, 0, 1.0,  # vessel sealer: bulky pale-gold jaws, blue band
-            (Material((0.16, 0.16, 0.18), spec=0.7, shininess=25, metal=0.15,
+            (Material((0.09, 0.09, 0.10), spec=0.9, shininess=20, metal=0.2,
                       band=(-12 * MM, -6 * MM, (0.20, 0.35, 0.80))),
-             Material((0.55, 0.55, 0.57), spec=0.8, shininess=35, metal=0.4),
+             Material((0.55, 0.55, 0.57), spec=0.8, shininess=35, metal=0.4, stripes=260, stripe_depth=0.4),
              Material((0.82, 0.72, 0.48), spec=0.7, shininess=25, metal=0.3))),
     5: Look(23 * MM, (2.6 * MM, 2.4 * MM), 22, 0, 0.9,  # grasping retractor: long dark paddles
             (_DARK_SHAFT, _SILVER, Material((0.30, 0.30, 0.32), spec=0.6, shininess=20, metal=0.2,
@@ -144,9 +151,12 @@ class Instrument:
                      jaw_roll=Wave(rng, periods=(120, 400), amplitude=2.0),
                      open=Wave(rng, periods=(25, 80)))
         materials = tuple(_jitter_material(rng, m, 0.12) for m in look.materials)
-        return cls(instance_id, type_id, look, materials, rng.uniform(3.6, 4.4) * MM, pivot,
+        inst = cls(instance_id, type_id, look, materials, rng.uniform(3.6, 4.4) * MM, pivot,
                    np.array([xn * z, yn * z, z]), waves, retract_amp=rng.choice((0.0, 0.0, 0.5, 0.9)),
                    stains=Stains.random(rng))
+        if rng.random() < BRIGHT_SHAFT_SHARE:  # not a type cue: any tool may have a bright metal shaft
+            inst.materials = (_jitter_material(rng, _BRIGHT_SHAFT, 0.15),) + materials[1:]
+        return inst
 
     def capsules(self, t):
         """Shaft (part 1), two-segment wrist (part 2) and two two-capsule jaws (part 3) at t, plus
@@ -161,7 +171,7 @@ class Instrument:
         u1, u2 = orthonormal_basis(axis)
         r_shaft = self.shaft_radius
         r_wrist = r_shaft * self.look.wrist_radius_ratio
-        seg = 0.55 * r_shaft * 2
+        seg = WRIST_SEGMENT * r_shaft * 2  # EndoWrist: the wrist is about 1.5 shaft diameters long
         wrist1 = wrist0 + axis * seg
         bend_dir = np.cos(w['bend_dir'](t)) * u1 + np.sin(w['bend_dir'](t)) * u2
         axis2 = rotate(axis, np.cross(axis, bend_dir), w['bend'](t))

@@ -9,8 +9,17 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from mffseg_ros.data.synth.effects import Effects, apply_effects, canvas_mask, cast_shadows, vignette_map
+from mffseg_ros.data.synth.effects import (
+    CANVASES,
+    Effects,
+    apply_effects,
+    canvas_mask,
+    cast_shadows,
+    specular_band,
+    vignette_map,
+)
 from mffseg_ros.data.synth.instruments import Instrument, Wave
+from mffseg_ros.data.synth.lab import bake_lab
 from mffseg_ros.data.synth.render import render_instruments
 from mffseg_ros.data.synth.rig import StereoRig
 from mffseg_ros.data.synth.texture import DEPTH_DOWNSAMPLE, bake_tissue, smoke_field
@@ -23,6 +32,9 @@ TYPE_WEIGHTS = np.array([1, 1, 1, 1, 1, 1, 0.5]) / 6.5
 # Entry directions (angle in the image plane, y down): right, bottom, left, top; tools mostly come from the sides.
 ENTRY_ANGLES = np.array([0.0, 0.5, 1.0, 1.5]) * np.pi
 ENTRY_WEIGHTS = np.array([0.38, 0.14, 0.38, 0.10])
+# Share of lab (non-tissue) backgrounds per style: suturing pads, phantoms, drapes, cavities.
+BACKGROUND_STYLES = {'tissue': 0.0, 'mixed': 0.35, 'lab': 1.0}
+TOUCH_PROBABILITY = 0.3  # episodes (with 2+ tools) whose first two tools aim at the same spot
 
 
 @dataclass
@@ -56,12 +68,14 @@ class SceneGenerator:
     """Procedural stereo surgical scenes through `rig` (a StereoRig).
 
     num_instruments: (min, max) per episode; types: type ids to draw from (1..7, default all);
-    canvas: 'random', 'full', 'circle' or 'box'; effects: 0..1 strength of blur, haze, glare, noise and
-    colour jitter; episode_length: frames per episode; texture_pool: distinct tissues per seed (cached).
+    canvas: 'random' or one of effects.CANVASES; effects: 0..1 strength of blur, haze, glare, noise and
+    colour jitter; episode_length: frames per episode; texture_pool: distinct backgrounds per seed (cached);
+    background: 'tissue', 'lab' (pads, phantoms, drapes, cavities) or 'mixed'.
     Bad arguments raise DataError."""
 
     def __init__(self, rig=None, *, seed=0, num_instruments=(1, 3), types=None, canvas='random',
-                 effects=1.0, episode_length=300, texture_pool=12, tissue_depth=(0.085, 0.16)):
+                 effects=1.0, episode_length=300, texture_pool=12, tissue_depth=(0.085, 0.16),
+                 background='mixed'):
         self.rig = rig if rig is not None else StereoRig.endovis_like(scale=0.5)
         try:  # an int, (min, max), or "min,max" from a data spec string
             counts = str(num_instruments).split(',') if isinstance(num_instruments, str) else num_instruments
@@ -77,9 +91,13 @@ class SceneGenerator:
         self.num_instruments = (lo, hi)
         if not self.types or any(t < 1 or t > NUM_TYPES for t in self.types):
             raise DataError(f'synth scenes: types must be ids in 1..{NUM_TYPES}, got {types!r}')
-        if canvas not in ('random', 'full', 'circle', 'box'):
-            raise DataError(f"synth scenes: canvas must be 'random', 'full', 'circle' or 'box', "
+        if canvas != 'random' and canvas not in CANVASES:
+            raise DataError(f"synth scenes: canvas must be 'random' or one of {', '.join(CANVASES)}, "
                             f"got {canvas!r}")
+        if background not in BACKGROUND_STYLES:
+            raise DataError(f"synth scenes: background must be one of {', '.join(BACKGROUND_STYLES)}, "
+                            f"got {background!r}")
+        self.background = background
         if episode_length < 1:
             raise DataError(f'synth scenes: episode_length must be >= 1, got {episode_length}')
         self.seed, self.canvas, self.effects_strength = int(seed), canvas, float(effects)
@@ -104,7 +122,11 @@ class SceneGenerator:
     def _texture(self, texture_id):
         tex = self._textures.get(texture_id)
         if tex is None:
-            tex = bake_tissue([self.seed, 7919, texture_id], *self._tissue_shape, depth=self.tissue_depth)
+            seed = [self.seed, 7919, texture_id]
+            # Which pool slots are lab backgrounds: a fixed share, spread over the pool by a hash.
+            lab = (texture_id * 0.618034) % 1.0 < BACKGROUND_STYLES[self.background]
+            bake = bake_lab if lab else bake_tissue
+            tex = bake(seed, *self._tissue_shape, depth=self.tissue_depth)
             self._textures[texture_id] = tex
             if len(self._textures) > self.texture_pool:
                 self._textures.popitem(last=False)
@@ -163,7 +185,10 @@ class SceneGenerator:
                bool(rng.integers(2)), bool(rng.integers(2)))
         effects = Effects.random(rng, canvas=self.canvas, strength=self.effects_strength)
         t0 = float(rng.uniform(0, 1000))
-        return _Episode(texture_id, t0, pan, instruments, effects, int(rng.integers(4)))
+        smoke_id = int(rng.integers(4))
+        if n >= 2 and rng.random() < TOUCH_PROBABILITY:  # two tools working together: their jaws meet
+            instruments[1].centre = instruments[0].centre + rng.normal(0, 0.003, 3)
+        return _Episode(texture_id, t0, pan, instruments, effects, smoke_id)
 
     # --- rendering ----------------------------------------------------------------------------------
     def _pose(self, i):
@@ -195,6 +220,7 @@ class SceneGenerator:
         image, depth, eye_smoke = self._tissue(tex, side, self._view_to_canvas(ep, t), smoke)
         labels = {'parts': np.zeros(self.rig.size, np.uint8), 'type': np.zeros(self.rig.size, np.uint8),
                   'instance': np.zeros(self.rig.size, np.uint16)}
+        specular_band(image, ep.effects)  # on the background only: tools pass in front of it
         render_instruments(self.rig, side, image, depth, labels, [(inst, caps) for inst, caps, _ in posed])
         cast_shadows(image, labels['parts'] > 0, ep.effects)
         rng = np.random.default_rng([self.seed, i, 31, side == 'right'])  # per eye: eyes render independently
@@ -203,7 +229,7 @@ class SceneGenerator:
                               vignette=self._vignette(ep.effects), noise_tile=self._noise())
         mask = canvas_mask(ep.effects, *self.rig.size)
         if mask is not None:  # the endoscope's black canvas hides everything, labels included
-            image[~mask] = 0
+            image[~mask] = ep.effects.canvas_grey
             for k in labels:
                 labels[k][~mask] = 0
         labels['binary'] = (labels['parts'] > 0).astype(np.uint8)

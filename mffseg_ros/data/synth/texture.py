@@ -12,6 +12,7 @@ MUSCLE = (0.55, 0.13, 0.15)
 ORGAN = (0.40, 0.14, 0.24)
 FAT = (0.86, 0.72, 0.46)
 MEMBRANE = (0.90, 0.74, 0.72)
+BLOOD = (0.30, 0.02, 0.03)
 VESSEL_TONES = ((0.45, 0.04, 0.07), (0.55, 0.08, 0.10), (0.32, 0.10, 0.28))
 DEPTH_DOWNSAMPLE = 4  # depth is smooth: store it at 1/4 resolution and let cv2.remap interpolate
 
@@ -122,6 +123,10 @@ def bake_tissue(seed, height, width, *, depth=(0.085, 0.16)):
     tone_rgb = np.where(tone[..., None] > 0, tone_rgb, MUSCLE)
     albedo += (tone_rgb - albedo) * (rng.uniform(0.5, 0.9) * vessels)[..., None]
 
+    # Blood: dark red pools in some tissues (wet: the speculars below catch them too).
+    if rng.random() < 0.35:
+        pools = _smoothstep(fractal_noise(rng, h, w, cells=(3, 6, 12)), rng.uniform(1.0, 1.8), 2.4)
+        albedo += (_jitter(rng, BLOOD) - albedo) * pools[..., None]
     # Shading with the light at the camera: diffuse from the bump normal, wet speculars, falloff.
     bump = n1 + 0.25 * fractal_noise(rng, h, w, cells=(8, 16, 32), falloff=0.5) + 0.2 * major
     gy, gx = np.gradient(cv2.GaussianBlur(bump, (0, 0), max(1.0, w / 300)))
