@@ -76,7 +76,7 @@ note environment "$(tr '\n' ' ' < "$work/logs/environment.log" | cut -c1-200)"
 bench=("$py" -m mffseg_ros.cli bench)
 if [ $dry = 1 ]; then
   dev=(--device cpu --threads 1) sizes=64x64 iters=(--iters 2 --warmup 1) prec=fp32 half=fp32
-  graphs=torch,onnx peer_backends=torch frame=64x80 rates=10,20 duration=1
+  graphs=torch,onnx peer_backends=torch frame=96x120 rates=10,20 duration=1
   tests=(test/test_cuda.py)
 else
   dev=(--device cuda) sizes=1024x1280,512x640 iters=(--iters 200 --warmup 20) prec=fp32,fp16,bf16 half=fp16

@@ -55,7 +55,7 @@ def test_gpu_train_dry_run_on_cpu(data_root, tmp_path):
     before = read_metadata(init).extra
     assert history[-1]['iterations'] == 2 and len(history) == len(before.get('training_history', [None])) + 1
     assert meta.extra['total_iterations'] == before.get('total_iterations', history[0]['iterations']) + 2
-    assert meta.preprocessing.train_size == [64, 96]
+    assert tuple(meta.preprocessing.train_size) == (64, 96)
     kinds = [s['kind'] for s in meta.provenance.train_data]
     assert kinds == ['synth', 'composite']  # real pixels in the rehearsal too
     for which in ('new', 'init'):
@@ -63,7 +63,7 @@ def test_gpu_train_dry_run_on_cpu(data_root, tmp_path):
         assert set(summary['results']) == {'synth_seed999', 'synth_lab_seed998', 'vid03'}
         assert 0 <= summary['results']['vid03']['default']['binary'] <= 1
     shipped = read_metadata(out / 'mffseg_default.safetensors')
-    assert shipped['stored_dtype'] == 'float16' and 'heldout' in shipped['metrics']
+    assert shipped.stored_dtype == 'float16' and 'heldout' in shipped.metrics
     assert (out / 'gpu_train.log').stat().st_size > 0 and 'done in' in proc.stdout
 
 

@@ -334,7 +334,7 @@ def test_init_weights_continue_the_history_and_stop_file_writes_weights(tiny_set
     trainer.step = step_then_stop
     path = trainer.run()
     meta = read_metadata(path)
-    assert meta.preprocessing.train_size == [64, 64]
+    assert tuple(meta.preprocessing.train_size) == (64, 64)
     extra = meta.extra
     assert extra['train_scales'] == [0.5, 1.5] and meta.recipe['crop_size'] == [32, 64]
     runs = extra['training_history']
