@@ -257,18 +257,20 @@ def _drop_slivers(shafts, ratio=0.35):
 
 def _distinct_heads(heads, ratio=0.2):
     """Heads (wrist + claspers pieces) that can stand for an instrument: at least `ratio` of the largest
-    one (smaller pieces are specks of a noisy parts map), and far enough apart to belong to different
-    instruments (pieces closer than twice the larger one's size are one head seen in pieces)."""
+    one (smaller pieces are specks of a noisy parts map), and not a piece lying next to a larger kept
+    head (closer than half that head's size: one head seen in pieces)."""
     kept = []
     largest = max((np.count_nonzero(h) for h in heads), default=0)
     for h in sorted(heads, key=np.count_nonzero, reverse=True):
         if np.count_nonzero(h) < ratio * largest:
             break
-        centre = np.argwhere(h).mean(axis=0)
-        size = math.sqrt(np.count_nonzero(h))
-        if all(np.linalg.norm(centre - c) > 2.0 * max(size, s) for _, c, s in kept):
-            kept.append((h, centre, size))
-    return [h for h, _, _ in kept]
+        near = False
+        for other, distance_to_other in kept:
+            gap = distance_to_other[h].min()  # pixels from this piece to the kept head
+            near = near or gap < 0.5 * math.sqrt(np.count_nonzero(other))
+        if not near:
+            kept.append((h, cv2.distanceTransform((~h).view(np.uint8), cv2.DIST_L2, 3)))
+    return [h for h, _ in kept]
 
 
 def split_region(mask, parts, *, shape, origin, min_part_area, min_area):
