@@ -32,6 +32,9 @@ CHOICES = {
 }
 
 
+_PERCEPTION = PerceptionConfig()
+
+
 @dataclass(frozen=True)
 class NodeConfig:
     # Model (read-only)
@@ -55,17 +58,18 @@ class NodeConfig:
     sync_queue_size: int = 10
     # Run time
     sync_slop: float = 0.01
+    # Post-processing: defaults are the library's own (inference.perception.PerceptionConfig).
     min_instance_area: int = DEFAULT_MIN_AREA
-    min_type_score: float = 0.5
-    labels_mode: str = 'instance'
-    track_max_missed: int = 5
-    track_max_distance: float = 0.2
-    tip_smoothing: bool = False
-    smoothing_min_cutoff: float = 1.0
-    smoothing_beta: float = 0.05
-    min_depth: float = 0.01
-    max_depth: float = 0.3
-    max_epipolar_px: float = 10.0
+    min_type_score: float = _PERCEPTION.min_type_score
+    labels_mode: str = _PERCEPTION.labels_mode
+    track_max_missed: int = _PERCEPTION.track_max_missed
+    track_max_distance: float = _PERCEPTION.track_max_distance
+    tip_smoothing: bool = _PERCEPTION.smoothing
+    smoothing_min_cutoff: float = _PERCEPTION.smoothing_min_cutoff
+    smoothing_beta: float = _PERCEPTION.smoothing_beta
+    min_depth: float = _PERCEPTION.min_depth
+    max_depth: float = _PERCEPTION.max_depth
+    max_epipolar_px: float = _PERCEPTION.max_epipolar_px
     frame_id: str = ''
     publish_labels: bool = True
     publish_instances: bool = True
