@@ -18,3 +18,24 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope='module')
+def segmenter():
+    """The shipped default model on the CPU, loaded once per test module."""
+    import warnings
+
+    from mffseg_ros.inference.segmenter import Segmenter
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # "random model" warning where no weights ship
+        return Segmenter.load(None, device='cpu')
+
+
+@pytest.fixture(scope='module')
+def ros(request):
+    """A RosHarness (own rclpy context, probe node, executor thread) per test module; a module names its
+    probe node with ROS_PROBE_NAME."""
+    from mffseg_ros.ros.harness import RosHarness
+    harness = RosHarness(probe_name=getattr(request.module, 'ROS_PROBE_NAME', 'mffseg_probe'))
+    yield harness
+    harness.close()

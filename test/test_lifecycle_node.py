@@ -15,18 +15,13 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
 from mffseg_ros.ros import conversions
-from mffseg_ros.ros.harness import RosHarness
 from mffseg_ros.ros.segment_node import LifecycleSegmentNode
 
 _namespaces = itertools.count(1)
 _stamps = itertools.count(1)
 
 
-@pytest.fixture(scope='module')
-def ros():
-    harness = RosHarness(probe_name='lifecycle_probe')
-    yield harness
-    harness.close()
+ROS_PROBE_NAME = 'lifecycle_probe'  # the probe node of this module's harness (conftest.py)
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ test_node_instruments.py, tip positions and 3-D accuracy in test_perception.py.
 """
 import itertools
 import time
-import warnings
 
 import cv2
 import numpy as np
@@ -23,26 +22,10 @@ from mffseg_ros.inference.instruments import UNKNOWN_TYPE
 from mffseg_ros.model.classes import TASK_CLASSES
 from mffseg_ros.ros import conversions
 from mffseg_ros.ros.diagnostics import diagnostic_values
-from mffseg_ros.ros.harness import RosHarness
 
 H, W = 128, 160
 _stamps = itertools.count(1)
 _namespaces = itertools.count(1)
-
-
-@pytest.fixture(scope='module')
-def segmenter():
-    from mffseg_ros.inference.segmenter import Segmenter
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')  # "random model" warning until weights ship
-        return Segmenter.load(None, device='cpu')
-
-
-@pytest.fixture(scope='module')
-def ros():
-    harness = RosHarness()
-    yield harness
-    harness.close()
 
 
 @pytest.fixture

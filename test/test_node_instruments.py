@@ -14,14 +14,13 @@ import torch
 from geometry_msgs.msg import PoseArray
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header
-from test_perception import P_LEFT, P_RIGHT, H, W, blank, draw_instrument, project
+from test_perception import P_LEFT, P_RIGHT, H, W, blank, draw_instrument, stereo_label_maps
 
 from mffseg_ros.inference.instruments import UNKNOWN_TYPE
 from mffseg_ros.inference.results import SegmentationResult
 from mffseg_ros.inference.tip_records import TIP_DTYPE, rotate_x_axis
 from mffseg_ros.model.classes import TASK_CLASSES
 from mffseg_ros.ros import conversions
-from mffseg_ros.ros.harness import RosHarness
 
 _stamps = itertools.count(1)
 _namespaces = itertools.count(1)
@@ -48,13 +47,6 @@ class PaintedLabels:
 
 def painted(type_map, parts_map):
     return np.ascontiguousarray(np.stack([type_map, parts_map, np.zeros_like(type_map)], axis=2))
-
-
-@pytest.fixture(scope='module')
-def ros():
-    harness = RosHarness()
-    yield harness
-    harness.close()
 
 
 @pytest.fixture
@@ -116,13 +108,8 @@ class Outputs:
 
 def stereo_scene(tools):
     """Painted left and right frames of instruments (type, tip xyz, border pixel)."""
-    frames = []
-    for P in (P_LEFT, P_RIGHT):
-        type_map, parts_map = blank()
-        for type_id, xyz, border in tools:
-            draw_instrument(type_map, parts_map, type_id, project(P, np.asarray(xyz)), border)
-        frames.append(painted(type_map, parts_map))
-    return frames
+    maps = stereo_label_maps(tools)
+    return [painted(*maps[side]) for side in ('left', 'right')]
 
 
 def test_instances_match_tips_and_poses_follow_them(ros, node):

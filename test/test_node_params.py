@@ -2,7 +2,6 @@
 at run time through the real parameter services (with a reason, never half-applied)."""
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
@@ -13,26 +12,13 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter_client import AsyncParameterClient
 
 from mffseg_ros.model.classes import TASK_CLASSES
-from mffseg_ros.ros.harness import RosHarness
 from mffseg_ros.ros.params import ParameterError
 
 REPO = Path(__file__).resolve().parent.parent
 PRESETS = sorted((REPO / 'config').glob('*.yaml'))
 
 
-@pytest.fixture(scope='module')
-def segmenter():
-    from mffseg_ros.inference.segmenter import Segmenter
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        return Segmenter.load(None, device='cpu')
-
-
-@pytest.fixture(scope='module')
-def ros():
-    harness = RosHarness(probe_name='param_probe')
-    yield harness
-    harness.close()
+ROS_PROBE_NAME = 'param_probe'  # the probe node of this module's harness (conftest.py)
 
 
 def test_presets_exist():

@@ -5,7 +5,6 @@ import itertools
 import math
 import struct
 import time
-import warnings
 import zlib
 
 import cv2
@@ -17,26 +16,10 @@ from std_msgs.msg import Header
 
 from mffseg_ros.ros import conversions
 from mffseg_ros.ros.diagnostics import diagnostic_values
-from mffseg_ros.ros.harness import RosHarness
 
 H, W = 128, 160
 _stamps = itertools.count(1)
 _namespaces = itertools.count(1)
-
-
-@pytest.fixture(scope='module')
-def segmenter():
-    from mffseg_ros.inference.segmenter import Segmenter
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        return Segmenter.load(None, device='cpu')
-
-
-@pytest.fixture(scope='module')
-def ros():
-    harness = RosHarness()
-    yield harness
-    harness.close()
 
 
 @pytest.fixture

@@ -13,17 +13,12 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
 from mffseg_ros.ros import conversions
-from mffseg_ros.ros.harness import RosHarness
 
 H, W = 480, 640
 EXIT_WITHIN_S = 2.0
 
 
-@pytest.fixture(scope='module')
-def ros():
-    harness = RosHarness(probe_name='shutdown_probe')
-    yield harness
-    harness.close()
+ROS_PROBE_NAME = 'shutdown_probe'  # the probe node of this module's harness (conftest.py)
 
 
 @pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM], ids=['SIGINT', 'SIGTERM'])

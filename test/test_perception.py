@@ -188,14 +188,19 @@ def test_tip_smoothing_reduces_jitter_of_a_still_tool():
     assert run(True) < 0.6 * run(False)
 
 
-def stereo_results(truth, P_right=P_RIGHT):
+def stereo_label_maps(truth):
+    """{side: (type map, parts map)} of instruments (type id, tip xyz, border pixel) seen by both cameras."""
     maps = {}
-    for side, P in (('left', P_LEFT), ('right', P_right)):
+    for side, P in (('left', P_LEFT), ('right', P_RIGHT)):
         type_map, parts_map = blank()
         for type_id, xyz, border in truth:
-            draw_instrument(type_map, parts_map, type_id, project(P, xyz), border)
-        maps[side] = result(type_map, parts_map)
+            draw_instrument(type_map, parts_map, type_id, project(P, np.asarray(xyz)), border)
+        maps[side] = type_map, parts_map
     return maps
+
+
+def stereo_results(truth):
+    return {side: result(*maps) for side, maps in stereo_label_maps(truth).items()}
 
 
 def test_3d_tips_and_shaft_axes_from_projected_stereo_without_types():
