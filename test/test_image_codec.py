@@ -1,4 +1,6 @@
 import array
+import importlib.util
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -158,26 +160,18 @@ def test_encoders_round_trip_through_a_real_image_message(rgb):
 
 
 # --- bounds: sizes come from the header, before any pixel is decoded -----------------------------------
-def _png_declaring(width, height, rows=None):
-    """A small PNG whose header declares width x height grey pixels, all rows zero (deflate shrinks them
-    1000-fold: the decompression bomb a camera topic must not be able to send)."""
-    import struct
-    import zlib
-
-    def chunk(kind, body):
-        return struct.pack('>I', len(body)) + kind + body + struct.pack('>I', zlib.crc32(kind + body) & 0xFFFFFFFF)
-    z = zlib.compressobj(9)
-    rows = b''.join(z.compress(b'\0' * (1 + width)) for _ in range(height if rows is None else rows)) + z.flush()
-    return (b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', width, height, 8, 0, 0, 0, 0))
-            + chunk(b'IDAT', rows) + chunk(b'IEND', b''))
+def _fault_inject():
+    """scripts/fault_inject.py: its header-forging image builders are the bombs tested here too."""
+    spec = importlib.util.spec_from_file_location('fault_inject', Path(__file__).resolve().parents[1] / 'scripts'
+                                                  / 'fault_inject.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def _jpeg_declaring(width, height):
-    """A real small jpeg with its frame header (SOF0) rewritten to declare width x height."""
-    data = bytearray(cv2.imencode('.jpg', np.zeros((16, 16, 3), np.uint8))[1].tobytes())
-    sof = data.index(b'\xff\xc0')
-    data[sof + 5:sof + 9] = height.to_bytes(2, 'big') + width.to_bytes(2, 'big')
-    return bytes(data)
+_FAULT_INJECT = _fault_inject()
+_png_declaring = _FAULT_INJECT.png_declaring  # a small PNG declaring width x height (a decompression bomb)
+_jpeg_declaring = _FAULT_INJECT.jpeg_declaring  # a real small jpeg whose SOF0 declares width x height
 
 
 @pytest.mark.parametrize('ext, params', [('.jpg', []), ('.jpg', [cv2.IMWRITE_JPEG_PROGRESSIVE, 1]), ('.png', [])])
