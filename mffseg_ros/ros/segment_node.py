@@ -87,8 +87,8 @@ class SegmentNode(Node):
         self.pairer = StereoPairer(stereo=self.cfg.stereo, slop_ns=int(self.cfg.sync_slop * 1e9),
                                    depth=self.cfg.sync_queue_size)
         self._projections = {'left': None, 'right': None}
-        self._rectifiers = {'left': None, 'right': None}  # raw -> rectified pixels (None: rectified input)
         self._calibrations = {'left': None, 'right': None}  # the installed (checked) camera_model.Calibration
+        self._stereo = None  # (left, right Calibration, their StereoCalibration or None, why not)
         self._calibration_state = {'left': 'none', 'right': 'none'}
         self._info_seen = {'left': None, 'right': None}   # (raw fields, Calibration or reason) of the last one
         self._image_sizes = {'left': None, 'right': None}  # (height, width) of the last decodable image
@@ -301,7 +301,6 @@ class SegmentNode(Node):
 
     def _install_calibration(self, side, calibration):
         self._calibrations[side] = calibration
-        self._rectifiers[side] = calibration.rectify
         self._projections[side] = calibration.P
         self._calibration_state[side] = 'ok'
 
@@ -311,7 +310,7 @@ class SegmentNode(Node):
         self.stats.add('camera_info_rejected')
         self.stats.add(f'camera_info_rejected.{side}')
         if uninstall:
-            self._projections[side] = self._rectifiers[side] = self._calibrations[side] = None
+            self._projections[side] = self._calibrations[side] = None
         kept = self._calibrations[side] is not None
         self._calibration_state[side] = f'{"ok (kept the last good one); " if kept else ""}rejected: {reason}'
         self.get_logger().warning(
@@ -421,21 +420,31 @@ class SegmentNode(Node):
         else:
             res_left = self.segmenter.segment_batch([rgb_left])[0]
             res_right = self.segmenter.segment_batch([rgb_right])[0] if rgb_right is not None else None
-        self._publish(left, rgb_left, res_left, res_right, P_left, P_right, wanted, cfg)
+        self._publish(left, rgb_left, res_left, res_right, wanted, cfg)
         self.stats.processed(time.monotonic() - left.received)
 
-    def _calibration(self, P_left, P_right):
-        try:
-            return StereoCalibration(P_left, P_right, self._rectifiers['left'], self._rectifiers['right'])
-        except DataError as e:  # e.g. no baseline: 2-D only, said in diagnostics
-            self.stats.error(f'3-D: {e}')
+    def _calibration(self):
+        """The stereo calibration of the installed camera_infos, built once per pair of them (its
+        fundamental matrix is not recomputed every frame); None, counted, when the pair is unusable."""
+        pair = (self._calibrations['left'], self._calibrations['right'])
+        if pair[0] is None or pair[1] is None:  # uninstalled since the frame was started
             return None
+        cached = self._stereo
+        if cached is None or cached[0] is not pair[0] or cached[1] is not pair[1]:
+            try:
+                stereo, problem = StereoCalibration(pair[0].P, pair[1].P, pair[0].rectify, pair[1].rectify), None
+            except DataError as e:  # e.g. no baseline: 2-D only, said in diagnostics
+                stereo, problem = None, str(e)
+            cached = self._stereo = (*pair, stereo, problem)
+        if cached[3]:
+            self.stats.error(f'3-D: {cached[3]}')
+        return cached[2]
 
-    def _publish(self, left, rgb_left, res_left, res_right, P_left, P_right, wanted, cfg):
+    def _publish(self, left, rgb_left, res_left, res_right, wanted, cfg):
         header = left.msg.header
         if not header.frame_id and cfg.frame_id:
             header.frame_id = cfg.frame_id
-        calibration = self._calibration(P_left, P_right) if res_right is not None else None
+        calibration = self._calibration() if res_right is not None else None
         frame = self.perception.process(res_left, res_right, calibration, conversions.stamp_ns(header) * 1e-9)
         if frame.stereo_error:
             self.stats.error(f'3-D: {frame.stereo_error}')
