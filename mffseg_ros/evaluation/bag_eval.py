@@ -26,9 +26,21 @@ _KEYS = {topics.LEFT_IMAGE: 'left', topics.RIGHT_IMAGE: 'right', topics.LEFT_INF
          topics.RIGHT_INFO: 'info_right', topics.GT_TYPE: 'type', topics.GT_PARTS: 'parts', topics.GT_TIPS: 'tips'}
 
 
-def _dice(a, b):
+def dice(a, b):
     total = a.sum() + b.sum()
     return 1.0 if total == 0 else float(2 * np.logical_and(a, b).sum() / total)
+
+
+def score_frame(labels, parts, gt):
+    """Binary and parts Dice of one frame's published label images against its ground truth (a dict
+    with 'type' and, optionally, 'parts'; 255 = not labelled). Used here and by the demo."""
+    valid = gt['type'] != 255
+    scores = {'dice_binary': dice((labels > 0) & valid, (gt['type'] > 0) & valid)}
+    gt_parts = gt.get('parts')
+    present = [c for c in (1, 2, 3) if gt_parts is not None and (gt_parts == c).any()]
+    if parts is not None and present:
+        scores['dice_parts'] = float(np.mean([dice((parts == c) & valid, gt_parts == c) for c in present]))
+    return scores
 
 
 def _rgb(msg):
@@ -74,14 +86,11 @@ def evaluate_bag(segmenter, bag, *, config=None, limit=None, stereo=True):
         truth = cloud_points(f['tips'])
         axes = np.array([i.axis_xyz if i.axis_xyz is not None else (np.nan,) * 3 for i in frame.instruments])
         scorer.add(tip_records(frame.instruments), truth, axes.reshape(-1, 3))
-        gt_type, gt_parts = image_array(f['type']), image_array(f['parts']) if 'parts' in f else None
-        valid = gt_type != 255
+        gt = {'type': image_array(f['type'])}
+        if 'parts' in f:
+            gt['parts'] = image_array(f['parts'])
         row = {'stamp_ns': stamp, 'instruments': len(frame.instruments), 'visible': len(truth),
-               'dice_binary': _dice((frame.labels_image() > 0) & valid, (gt_type > 0) & valid)}
-        present = [c for c in (1, 2, 3) if gt_parts is not None and (gt_parts == c).any()]
-        if present:
-            parts = frame.parts_image()
-            row['dice_parts'] = float(np.mean([_dice((parts == c) & valid, gt_parts == c) for c in present]))
+               **score_frame(frame.labels_image(), frame.parts_image(), gt)}
         rows.append(row)
     scores = {
         'bag': str(bag), 'model': segmenter.describe(),

@@ -21,6 +21,7 @@ import numpy as np
 from mffseg_ros import topics
 from mffseg_ros.data.bags import bag_info, cloud_points, image_array, read_bag
 from mffseg_ros.errors import MffsegError
+from mffseg_ros.evaluation.bag_eval import score_frame
 from mffseg_ros.evaluation.instrument_scores import InstrumentScorer, format_summary, match_radius
 from mffseg_ros.inference.instruments import SOURCE_NAMES
 from mffseg_ros.inference.segmenter import resolve_device
@@ -102,21 +103,6 @@ def ground_truth(path):
 
 
 # ----------------------------------------------------------------------------------- scoring
-def dice(a, b):
-    total = a.sum() + b.sum()
-    return 1.0 if total == 0 else float(2 * np.logical_and(a, b).sum() / total)
-
-
-def score_frame(labels, parts, gt):
-    """Binary and parts Dice of one frame against its ground truth (255 = not labelled)."""
-    valid = gt['type'] != 255
-    scores = {'dice_binary': dice((labels > 0) & valid, (gt['type'] > 0) & valid)}
-    present = [c for c in (1, 2, 3) if (gt['parts'] == c).any()]
-    if parts is not None and present:
-        scores['dice_parts'] = float(np.mean([dice((parts == c) & valid, gt['parts'] == c) for c in present]))
-    return scores
-
-
 def pose_axes(pose_array):
     """geometry_msgs/PoseArray from ~/tip_poses -> N x 3 shaft axes (the poses' x axes; NaN without 3-D)."""
     axes = []
