@@ -77,6 +77,21 @@ def test_ros_end_to_end(tmp_path):  # 96x120: the default model upscales frames 
     assert 'End to end through ROS 2' in md
 
 
+def test_lockstep_node_against_its_network(tmp_path):
+    """The node (own process, every output subscribed) and the bare network alternate pair by pair."""
+    out = tmp_path / 'lockstep'
+    assert main(['bench', '--device', 'cpu', '--no-model', '--ros', '--lockstep', '3', '--frame-size', '96x120',
+                 '--threads', '1', '--out', str(out)]) == 0
+    result, md = read_outputs(out)
+    (row,) = result['lockstep']
+    assert row['pairs'] == 3 and row['backend'] == 'onnx' and row['network_input'] == '384x480'
+    # labels, instances, parts, masks/* (one per type and unknown), tips, tip_poses, tip_markers, overlay
+    assert row['topics_subscribed'] >= 15 and row['outputs_per_pair'] >= 7
+    assert 0 < row['network_p50_ms'] < row['e2e_p50_ms']
+    assert row['ratio'] == pytest.approx(row['e2e_p50_ms'] / row['network_p50_ms'])
+    assert 'one stereo pair at a time' in md
+
+
 @pytest.mark.parametrize('argv, message', [
     (['--sizes', '100x64'], 'multiples of 32'),
     (['--modes', 'main,multitask'], 'unknown mode multitask'),
@@ -84,6 +99,8 @@ def test_ros_end_to_end(tmp_path):  # 96x120: the default model upscales frames 
     (['--iters', '0'], '--iters'),
     (['--no-model', '--ros', '--frame-size', '10'], '--frame-size'),
     (['--no-model', '--ros', '--rate', '30,-1'], '--rate'),
+    (['--no-model', '--lockstep', '3'], 'add --ros'),
+    (['--no-model', '--ros', '--lockstep', '-2'], '--lockstep'),
 ])
 def test_bad_options_are_one_line_errors(tmp_path, capsys, argv, message):
     assert main(['bench', '--device', 'cpu', '--out', str(tmp_path), *argv]) == 2

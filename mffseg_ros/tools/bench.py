@@ -76,6 +76,12 @@ def add_arguments(parser):
                      help='run the node as its own process (default) or in this one')
     ros.add_argument('--reliable', action='store_true',
                      help='reliable image QoS on both ends (default: best effort, like a camera driver)')
+    ros.add_argument('--lockstep', type=int, default=0, metavar='N',
+                     help='instead of a rate: N stereo pairs one at a time, every output subscribed, each '
+                          'followed by the bare network on the same pair (node / network ratio)')
+    ros.add_argument('--fastdds-profile', action='store_true',
+                     help="the shipped Fast DDS profile for large images (config/fastdds_large_images.xml) "
+                          "for the publisher here and the node, as docs/ROS_INTERFACE.md advises labs")
     ros.add_argument('--node-param', action='append', default=[], metavar='NAME:=VALUE',
                      help='extra segment node parameter (repeatable), e.g. branch:=aux')
     parser.add_argument('--out', default='bench_results', help='output folder (default bench_results)')
@@ -97,6 +103,8 @@ def resolve_options(args):
         raise MffsegError(f'--iters must be >= 1 and --warmup >= 0 (got {args.iters}, {args.warmup})')
     if args.threads is not None and args.threads < 1:
         raise MffsegError(f'--threads must be >= 1, got {args.threads}')
+    if args.lockstep and not args.ros:
+        raise MffsegError('--lockstep is a way of running the ROS part: add --ros')
     if args.no_model and not args.ros:
         raise MffsegError('nothing to benchmark: --no-model without --ros')
     out = Path(args.out)
@@ -290,7 +298,10 @@ def _run(args, opts):
                           'threads': args.threads}}
     if not args.no_model:
         result['model'] = model_rows(args, opts)
-    if args.ros:
+    if args.lockstep:
+        from mffseg_ros.tools.bench_lockstep import lockstep_rows  # needs rclpy, as below
+        result['lockstep'] = lockstep_rows(args, opts)
+    elif args.ros:
         from mffseg_ros.tools.bench_ros import ros_rows  # needs rclpy: only for --ros (GPU images may lack it)
         result['ros'] = ros_rows(args, opts)
     paths = write_all(result, args.out)
@@ -302,8 +313,10 @@ def _run(args, opts):
 def _argv_of(args):
     """The options as given, for the report (argparse keeps no copy of argv)."""
     skip = {'command', 'verbose'}
+    if args.lockstep:
+        skip |= {'rate', 'duration'}
     if not args.ros:
-        skip |= {'rate', 'stereo', 'frame_size', 'duration', 'node', 'node_param', 'reliable'}
+        skip |= {'lockstep', 'fastdds_profile', 'stereo', 'frame_size', 'duration', 'node', 'node_param', 'reliable'}
     if args.no_model:
         skip |= {'sizes', 'modes', 'precisions', 'backends', 'compile', 'peers', 'iters', 'warmup'}
     out = []

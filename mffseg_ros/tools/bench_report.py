@@ -51,7 +51,14 @@ ROS_COLUMNS = (('size', 'size'), ('stereo', 'stereo'), ('rate_hz', 'rate Hz'), (
                ('received', 'received'), ('processed_rate_hz', 'processed Hz'), ('dropped', 'dropped'),
                ('node_latency_p50_ms', 'recv→pub p50 ms'), ('node_latency_p99_ms', 'recv→pub p99 ms'),
                ('e2e_latency_p50_ms', 'pub→recv p50 ms'), ('e2e_latency_p99_ms', 'pub→recv p99 ms'),
-               ('node_cpu_percent', 'node CPU %'), ('gpu_mem_mb', 'GPU MiB'))
+               ('node_cpu_percent', 'node CPU %'), ('gpu_mem_mb', 'GPU MiB'), ('dds_profile', 'Fast DDS profile'))
+
+LOCKSTEP_COLUMNS = (('size', 'size'), ('pairs', 'pairs'), ('backend', 'backend'), ('network_input', 'network input'),
+                    ('threads', 'threads'), ('dds_profile', 'Fast DDS profile'), ('topics_subscribed', 'topics'),
+                    ('outputs_per_pair', 'outputs/pair'),
+                    ('e2e_p50_ms', 'node pub→last output p50 ms'), ('e2e_p90_ms', 'p90'),
+                    ('network_p50_ms', 'bare network p50 ms'), ('network_p90_ms', 'p90'),
+                    ('ratio', 'node / network'))
 
 
 def table(rows, columns):
@@ -87,6 +94,12 @@ def markdown(result):
                   table(result['model'], MODEL_COLUMNS), '']
     if result.get('ros'):
         parts += ['## End to end through ROS 2', '', table(result['ros'], ROS_COLUMNS), '']
+    if result.get('lockstep'):
+        parts += ['## The node against its bare network, one stereo pair at a time', '',
+                  'Every output topic subscribed, reliable input, one pair in flight; after each pair the '
+                  'bare network (`Segmenter.forward`, same backend and threads) on the same pair, batched. '
+                  'Ratio of the medians, measured in this run.', '',
+                  table(result['lockstep'], LOCKSTEP_COLUMNS), '']
     return '\n'.join(parts)
 
 

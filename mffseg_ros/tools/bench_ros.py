@@ -2,6 +2,7 @@
 received by a subscriber. Measures publish->receive latency (header stamps are the publish wall time,
 which the node copies to its outputs), the node's own receive->publish latency (from /diagnostics),
 processed rate, drops, the node's CPU use and GPU memory."""
+import os
 import resource
 import sys
 import time
@@ -48,6 +49,15 @@ def camera_info(height, width, side, header):
     return CameraInfo(header=header, height=height, width=width, distortion_model='plumb_bob',
                       d=[0.0] * 5, k=[FOCAL_PX, 0, cx, 0, FOCAL_PX, cy, 0, 0, 1], r=[1.0, 0, 0, 0, 1, 0, 0, 0, 1],
                       p=[FOCAL_PX, 0, cx, tx, 0, FOCAL_PX, cy, 0, 0, 0, 1, 0])
+
+
+def dds_profile(args):
+    """Applies --fastdds-profile (before any DDS participant of this process or the node exists) and
+    returns the profile file in effect, for the report ('' = Fast DDS's defaults)."""
+    if getattr(args, 'fastdds_profile', False):
+        from mffseg_ros.ros.segment_node import use_large_image_profile
+        use_large_image_profile()
+    return os.environ.get('FASTDDS_DEFAULT_PROFILES_FILE', '')
 
 
 def _node_parameters(args, opts):
@@ -111,6 +121,7 @@ def ros_rows(args, opts):
         if msg.status and msg.status[0].name.startswith('mffseg'):
             diagnostics.append(diagnostic_values(msg))
 
+    profile = dds_profile(args)
     argv, sys.argv = sys.argv, sys.argv[:1]  # rclpy.init reads sys.argv: keep our NAME:=VALUE out of it
     try:
         ros = RosHarness(probe_name='mffseg_bench_probe')
@@ -184,7 +195,7 @@ def ros_rows(args, opts):
                     'node_dropped_total': _float(last_diag.get('dropped')),
                     'node_cpu_percent': 100 * (cpu1 - cpu0) / max(t1 - t0, 1e-9),
                     'cpu_scope': 'node process' if args.node == 'subprocess' else 'whole process (node + publisher)',
-                    'gpu_mem_mb': node.gpu_memory_mb(),
+                    'gpu_mem_mb': node.gpu_memory_mb(), 'dds_profile': os.path.basename(profile) or 'defaults',
                 })
         finally:
             node.stop()
