@@ -57,6 +57,12 @@ def test_matches_model_at_network_size(seg, weights):
     np.testing.assert_allclose(res.foreground, foreground, atol=1e-5)
     np.testing.assert_array_equal(res.type, expected)
     np.testing.assert_array_equal(res.binary, foreground > 0.5)
+    # The network-resolution maps the instruments are made from, against the plain softmax.
+    for task in ('type', 'parts'):
+        inside = probs[task][1:] / probs[task][1:].sum(0)
+        np.testing.assert_allclose(getattr(res, f'{task}_probs'), inside, atol=1e-5)
+        np.testing.assert_array_equal(getattr(res, f'net_{task}'), np.where(foreground > 0.5, inside.argmax(0) + 1, 0))
+    np.testing.assert_allclose(res.confidence_net, probs['type'].max(0), atol=1e-5)
 
 
 def test_aux_branch(weights):

@@ -5,11 +5,11 @@ and `mffseg bench` all read.
 `make_backend(name, model, metadata, *, device, precision, **options)` builds one; `resolve_backend`
 turns 'auto' (and aliases) into a name and says why a backend cannot run here.
 
-Every backend returns its logits channels-last (NHWC memory, NCHW shape): the post-processing reduces
-over the channel axis (argmax, softmax) and upsamples, and on the CPU both are several times faster
-when the channels of a pixel are adjacent in memory. Eager torch produces that layout by itself;
-ONNX Runtime hands back plain NCHW arrays, which made every post-processing step after it 4-6x slower
-(`test/test_backends.py` keeps the two side by side).
+Backends return their logits in the memory layout they produce, without a conversion pass: the
+post-processing (`results.network_maps`) works at the network's resolution on each head's planes,
+where plain NCHW is as fast as channels-last. (When every logit channel was upsampled to the input
+size, NCHW arrays from ONNX Runtime made it 4-6x slower; `test/test_backends.py` keeps the two
+backends side by side so that cannot come back unseen.)
 """
 import importlib.util
 import logging
@@ -41,11 +41,6 @@ def precision_dtype(precision):
     return PRECISIONS[precision]
 
 
-def channels_last(logits):
-    """The layout every backend returns (see the module docstring); free when already so."""
-    return logits.contiguous(memory_format=torch.channels_last) if logits.dim() == 4 else logits
-
-
 class TorchBackend:
     """Eager torch in the given precision (weights cast, not autocast: fewer casts per layer)."""
 
@@ -64,7 +59,7 @@ class TorchBackend:
 
     @torch.inference_mode()
     def __call__(self, x):
-        return channels_last(self.run(x.to(self.device, self.dtype, memory_format=self.memory_format)))
+        return self.run(x.to(self.device, self.dtype, memory_format=self.memory_format))
 
 
 class CompiledBackend(TorchBackend):
@@ -168,7 +163,7 @@ class OnnxRuntimeBackend:
         session = self.session_for(x.shape[0], *x.shape[-2:])
         array = x.detach().to('cpu', torch.float32).contiguous().numpy()
         (logits,) = session.run(None, {session.get_inputs()[0].name: array})
-        return channels_last(torch.from_numpy(logits)).to(x.device)
+        return torch.from_numpy(logits).to(x.device)
 
 
 class TensorRTBackend:
@@ -212,7 +207,7 @@ class TensorRTBackend:
         if key not in self.engines:
             self.engines[key] = self.trt.compile(self.model, ir='dynamo', inputs=[x],
                                                  enabled_precisions={self.dtype})
-        return channels_last(self.engines[key](x))
+        return self.engines[key](x)
 
 
 @dataclass(frozen=True)

