@@ -326,7 +326,7 @@ def test_lazy_outputs_cost_nothing_while_unwatched(ros, start):
     stamp = publish_pair(left, None)
     assert ros.wait_for(lambda: overlay.stamped(stamp))
     msg = overlay.stamped(stamp)[0]
-    assert msg.encoding == 'bgr8' and (msg.height, msg.width) == (H, W)
+    assert msg.encoding == 'rgb8' and (msg.height, msg.width) == (H, W)
     assert node.snapshot()['counts']['rendered.overlay'] == 1
 
 

@@ -100,8 +100,8 @@ class FramePerception:
         lut = np.zeros(max(int(index.max(initial=0)), max([i.index for i in self.instruments], default=0)) + 1, dtype)
         for inst in self.instruments:
             lut[inst.index] = value(inst)
-        if dtype == np.uint8 and index.dtype == np.uint8:
-            table = np.zeros(256, np.uint8)
+        if index.dtype == np.uint8 and np.dtype(dtype) in (np.uint8, np.uint16):  # cv2.LUT: 2x numpy's take
+            table = np.zeros(256, dtype)
             table[:len(lut)] = lut
             return cv2.LUT(index, table)
         return lut[index]

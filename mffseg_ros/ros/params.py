@@ -146,7 +146,7 @@ DESCRIPTIONS = {
     'publish_masks': 'publish ~/masks/<type> (mono8 0/255) for the types present',
     'publish_tips': 'publish ~/tips (sensor_msgs/PointCloud2)',
     'publish_tip_markers': 'publish ~/tip_markers (visualization_msgs/MarkerArray)',
-    'publish_overlay': 'publish ~/overlay (bgr8)',
+    'publish_overlay': 'publish ~/overlay (rgb8)',
     'marker_scale': 'tip sphere diameter in metres',
     'diagnostics_period': 'seconds between /diagnostics messages',
     'max_input_pixels': 'images declaring more pixels (width x height, read from the header) are rejected '

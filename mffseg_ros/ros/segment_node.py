@@ -469,8 +469,8 @@ class SegmentNode(Node):
             self._pubs['tip_markers'].publish(conversions.tip_markers(frame.instruments, header, cfg.marker_scale))
         if wanted['overlay']:
             self.stats.add('rendered.overlay')
-            rgb = instrument_overlay(rgb_left, frame)
-            self._pubs['overlay'].publish(conversions.image_msg(rgb[..., ::-1], header, 'bgr8'))
+            overlay = instrument_overlay(rgb_left, frame)  # rgb8: no channel swap, one copy fewer
+            self._pubs['overlay'].publish(conversions.image_msg(overlay, header, 'rgb8'))
 
     # --- diagnostics -------------------------------------------------------------------------------
     def diagnostics_info(self):

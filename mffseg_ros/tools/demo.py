@@ -141,13 +141,15 @@ class Tracker:
         node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, reliable)
 
     def _store(self, name, msg):
-        from mffseg_ros.ros.conversions import cloud_to_tips, stamp_ns
+        from mffseg_ros.ros.conversions import cloud_to_tips, decode_image_msg, stamp_ns
 
         now = time.monotonic()
         if name == 'tips':
             value = cloud_to_tips(msg)
         elif name == 'tip_poses':
             value = pose_axes(msg)
+        elif name == 'overlay':
+            value = decode_image_msg(msg)  # RGB, whatever the encoding
         else:
             value = image_array(msg)
         with self.lock:
@@ -262,7 +264,7 @@ def summarise(out, tracker, published, gt, size, wall, verbose):
         rows.append({'stamp_ns': stamp, 'latency_ms': latency, 'instruments': len(tips),
                      'visible': len(gt[stamp]['tips']), **scores})
         if 'overlay' in entry:
-            overlays.append((stamp, entry['overlay'][..., ::-1]))  # bgr8 -> RGB
+            overlays.append((stamp, entry['overlay']))
         if verbose:
             desc = '; '.join(
                 f"#{t['instance_id']} {type_name(int(t['type_id']))} ({t['type_score']:.2f}) "
