@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from std_msgs.msg import Header
 
-from mffseg_ros.inference.instruments import UNKNOWN_TYPE, find_instruments, instrument_tip
+from mffseg_ros.inference.instruments import UNKNOWN_TYPE, find_instruments, instrument_tip, jaw_parts
 from mffseg_ros.inference.perception import InstrumentPerception, PerceptionConfig
 from mffseg_ros.inference.results import SegmentationResult
 from mffseg_ros.inference.stereo import StereoCalibration, pixel_rectifier
@@ -382,3 +382,41 @@ def test_without_parts_two_close_instruments_stay_apart():
     type_map[56:68, 0:200] = 5  # a 4 px gap
     frame = InstrumentPerception(CONFIG).process(SegmentationResult.from_labels(None, type_map))
     assert len(frame.instruments) == 2
+
+
+def test_jaws_labelled_shaft_beyond_the_wrist_still_give_the_clasper_tip():
+    """A model that takes gold jaws for shaft and puts its few clasper pixels on the wrist's pulleys:
+    the pixels beyond the wrist are the jaws whatever their label, so the tip stays the jaws' centroid.
+    Exact label maps come back unchanged (the ground truth's tip is the same function)."""
+    parts = np.zeros((H, W), np.uint8)
+    cv2.line(parts, (0, 160), (120, 100), PART_SHAFT, 15)
+    cv2.line(parts, (120, 100), (160, 80), PART_CLASPERS, 9)
+    cv2.circle(parts, (120, 100), 10, PART_WRIST, -1)
+    assert np.array_equal(jaw_parts(parts > 0, parts), parts)
+    ys, xs = np.nonzero(parts == PART_CLASPERS)
+    jaws_centre = (xs.mean(), ys.mean())
+    noisy = np.where(parts == PART_CLASPERS, PART_SHAFT, parts).astype(np.uint8)
+    ys, xs = np.nonzero(noisy == PART_WRIST)
+    proximal = xs < 116  # stray clasper pixels on the wrist's proximal pulleys
+    noisy[ys[proximal][::3], xs[proximal][::3]] = PART_CLASPERS
+    type_map = np.where(parts > 0, 4, 0).astype(np.uint8)
+    (inst,) = process(type_map, noisy).instruments
+    assert inst.source == 'claspers' and inst.tip == pytest.approx(jaws_centre, abs=0.6)
+
+
+def test_articulated_jaws_labelled_shaft_are_not_a_second_instrument():
+    """Jaws bent 35 degrees at the wrist, labelled shaft: a shaft piece that does not reach the border
+    seeds no instrument of its own (shafts come in from outside the view)."""
+    parts = np.zeros((H, W), np.uint8)
+    wrist = np.array([130.0, 110.0])
+    cv2.line(parts, (0, 170), tuple(int(c) for c in wrist), PART_SHAFT, 13)
+    bent = np.radians(-25.0 - 35.0)  # the shaft rises at 25 degrees; the jaws bend a further 35
+    jaw_end = wrist + 45 * np.array([np.cos(bent), np.sin(bent)])
+    cv2.line(parts, tuple(int(c) for c in wrist), tuple(int(round(c)) for c in jaw_end), PART_SHAFT, 9)
+    cv2.circle(parts, tuple(int(c) for c in wrist), 9, PART_WRIST, -1)
+    cv2.circle(parts, tuple(int(round(c)) for c in jaw_end), 4, PART_WRIST, -1)  # a jaw tip taken for wrist
+    type_map = np.where(parts > 0, 4, 0).astype(np.uint8)
+    (inst,) = process(type_map, parts).instruments
+    jaws = (parts == PART_SHAFT) & (np.arange(W)[None, :] > wrist[0] + 9)
+    ys, xs = np.nonzero(jaws)
+    assert inst.source == 'claspers' and np.hypot(inst.tip[0] - xs.mean(), inst.tip[1] - ys.mean()) < 4

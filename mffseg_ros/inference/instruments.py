@@ -10,9 +10,12 @@ else from the heads and the shaft pixels next to each.
 Shafts are straight, so crossing shafts stay with their own axis, and jaws that touch stay with their
 own shaft.
 
+Every split piece enters the view (shafts come in from outside it): a piece that does not, such as
+articulated jaws labelled shaft, rejoins the instrument it touches.
+
 The tip (`instrument_tip`, also used to make the synthetic ground truth, so both mean the same point):
-the centroid of the instrument's clasper pixels (their largest connected piece); without claspers, of
-its wrist pixels; without either,
+the centroid of the instrument's jaws, i.e. its clasper pixels plus whatever lies beyond its wrist
+(`jaw_parts`; their largest connected piece); without claspers, of its wrist pixels; without either,
 the distal end of its shaft (the end away from where the shaft enters the view). A centroid that falls
 outside the part (open jaws) moves to the nearest pixel of the part, so a tip is always on its
 instrument. Coordinates: u = column, v = row, pixel centres at integers.
@@ -117,12 +120,42 @@ def _main_part(mask):
     return np.column_stack([xs, ys]).astype(np.float64)
 
 
-def instrument_tip(mask, parts, *, shape=None, origin=(0, 0), min_part_area=DEFAULT_MIN_PART_AREA):
+def jaw_parts(mask, parts, *, shape=None, origin=(0, 0), min_part_area=DEFAULT_MIN_PART_AREA):
+    """`parts` with the instrument's jaws labelled claspers: every pixel of `mask` beyond the far edge
+    of its wrist (along the instrument's axis, pointing away from where it enters the view) that is not
+    wrist. Jaws are distal to the wrist whatever a model calls them (it may take gold jaws for shaft,
+    and put its few clasper pixels on the wrist's pulleys). On exact label maps nothing but claspers
+    lies beyond the wrist, so ground-truth parts come back unchanged."""
+    wrist = _main_part(mask & (parts == PART_WRIST))
+    if len(wrist) < min_part_area:
+        return parts
+    shape = mask.shape if shape is None else shape
+    ys, xs = np.nonzero(mask)
+    pts = np.column_stack([xs, ys]).astype(np.float64)
+    centre = wrist.mean(axis=0)
+    _, axis = _principal_axis(pts)
+    entry = _entry_point(pts, shape, origin)
+    if entry is None:  # no border pixels: the wrist lies away from the mass of the shaft
+        sy, sx = np.nonzero(mask & (parts == PART_SHAFT))
+        entry = np.array([sx.mean(), sy.mean()]) if len(sx) else pts.mean(axis=0)
+    if (centre - entry) @ axis < 0:
+        axis = -axis
+    beyond = ((pts - centre) @ axis > ((wrist - centre) @ axis).max()) & (parts[ys, xs] != PART_WRIST)
+    if not beyond.any():
+        return parts
+    out = parts.copy()
+    out[ys[beyond], xs[beyond]] = PART_CLASPERS
+    return out
+
+
+def instrument_tip(mask, parts, *, shape=None, origin=(0, 0), min_part_area=DEFAULT_MIN_PART_AREA, jaws_done=False):
     """(u, v, source) of one instrument: `mask` its pixels, `parts` the part labels (same crop, or None),
     `origin` the crop's top-left corner in an image of `shape` (default: the crop is the image).
-    u, v are in the crop's coordinates plus `origin`."""
+    u, v are in the crop's coordinates plus `origin`. jaws_done: `parts` already went through jaw_parts."""
     shape = mask.shape if shape is None else shape
     if parts is not None:
+        if not jaws_done:
+            parts = jaw_parts(mask, parts, shape=shape, origin=origin, min_part_area=min_part_area)
         for part, source in ((PART_CLASPERS, 'claspers'), (PART_WRIST, 'wrist')):
             pts = _main_part(mask & (parts == part))
             if len(pts) >= min_part_area:
@@ -289,6 +322,9 @@ def split_region(mask, parts, *, shape, origin, min_part_area, min_area):
         shafts = _merge_collinear([m for area, m in shafts if area >= 0.2 * largest], parts)
         shafts = [m for m in shafts if _elongated(m)]  # a shaft is a long band; a blob is noise
         shafts = _drop_slivers(shafts)
+        # Shafts come in from outside the view: a piece that does not reach the border (jaws labelled
+        # shaft beyond the wrist) seeds no instrument of its own while another piece does.
+        shafts = [m for m in shafts if _enters_view(m, shape, origin)] or shafts
     heads = _distinct_heads(heads)
     if max(len(heads), len(shafts)) < 2:
         return [mask]
@@ -321,7 +357,31 @@ def split_region(mask, parts, *, shape, origin, min_part_area, min_area):
         region[ys[owner == k], xs[owner == k]] = True
         if region.sum() >= min_area:
             regions.append(region)
-    return regions or [mask]
+    return _rejoin_inner(regions, shape, origin) or [mask]
+
+
+def _enters_view(region, shape, origin):
+    ys, xs = np.nonzero(region)
+    return _entry_point(np.column_stack([xs, ys]), shape, origin) is not None
+
+
+def _rejoin_inner(regions, shape, origin):
+    """Split regions that do not reach the image border join the region they touch most: every
+    instrument enters the view, so such a piece is part of a neighbour (the jaws of an articulated
+    wrist, labelled shaft and bent away from its axis), not an instrument of its own."""
+    enters = [_enters_view(r, shape, origin) for r in regions]
+    outer = [r for r, e in zip(regions, enters) if e]
+    if not outer or len(outer) == len(regions):
+        return regions
+    outer = [r.copy() for r in outer]
+    for inner in (r for r, e in zip(regions, enters) if not e):
+        ring = cv2.dilate(inner.view(np.uint8), _BRIDGE).view(bool)
+        contact = [np.count_nonzero(ring & r) for r in outer]
+        if max(contact) > 0:
+            outer[int(np.argmax(contact))] |= inner
+        else:
+            outer.append(inner)
+    return outer
 
 
 def _attach_orphans(found, parts, shape, min_part_area, reach=0.08):
@@ -422,7 +482,10 @@ def find_instruments(result, *, min_area=DEFAULT_MIN_AREA, min_part_area=DEFAULT
         box = np.s_[y0:y0 + h, x0:x0 + w]
         instance_map[box][region] = index
         crop_parts = parts[box] if parts is not None else None
-        u, v, source = instrument_tip(region, crop_parts, shape=shape, origin=(x0, y0), min_part_area=min_part_net)
+        if crop_parts is not None:  # jaws labelled shaft must not tilt the shaft axis either
+            crop_parts = jaw_parts(region, crop_parts, shape=shape, origin=(x0, y0), min_part_area=min_part_net)
+        u, v, source = instrument_tip(region, crop_parts, shape=shape, origin=(x0, y0), min_part_area=min_part_net,
+                                      jaws_done=True)
         centre, axis = shaft_axis(region, crop_parts, (u - x0, v - y0))
         tip_in, point_in = to_input_coords([[u, v], centre + (x0, y0)], shape, result.size)
         direction = np.array([axis[0] * sx, axis[1] * sy])
