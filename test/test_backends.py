@@ -68,6 +68,28 @@ def test_one_table_for_segmenter_node_and_bench():
     assert backends.BACKENDS['onnx'].missing('cpu', 'fp32') == ''
 
 
+def test_int8_is_calibrated_onnx_runtime_on_the_cpu(tmp_path):
+    """precision int8: the ONNX file of each input shape is quantised once on the calibration frames,
+    and labels agree with fp32 ONNX Runtime (shipped weights: a random model's logits are too close
+    for any quantisation to keep its argmax)."""
+    from mffseg_ros.data.synth import calibration_frames
+    frames = calibration_frames(count=8, size=(128, 160))
+    held_out = calibration_frames(count=2, size=(128, 160), seed=7)
+    weights = None  # the shipped model
+    common = dict(device='cpu', backend='onnx', threads=1, input_size=(128, 160))
+    int8 = Segmenter.load(weights, precision='int8', calibration_frames=frames, cache_dir=tmp_path, **common)
+    fp32 = Segmenter.load(weights, **common)
+    for got, want in zip(int8.segment_batch(held_out), fp32.segment_batch(held_out)):
+        assert (got.type == want.type).mean() > 0.97 and (got.parts == want.parts).mean() > 0.97
+    assert sorted(p.name for p in tmp_path.glob('*int8.onnx')) == ['mff_main_2x128x160_int8.onnx']
+    assert 'int8' in int8.describe()
+    with pytest.raises(MffsegError, match='calibration frames'):
+        Segmenter.load(weights, precision='int8', **common)
+    with pytest.raises(MffsegError, match='runs fp32, fp16, bf16 only, not int8'):
+        Segmenter.load(weights, precision='int8', calibration_frames=frames, **{**common, 'backend': 'torch'})
+    assert 'CPU' in backends.BACKENDS['onnx'].missing('cuda', 'int8')
+
+
 def test_auto_backend_and_warm_up(model):
     """warm_up builds what the first frame of that shape needs (here: the ONNX session for a stereo
     batch) and returns its duration; the next frame of that shape reuses it."""

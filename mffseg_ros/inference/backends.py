@@ -20,11 +20,12 @@ from pathlib import Path
 import torch
 
 from mffseg_ros.errors import MffsegError
-from mffseg_ros.inference.onnx_export import BranchOutput, export_onnx, read_onnx_metadata
+from mffseg_ros.inference.onnx_export import BranchOutput, export_onnx, quantize_int8, read_onnx_metadata
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
+# int8 is ONNX Runtime's static quantisation on the CPU: the model's inputs and outputs stay float32.
+PRECISIONS = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16, 'int8': torch.float32}
 # `backend: auto` on the CPU: the backend measured faster END TO END (Segmenter.segment_batch on stereo
 # 1280x1024 frames, one thread, post-processing included) on the development machine; see
 # docs/BENCHMARKS.md "Choosing backend: auto". On CUDA auto is torch (the GPU fast path).
@@ -80,17 +81,25 @@ class CompiledBackend(TorchBackend):
 
 class OnnxRuntimeBackend:
     """ONNX Runtime. The model is exported once per input shape (the SPP kernels are size-specific)
-    into `cache_dir`; a given `onnx_path` serves its own shape."""
+    into `cache_dir`; a given `onnx_path` serves its own shape. precision 'int8' (CPU): each exported
+    file is quantised (`onnx_export.quantize_int8`) on the batches `calibration(batch, height, width)`
+    returns, once per shape and `cache_dir`."""
 
     name = 'onnx'
 
     def __init__(self, model, metadata=None, *, device='cpu', precision='fp32', branch='main',
-                 threads=None, onnx_path=None, cache_dir=None, providers=None):
+                 threads=None, onnx_path=None, cache_dir=None, providers=None, calibration=None):
         import onnxruntime as ort
         self.ort = ort
-        if precision != 'fp32':
-            raise BackendUnavailable(f'ONNX Runtime backend runs fp32 only (asked for {precision}); '
-                                     'use --precision fp32 or the torch backend')
+        if precision not in ('fp32', 'int8'):
+            raise BackendUnavailable(f'ONNX Runtime backend runs fp32 and int8 only (asked for {precision}); '
+                                     'use the torch backend for fp16/bf16')
+        if precision == 'int8' and torch.device(device).type != 'cpu':
+            raise BackendUnavailable('int8 is calibrated for the CPU (ONNX Runtime); on CUDA use fp16')
+        if precision == 'int8' and calibration is None:
+            raise MffsegError('int8 needs calibration frames like the ones it will see '
+                              '(Segmenter(..., calibration_frames=[RGB frames]))')
+        self.precision, self.calibration = precision, calibration
         self.model, self.metadata, self.branch = model, dict(metadata or {}), branch
         self.threads = threads
         self.device = torch.device(device)
@@ -104,7 +113,7 @@ class OnnxRuntimeBackend:
         if onnx_path is not None:
             self._add_file(Path(onnx_path))
         self.description = (f'ONNX Runtime {ort.__version__} {",".join(map(str, self.providers))}'
-                            f' threads={threads or "auto"}')
+                            f' {precision} threads={threads or "auto"}')
 
     def _providers(self, device):
         available = self.ort.get_available_providers()
@@ -153,10 +162,20 @@ class OnnxRuntimeBackend:
                         metadata=self.metadata)
         return path
 
+    def int8_file(self, batch, height, width):
+        """The int8 file for this input shape, quantised on first use (about 20 s for a 2x384x480 pair)."""
+        path = self.cache_dir / f'mff_{self.branch}_{batch}x{height}x{width}_int8.onnx'
+        if not path.exists():
+            fp32 = self.model_file(batch, height, width)
+            log.info('quantising the model to int8 for input %dx3x%dx%d: %s', batch, height, width, path)
+            quantize_int8(fp32, path, self.calibration(batch, height, width))
+        return path
+
     def session_for(self, batch, height, width):
         key = (int(batch), int(height), int(width))
         if key not in self.sessions:
-            self.sessions[key] = self._session(self.model_file(*key))
+            path = self.int8_file(*key) if self.precision == 'int8' else self.model_file(*key)
+            self.sessions[key] = self._session(path)
         return self.sessions[key]
 
     def __call__(self, x):
@@ -230,6 +249,8 @@ class BackendSpec:
             return f'backend {self.name} runs {", ".join(self.precisions)} only, not {precision}'
         if precision == 'fp16' and device_type == 'cpu':
             return 'fp16 needs CUDA (CPU fp16 convolutions are emulated and slow)'
+        if precision == 'int8' and device_type != 'cpu':
+            return 'int8 is calibrated for the CPU (ONNX Runtime); on CUDA use fp16'
         if self.modules and not any(importlib.util.find_spec(m) for m in self.modules):
             return f'backend {self.name} needs {" or ".join(self.modules)}, which is not installed'
         return ''
@@ -240,8 +261,9 @@ BACKENDS = {spec.name: spec for spec in (
                 options=('channels_last',), help='eager PyTorch (on CUDA: the GPU fast path)'),
     BackendSpec('compile', CompiledBackend, ('fp32', 'fp16', 'bf16'), ('cpu', 'cuda'),
                 options=('channels_last', 'mode'), help='torch.compile'),
-    BackendSpec('onnx', OnnxRuntimeBackend, ('fp32',), ('cpu', 'cuda'), modules=('onnxruntime',),
-                options=('threads', 'onnx_path', 'cache_dir', 'providers'), help='ONNX Runtime'),
+    BackendSpec('onnx', OnnxRuntimeBackend, ('fp32', 'int8'), ('cpu', 'cuda'), modules=('onnxruntime',),
+                options=('threads', 'onnx_path', 'cache_dir', 'providers', 'calibration'),
+                help='ONNX Runtime (int8: static quantisation, CPU)'),
     BackendSpec('tensorrt', TensorRTBackend, ('fp32', 'fp16'), ('cuda',),
                 modules=('torch_tensorrt', 'onnxruntime'), options=('threads', 'onnx_path', 'cache_dir'),
                 help='torch-tensorrt, else ONNX Runtime\'s TensorRT provider'),
@@ -261,7 +283,7 @@ def resolve_backend(name, device='cpu'):
 
 
 def make_backend(name, model, metadata=None, *, device='cpu', precision='fp32', **options):
-    """A callable `x (B,3,h,w float tensor) -> logits (B,C,h,w, channels-last)` running `model` with
+    """A callable `x (B,3,h,w float tensor) -> logits (B,C,h,w)` running `model` with
     backend `name`. Options a backend does not take (e.g. `threads` for torch, whose thread count is
     process-wide and set by the Segmenter) are dropped; see BACKENDS for each backend's options."""
     spec = BACKENDS[resolve_backend(name, device)]

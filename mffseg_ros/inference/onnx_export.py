@@ -79,3 +79,23 @@ def read_onnx_metadata(path):
         if entry.key == METADATA_KEY:
             return json.loads(entry.value)
     return {}
+
+
+def quantize_int8(fp32_path, int8_path, batches):
+    """Static int8 quantisation of an exported model (ONNX Runtime, QDQ: per-channel int8 weights,
+    uint8 activations, MinMax ranges) calibrated on `batches`: normalised (B, 3, h, w) float32 arrays
+    of the file's input shape, from frames like the ones it will see. Returns `int8_path`."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.feeds = iter([{INPUT_NAME: b} for b in batches])
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    if not batches:
+        raise MffsegError('int8 quantisation needs at least one calibration batch')
+    quantize_static(str(fp32_path), str(int8_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    return Path(int8_path)

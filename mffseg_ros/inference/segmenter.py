@@ -66,7 +66,7 @@ def network_size(height, width, *, input_scale=None, input_size=None):
 class Segmenter:
     def __init__(self, model: MFFNet, metadata: WeightsMeta | dict, *, device='cpu', precision='fp32', branch='main',
                  input_scale=None, input_size=None, backend='torch', threads=None, weights_path=None,
-                 cuda_graphs=True, **backend_options):
+                 cuda_graphs=True, calibration_frames=None, **backend_options):
         self.device = resolve_device(device)
         if threads:  # CPU inference threads: torch's setting is process-wide, ONNX Runtime's per session
             torch.set_num_threads(int(threads))
@@ -101,6 +101,10 @@ class Segmenter:
         if self.dtype != torch.float32:
             self.model = self.model.to(self.dtype)
         backend_options.setdefault('channels_last', self.device.type == 'cuda')  # as the fast path runs
+        if precision == 'int8':  # static quantisation: activation ranges from frames like the real ones
+            self.calibration_frames = list(calibration_frames or [])
+            if self.calibration_frames:
+                backend_options['calibration'] = self._calibration_batches
         self._backend = make_backend(self.backend_name, self.model, self.metadata.to_dict(), device=self.device,
                                      precision=precision, branch=branch, **backend_options)
         self._fast_path = None
@@ -110,6 +114,8 @@ class Segmenter:
     @classmethod
     def load(cls, weights=None, *, device='auto', precision='fp32', branch='main', input_scale=None,
              input_size=None, backend='torch', threads=None, **backend_options):
+        """precision 'int8' (CPU, ONNX Runtime) also needs calibration_frames: RGB frames like the ones
+        it will segment (e.g. `mffseg_ros.data.synth.calibration_frames()`), 16 or more."""
         """Loads weights (None: the shipped default; a missing default gives a random model with a
         warning). A missing or corrupt file given explicitly raises WeightsError with path and reason."""
         path = Path(weights) if weights else default_weights_path()
@@ -157,12 +163,25 @@ class Segmenter:
     def preprocess(self, frames):
         """Frames (same size) -> normalised (B, 3, h, w) tensor on the device, in the model's dtype."""
         h, w = frames[0].shape[:2]
-        nh, nw = self.network_size(h, w)
-        interp = cv2.INTER_AREA if nh < h else cv2.INTER_LINEAR
-        batch = np.stack([f if (h, w) == (nh, nw) else cv2.resize(f, (nw, nh), interpolation=interp)
-                          for f in frames])
+        return self._normalise(self._resized(frames, *self.network_size(h, w)))
+
+    @staticmethod
+    def _resized(frames, height, width):
+        h, w = frames[0].shape[:2]
+        interp = cv2.INTER_AREA if height < h else cv2.INTER_LINEAR
+        return np.stack([f if (h, w) == (height, width) else cv2.resize(f, (width, height), interpolation=interp)
+                         for f in frames])
+
+    def _normalise(self, batch):
+        """(B, h, w, 3) uint8 -> normalised (B, 3, h, w) tensor on the device, in the model's dtype."""
         x = torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2).float()
         return x.sub_(self._mean).div_(self._std).to(self.dtype)  # in place: a third of the time on a CPU
+
+    def _calibration_batches(self, batch, height, width):
+        """The calibration frames as normalised float32 arrays of (batch, 3, height, width), for int8."""
+        frames = [self._resized([f], height, width)[0] for f in self.calibration_frames]
+        return [self._normalise(np.stack(frames[i:i + batch])).float().cpu().numpy()
+                for i in range(0, len(frames) - batch + 1, batch)]
 
     def forward(self, x):
         return self._backend(x)

@@ -162,11 +162,13 @@ class SegmentNode(Node):
 
     def _load_segmenter(self):
         cfg = self.cfg
+        from mffseg_ros.data.synth import calibration_options  # int8: frames for its activation ranges
+        extra = calibration_options(cfg.precision)
         with warnings.catch_warnings(record=True) as caught:  # e.g. "random model": into the ROS log
             warnings.simplefilter('always')
             seg = Segmenter.load(cfg.weights or None, device=cfg.device, precision=cfg.precision,
                                  branch=cfg.branch, input_scale=cfg.scale, input_size=cfg.input_size,
-                                 backend=cfg.backend, threads=cfg.threads or default_threads())
+                                 backend=cfg.backend, threads=cfg.threads or default_threads(), **extra)
         for w in caught:
             self.get_logger().warning(str(w.message))
         # Before any subscription exists: the first real frame must not pay for export/autotuning/capture.

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from mffseg_ros.data.synth import calibration_options
 from mffseg_ros.errors import MffsegError
 from mffseg_ros.inference.backends import BACKENDS, PRECISIONS, BackendUnavailable
 from mffseg_ros.inference.segmenter import Segmenter, resolve_device
@@ -131,6 +132,7 @@ def make_segmenter(model, metadata, *, mode, variant, device, precision, size, t
         reason = 'CUDA graphs need a CUDA device'
     if reason:
         raise Unavailable(reason)
+    options = {**options, **calibration_options(precision, size)}  # int8: calibrated as the node does
     try:
         return Segmenter(model, metadata, device=device, precision=precision, branch=mode, input_size=size,
                          backend=backend, threads=threads, **options)

@@ -66,6 +66,7 @@ def lockstep_rows(args, opts):
     from sensor_msgs.msg import CameraInfo, Image
     from std_msgs.msg import Header
 
+    from mffseg_ros.data.synth import calibration_options
     from mffseg_ros.inference.segmenter import Segmenter
 
     if args.lockstep < 1:
@@ -80,7 +81,7 @@ def lockstep_rows(args, opts):
     # The bare network the node runs: the same weights, backend, precision, branch and threads.
     seg = Segmenter.load(params.get('weights'), device=str(opts['device']), backend=params.get('backend', 'auto'),
                          precision=params.get('precision', 'fp32'), branch=params.get('branch', 'main'),
-                         threads=params.get('threads') or 1)
+                         threads=params.get('threads') or 1, **calibration_options(params.get('precision')))
     batches = [seg.preprocess(list(pair)) for pair in pairs]
     seg.forward(batches[0])  # warm-up (ONNX export and session)
 

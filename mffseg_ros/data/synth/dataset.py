@@ -60,3 +60,18 @@ class SynthDataset(Sequence):
             raise IndexError(f'synth sample {j} out of range (length {self.length})')
         side = self.eye if self.eye != 'both' else ('left', 'right')[j % 2]
         return self.generator.sample(j, side)
+
+
+CALIBRATION_SEED = 101  # not a training seed (1) nor a held-out one (998, 999)
+
+
+def calibration_frames(count=16, size=(384, 480), seed=CALIBRATION_SEED):
+    """`count` RGB frames (left and right eyes of count // 2 scenes, tissue and lab backgrounds) for
+    calibrating an int8 model: activation ranges from frames that look like its input."""
+    eyes = [SynthDataset((count + 1) // 2, size=size, seed=seed, eye=eye) for eye in ('left', 'right')]
+    return [eyes[k % 2][k // 2]['image'] for k in range(int(count))]
+
+
+def calibration_options(precision, size=(384, 480)):
+    """Segmenter keyword arguments a precision needs beyond the model: int8 takes calibration frames."""
+    return {'calibration_frames': calibration_frames(size=size)} if precision == 'int8' else {}
