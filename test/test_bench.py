@@ -36,7 +36,7 @@ def test_model_bench_writes_table_json_and_chart(tmp_path, capsys):
         assert rows[('MFF', mode, 'fp32', 'onnx')]['status'] == 'ok'
         assert rows[('MFF', mode, 'fp32', 'onnx')]['ratio_to_mff'] > 0
     # Rows that cannot run here say why instead of disappearing.
-    assert 'fp32 only' in rows[('MFF', 'main', 'fp16', 'onnx')]['reason']
+    assert 'fp32, int8 only' in rows[('MFF', 'main', 'fp16', 'onnx')]['reason']
     if not torch.cuda.is_available():
         assert 'CUDA' in rows[('MFF', 'main', 'fp32', 'cudagraph')]['reason']
         assert 'CUDA' in rows[('MFF', 'main', 'fp16', 'torch')]['reason']

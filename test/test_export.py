@@ -67,7 +67,7 @@ def test_torch_backend_matches_model(model):
 def test_backend_mistakes_are_user_errors(model, tmp_path):
     with pytest.raises(MffsegError, match='unknown backend'):
         make_backend('tensorflow', model, {})
-    with pytest.raises(BackendUnavailable, match='fp32 only'):
+    with pytest.raises(BackendUnavailable, match='fp32, int8 only'):
         make_backend('onnx', model, {}, precision='fp16')
     with pytest.raises(MffsegError, match='ONNX file not found'):
         make_backend('onnx', model, {}, onnx_path=tmp_path / 'missing.onnx')

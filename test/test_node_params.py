@@ -48,7 +48,7 @@ def test_every_preset_loads_and_validates(ros, segmenter, preset):
     ({'sync_slop': 5.0}, 'sync_slop'),               # outside the descriptor's range
     ({'stereo': 'yes'}, 'stereo'),                   # wrong type
     ({'device': 'tpu'}, 'device'),                   # not an allowed value
-    ({'precision': 'int8'}, 'precision'),
+    ({'precision': 'int4'}, 'precision'),
     ({'backend': 'tensorflow'}, 'backend'),
     ({'threads': -1}, 'threads'),
     ({'input_height': 100, 'input_width': 96}, 'multiple of 32'),
