@@ -25,6 +25,8 @@ PRESETS = ('segment', 'dvrk', 'ambf', 'raven', 'endovis_bag')
 OVERRIDES = {
     'weights': ('weights', str),
     'device': ('device', str),
+    'backend': ('backend', str),
+    'precision': ('precision', str),
     'left_image_topic': ('left_image_topic', str),
     'right_image_topic': ('right_image_topic', str),
     'use_compressed': ('use_compressed', bool),
@@ -92,6 +94,9 @@ def generate_launch_description():
         DeclareLaunchArgument('log_level', default_value='info', description='debug | info | warn | error'),
         DeclareLaunchArgument('weights', default_value='', description='safetensors weights; empty = from params'),
         DeclareLaunchArgument('device', default_value='', description='auto | cpu | cuda[:N]; empty = from params'),
+        DeclareLaunchArgument('backend', default_value='', description='auto | torch | onnx | ...; empty: from params'),
+        DeclareLaunchArgument('precision', default_value='',
+                              description='fp32 | fp16 (CUDA) | bf16 | int8 (CPU, ONNX Runtime); empty = from params'),
         DeclareLaunchArgument('left_image_topic', default_value='', description='left image topic'),
         DeclareLaunchArgument('right_image_topic', default_value='', description='right image topic'),
         DeclareLaunchArgument('use_compressed', default_value='', description='true | false: <topic>/compressed'),
