@@ -191,7 +191,7 @@ def network_maps(logits, task_slices):
     in log space on the instrument logits alone: P(background) = sigmoid(l_0 - logsumexp(l_1..)),
     P(type | instrument) = softmax(l_1..), argmax of P = argmax of the logits."""
     import torch
-    heads = {task: logits[:, s].float().contiguous() for task, s in task_slices.items()}
+    heads = {task: logits[:, s].float() for task, s in task_slices.items()}  # views: no copy of the logits
     background, log_totals, peaks, maps = [], {}, {}, {}
     # In-place where a temporary would be thrown away: on the CPU each pass over the maps costs.
     for task, head in heads.items():
