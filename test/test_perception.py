@@ -121,6 +121,61 @@ def test_crossing_instruments_stay_two_instances():
     assert ids[H - 8, 8] == tip_of[200] and ids[H - 8, W - 8] == tip_of[60]
 
 
+def draw_banded(type_map, parts_map, type_id, border_uv, tip_uv, layers, width=12):
+    """An instrument as consecutive rectangles along the line from `border_uv` to `tip_uv`: `layers` is
+    [(part, length px, width px or None = `width`)] from the tip backwards; the shaft fills the rest."""
+    border_uv, tip_uv = np.asarray(border_uv, float), np.asarray(tip_uv, float)
+    back = (border_uv - tip_uv) / np.linalg.norm(border_uv - tip_uv)
+    across = np.array([-back[1], back[0]])
+    start = tip_uv
+    for part, length, band_width in [*layers, (PART_SHAFT, np.linalg.norm(border_uv - tip_uv), None)]:
+        end = start + length * back
+        half = 0.5 * (band_width or width) * across
+        corners = np.array([_pt(c) for c in (start - half, start + half, end + half, end - half)], np.int32)
+        for img, value in ((type_map, type_id), (parts_map, part)):
+            cv2.fillConvexPoly(img, corners, int(value), cv2.LINE_8, SHIFT)
+        start = end
+
+
+def jaws_centre(parts_map, type_map, type_id):
+    ys, xs = np.nonzero((parts_map == PART_CLASPERS) & (type_map == type_id))
+    return xs.mean(), ys.mean()
+
+
+def test_crossing_instruments_whose_wrists_nearly_touch_stay_two_instances():
+    """One tool comes down from the top, the other from the top right, crossing its shaft just above
+    its wrist: the two heads are 5.5 px apart (closer than half a head's size, the gap under which head
+    pieces count as one head), but each lies along its own axis, 55 degrees apart."""
+    type_map, parts_map = blank()
+    head = [(PART_CLASPERS, 14, 8), (PART_WRIST, 24, None)]
+    draw_banded(type_map, parts_map, 1, (128, 0), (128, 160), head)
+    angle = np.radians(35)
+    tip = np.array([94.0, 128.0])
+    draw_banded(type_map, parts_map, 2, tip + 300 * np.array([np.cos(angle), -np.sin(angle)]), tip, head)
+    frame = process(type_map, parts_map)
+    assert len(frame.instruments) == 2
+    ids = frame.instance_ids_image()
+    for inst in frame.instruments:  # each tip on its own jaws, in its own instance, with its own type
+        assert inst.tip == pytest.approx(jaws_centre(parts_map, type_map, inst.type_id), abs=1.0)
+        assert ids[int(round(inst.tip[1])), int(round(inst.tip[0]))] == inst.track_id
+        assert inst.type_score > 0.8
+    assert sorted(i.type_id for i in frame.instruments) == [1, 2]
+
+
+def test_one_head_broken_in_two_pieces_along_its_axis_stays_one_instrument():
+    """A highlight labelled shaft cuts the wrist in two bands 6 px apart (wider than the gaps bridged):
+    two head pieces on one axis are one head, not two instruments."""
+    type_map, parts_map = blank()
+    draw_banded(type_map, parts_map, 4, (0, 170), (190, 60),
+                [(PART_CLASPERS, 20, 8), (PART_WRIST, 16, None), (PART_SHAFT, 6, None), (PART_WRIST, 28, None)],
+                width=10)
+    heads = cv2.morphologyEx((parts_map >= PART_WRIST).astype(np.uint8), cv2.MORPH_CLOSE,
+                             cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5)))
+    assert cv2.connectedComponents(heads)[0] == 3  # background + two head pieces
+    (inst,) = process(type_map, parts_map).instruments
+    assert inst.source == 'claspers' and inst.tip == pytest.approx(jaws_centre(parts_map, type_map, 4), abs=1.0)
+
+
 def test_instruments_touching_at_the_jaws_stay_two_instances():
     type_map, parts_map = blank()
     draw_instrument(type_map, parts_map, 1, (120, 96), (0, 96))
