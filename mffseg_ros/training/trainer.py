@@ -336,17 +336,18 @@ class Trainer:
         preprocessing = Preprocessing(mean=norm['mean'], std=norm['std'], train_size=cfg['train_size'],
                                       input_scale=cfg['input_scale'])
         history = self.prior_history + [{
-            'iterations': self.iteration, 'hours': round(self.seconds / 3600, 4), 'config_name': cfg['name'],
+            # hours to 6 decimals (4 ms): a short run never records 0 h
+            'iterations': self.iteration, 'hours': round(self.seconds / 3600, 6), 'config_name': cfg['name'],
             'train_size': [int(v) for v in cfg['train_size']], 'device': str(self.device),
             'world_size': self.dist.world, 'git_revision': git_revision()}]
         total_iters, total_hours, unknown = totals(history)
         encoder = cfg.get('encoder_weights')
-        provenance = Provenance(git_revision=git_revision(), iterations=total_iters, hours=round(total_hours, 4),
+        provenance = Provenance(git_revision=git_revision(), iterations=total_iters, hours=round(total_hours, 6),
                                 train_data=train_specs, val_data=val_specs,
                                 encoder_init=Path(encoder).name if encoder else 'random')
         # The run-by-run record and the training frame scales travel as extra keys of the metadata.
         extra = {'training_history': history, 'total_iterations': total_iters,
-                 'total_hours': round(total_hours, 4), 'runs_without_hours': unknown,
+                 'total_hours': round(total_hours, 6), 'runs_without_hours': unknown,
                  'train_scales': [float(v) for v in cfg['augment'].get('scale', (1.0, 1.0))]}
         meta = WeightsMeta.for_model(self.model, preprocessing=preprocessing, recipe=recipe, metrics=self.metrics,
                                      provenance=provenance, extra=extra)
