@@ -92,7 +92,10 @@ def test_scores_count_false_positives_missed_instruments_and_id_switches():
         predicted['u'], predicted['v'] = [103, 300, 500], [100, 104, 500]  # the third is a false positive
         predicted['instance_id'] = [*ids, 99]
         predicted['type_id'] = [3, UNKNOWN_TYPE, 1]
-        scorer.add(predicted if frame else predicted[:2], truth if frame < 2 else truth[:1])
+        counts = scorer.add(predicted if frame else predicted[:2], truth if frame < 2 else truth[:1])
+        assert counts == [{'matched': 2, 'false_positives': 0, 'missed': 0, 'worst_error_px': 4.0},
+                          {'matched': 2, 'false_positives': 1, 'missed': 0, 'worst_error_px': 4.0},
+                          {'matched': 1, 'false_positives': 2, 'missed': 0, 'worst_error_px': 3.0}][frame]
     s = scorer.summary()
     assert s['tips_predicted'] == 8 and s['tips_visible'] == 5 and s['tips_matched'] == 5
     assert s['false_positives'] == 3 and s['tip_precision'] == pytest.approx(5 / 8)

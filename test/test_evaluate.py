@@ -175,3 +175,20 @@ def test_cli_user_errors_are_one_line(weights, tmp_path, capsys):
     assert main(['evaluate', '--weights', str(weights), '--data', 'nokind:/x', '--out', str(tmp_path / 'o'),
                  '--device', 'cpu']) == 2
     assert 'nokind' in capsys.readouterr().err
+
+
+def test_evaluate_bag_scores_every_frame_and_draws_the_worst(tmp_path):
+    """`mffseg evaluate --bag` on a generated stereo bag: per-frame counts add up to the summary, and
+    the worst frames are drawn with their true tips (shipped weights, in process)."""
+    bag, out = tmp_path / 'bag', tmp_path / 'scores'
+    assert main(['bag', 'synth', str(bag), '--frames', '4', '--size', '192x240', '--seed', '5']) == 0
+    assert main(['evaluate', '--bag', str(bag), '--out', str(out), '--device', 'cpu']) == 0
+    scores = json.loads((out / 'bag_scores.json').read_text())
+    summary, frames = scores['instruments'], scores['frames']
+    assert summary['frames'] == len(frames) == 4
+    for key, total in (('matched', 'tips_matched'), ('false_positives', 'false_positives'), ('missed', 'missed')):
+        assert sum(f[key] for f in frames) == summary[total]
+    assert all(f['matched'] + f['false_positives'] == f['instruments'] for f in frames)
+    assert all(f['matched'] + f['missed'] == f['visible'] for f in frames)
+    sheet = cv2.imread(str(out / 'worst_frames.png'))
+    assert sheet is not None and sheet.shape[0] > 192 and sheet.shape[1] > 3 * 240

@@ -5,10 +5,12 @@ Every stereo frame of the bag is segmented (both eyes in one batch), passed thro
 InstrumentPerception (tracking state carries over, as in the node) and scored: Dice of the published
 label images, and the instrument-level scores of evaluation/instrument_scores.py.
 """
+import heapq
 import json
 import logging
 from pathlib import Path
 
+import cv2
 import numpy as np
 from tqdm import tqdm
 
@@ -20,8 +22,10 @@ from mffseg_ros.inference.image_codec import decode_image
 from mffseg_ros.inference.perception import InstrumentPerception, PerceptionConfig
 from mffseg_ros.inference.stereo import StereoCalibration, pixel_rectifier
 from mffseg_ros.inference.tip_records import tip_records
+from mffseg_ros.visualize import contact_sheet, instrument_overlay, save_png
 
 log = logging.getLogger(__name__)
+WORST_FRAMES = 6  # overlays of the worst frames (false positives + missed tips, then tip error): worst_frames.png
 _KEYS = {topics.LEFT_IMAGE: 'left', topics.RIGHT_IMAGE: 'right', topics.LEFT_INFO: 'info_left',
          topics.RIGHT_INFO: 'info_right', topics.GT_TYPE: 'type', topics.GT_PARTS: 'parts', topics.GT_TIPS: 'tips'}
 
@@ -65,10 +69,28 @@ def read_frames(bag, limit=None):
     return {s: complete[s] for s in stamps}
 
 
-def evaluate_bag(segmenter, bag, *, config=None, limit=None, stereo=True):
+def _badness(row, match_px):
+    """False positives + missed tips; among equals, the largest tip error (a fraction below 1)."""
+    return row['false_positives'] + row['missed'] + row['worst_error_px'] / (match_px + 1e-9)
+
+
+def _with_truth(overlay, truth, radius):
+    """The node's overlay with the true tips drawn: a green cross in the match radius's circle."""
+    for t in truth:
+        u, v = int(round(float(t['u']))), int(round(float(t['v'])))
+        cv2.circle(overlay, (u, v), int(round(radius)), (0, 255, 0), 1, cv2.LINE_AA)
+        cv2.drawMarker(overlay, (u, v), (0, 255, 0), cv2.MARKER_CROSS, int(radius), 2)
+    return overlay
+
+
+def evaluate_bag(segmenter, bag, *, config=None, limit=None, stereo=True, worst=0):
     """Scores of `segmenter` + the post-processing on `bag`: a dict with 'instruments' (see
-    instrument_scores.InstrumentScorer.summary), 'dice_binary_mean', 'dice_parts_mean', 'frames'."""
+    instrument_scores.InstrumentScorer.summary), 'dice_binary_mean', 'dice_parts_mean', 'frames'
+    (per frame: matched, false positives, missed, worst tip error, Dice) and, with `worst` > 0, 'worst':
+    the overlays (true tips drawn) of the `worst` frames with the most false positives + missed tips,
+    then the largest tip errors."""
     frames = read_frames(bag, limit)
+    worst_frames = []  # (badness, -frame number, row, overlay): a bounded heap
     perception = InstrumentPerception(config or PerceptionConfig())
     scorer = None
     rows = []
@@ -85,19 +107,25 @@ def evaluate_bag(segmenter, bag, *, config=None, limit=None, stereo=True):
                                    calibration if use_right else None, stamp * 1e-9)
         truth = cloud_points(f['tips'])
         axes = np.array([i.axis_xyz if i.axis_xyz is not None else (np.nan,) * 3 for i in frame.instruments])
-        scorer.add(tip_records(frame.instruments), truth, axes.reshape(-1, 3))
+        counts = scorer.add(tip_records(frame.instruments), truth, axes.reshape(-1, 3))
         gt = {'type': image_array(f['type'])}
         if 'parts' in f:
             gt['parts'] = image_array(f['parts'])
-        row = {'stamp_ns': stamp, 'instruments': len(frame.instruments), 'visible': len(truth),
-               **score_frame(frame.labels_image(), frame.parts_image(), gt)}
+        row = {'stamp_ns': stamp, 'frame': len(rows), 'instruments': len(frame.instruments), 'visible': len(truth),
+               **counts, **score_frame(frame.labels_image(), frame.parts_image(), gt)}
         rows.append(row)
+        badness = _badness(row, scorer.match_px)
+        if worst and (len(worst_frames) < worst or badness > worst_frames[0][0]):
+            entry = (badness, -row['frame'], row,
+                     _with_truth(instrument_overlay(left, frame), truth, scorer.match_px))
+            (heapq.heappush if len(worst_frames) < worst else heapq.heapreplace)(worst_frames, entry)
     scores = {
         'bag': str(bag), 'model': segmenter.describe(),
         'dice_binary_mean': float(np.mean([r['dice_binary'] for r in rows])),
         'dice_parts_mean': float(np.mean([r['dice_parts'] for r in rows if 'dice_parts' in r]))
         if any('dice_parts' in r for r in rows) else None,
         'instruments': scorer.summary(), 'frames': rows,
+        'worst': [(row, overlay) for _, _, row, overlay in sorted(worst_frames, reverse=True)],
     }
     return scores
 
@@ -105,12 +133,17 @@ def evaluate_bag(segmenter, bag, *, config=None, limit=None, stereo=True):
 def run(args, segmenter):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    scores = evaluate_bag(segmenter, args.bag, limit=args.limit)
+    scores = evaluate_bag(segmenter, args.bag, limit=args.limit, worst=WORST_FRAMES)
+    worst = scores.pop('worst')
     (out / 'bag_scores.json').write_text(json.dumps(scores, indent=1))
+    if worst:
+        captions = [f"frame {r['frame']}: {r['matched']} found (worst {r['worst_error_px']:.1f} px), "
+                    f"{r['false_positives']} false, {r['missed']} missed" for r, _ in worst]
+        save_png(out / 'worst_frames.png', contact_sheet([o for _, o in worst], 3, captions))
     print(f"{args.bag}: {len(scores['frames'])} frames, {scores['model']}")
     print(f"Dice         binary {scores['dice_binary_mean']:.3f}, parts "
           + (f"{scores['dice_parts_mean']:.3f}" if scores['dice_parts_mean'] is not None else 'n/a'))
     for line in format_summary(scores['instruments']):
         print(line)
-    print(f'\nwrote {out / "bag_scores.json"}')
+    print(f'\nwrote {out / "bag_scores.json"}' + (f' and {out / "worst_frames.png"}' if worst else ''))
     return 0

@@ -39,14 +39,22 @@ class InstrumentScorer:
 
     def add(self, predicted, truth, predicted_axes=None):
         """predicted: records with u v x y z instance_id type_id (the ~/tips layout); truth: records of
-        evaluation.ground_truth.GT_TIP_DTYPE; predicted_axes: N x 3 unit shaft axes (NaN: none) or None."""
+        evaluation.ground_truth.GT_TIP_DTYPE; predicted_axes: N x 3 unit shaft axes (NaN: none) or None.
+        Returns this frame's counts: {'matched', 'false_positives', 'missed', 'worst_error_px'} (the
+        largest 2-D error of a matched tip; 0 without one)."""
         self.frames += 1
         self.predicted += len(predicted)
         self.visible += len(truth)
         self.count_exact += int(len(predicted) == len(truth))
         self.track_ids.update(int(i) for i in predicted['instance_id'])
-        if not len(predicted) or not len(truth):
-            return
+        matched_before = self.matched
+        if len(predicted) and len(truth):
+            self._match(predicted, truth, predicted_axes)
+        matched = self.matched - matched_before
+        return {'matched': matched, 'false_positives': len(predicted) - matched, 'missed': len(truth) - matched,
+                'worst_error_px': max(self.errors_2d[len(self.errors_2d) - matched:], default=0.0)}
+
+    def _match(self, predicted, truth, predicted_axes):
         p_uv = np.column_stack([predicted['u'], predicted['v']]).astype(np.float64)
         t_uv = np.column_stack([truth['u'], truth['v']]).astype(np.float64)
         distance = np.linalg.norm(p_uv[:, None] - t_uv[None], axis=2)
