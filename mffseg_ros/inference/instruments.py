@@ -111,13 +111,30 @@ def _snap(point, pts):
 def _main_part(mask):
     """Pixels (Nx2 x, y) of the largest connected piece of a part mask, small gaps bridged (two open jaws
     are one piece): a stray pixel of the part elsewhere on the instrument must not pull the tip."""
+    crop, origin = _around(mask)
+    if crop is None:
+        return np.zeros((0, 2))
+    x0, y0 = origin
     count, labels, stats, _ = cv2.connectedComponentsWithStats(
-        cv2.morphologyEx(mask.view(np.uint8), cv2.MORPH_CLOSE, _BRIDGE), connectivity=8)
+        cv2.morphologyEx(crop, cv2.MORPH_CLOSE, _BRIDGE), connectivity=8)
     if count <= 1:
         return np.zeros((0, 2))
     k = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    ys, xs = np.nonzero((labels == k) & mask)
-    return np.column_stack([xs, ys]).astype(np.float64)
+    ys, xs = np.nonzero((labels == k) & crop.view(bool))
+    return np.column_stack([xs + x0, ys + y0]).astype(np.float64)
+
+
+def _around(mask):
+    """(uint8 crop of `mask` around its pixels, (x0, y0) of the crop) or (None, None) when empty. The
+    margin (the bridge kernel's size) is what a closing with _BRIDGE reaches beyond the pixels, so
+    filters on the crop give exactly what they give on the whole mask, at a fraction of the cost."""
+    m = mask.view(np.uint8)
+    x, y, w, h = cv2.boundingRect(m)
+    if not w:
+        return None, None
+    pad = _BRIDGE.shape[0]
+    x0, y0 = max(x - pad, 0), max(y - pad, 0)
+    return m[y0:y + h + pad, x0:x + w + pad], (x0, y0)
 
 
 def jaw_parts(mask, parts, *, shape=None, origin=(0, 0), min_part_area=DEFAULT_MIN_PART_AREA):
