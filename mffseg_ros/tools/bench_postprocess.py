@@ -43,11 +43,12 @@ def old_postprocess(seg, logits, size):
 
 
 def _timed(times, key, fn, *args):
-    """fn(*args), recording the CPU time of this thread (ms): with one torch thread everything runs
-    here, and a shared machine's other processes do not inflate the figures the way wall time is."""
-    start = time.thread_time()
+    """fn(*args), recording the CPU time of this process (ms, all its threads: the right eye's
+    instruments run on a second one): with one torch thread nothing else runs here, and a shared
+    machine's other processes do not inflate the figures the way wall time is."""
+    start = time.process_time()
     out = fn(*args)
-    times.setdefault(key, []).append(1000 * (time.thread_time() - start))
+    times.setdefault(key, []).append(1000 * (time.process_time() - start))
     return out
 
 
