@@ -163,7 +163,7 @@ class OnnxRuntimeBackend:
         return path
 
     def int8_file(self, batch, height, width):
-        """The int8 file for this input shape, quantised on first use (about 20 s for a 2x384x480 pair)."""
+        """The int8 file for this input shape, quantised on first use (7 s for a 2x384x480 pair here)."""
         path = self.cache_dir / f'mff_{self.branch}_{batch}x{height}x{width}_int8.onnx'
         if not path.exists():
             fp32 = self.model_file(batch, height, width)

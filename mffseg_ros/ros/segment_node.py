@@ -30,6 +30,7 @@ from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from visualization_msgs.msg import MarkerArray
 
+from mffseg_ros.data.synth import calibration_options
 from mffseg_ros.errors import DataError, ImageFormatError, MffsegError
 from mffseg_ros.inference.instruments import UNKNOWN_TYPE
 from mffseg_ros.inference.perception import InstrumentPerception
@@ -162,8 +163,7 @@ class SegmentNode(Node):
 
     def _load_segmenter(self):
         cfg = self.cfg
-        from mffseg_ros.data.synth import calibration_options  # int8: frames for its activation ranges
-        extra = calibration_options(cfg.precision)
+        extra = calibration_options(cfg.precision)  # int8: frames for its activation ranges
         with warnings.catch_warnings(record=True) as caught:  # e.g. "random model": into the ROS log
             warnings.simplefilter('always')
             seg = Segmenter.load(cfg.weights or None, device=cfg.device, precision=cfg.precision,
