@@ -53,7 +53,13 @@ def test_onnx_backend_exports_per_size(model, tmp_path):
     for size in [(64, 64), (96, 128)]:  # 96x128 has a non-trivial SPP kernel (1x2) at 1/32
         x = torch.randn(1, 3, *size)
         assert torch.allclose(backend(x), torch_logits(model, x, 'aux'), atol=1e-4)
-    assert sorted(p.name for p in tmp_path.glob('*.onnx')) == ['mff_aux_1x64x64.onnx', 'mff_aux_1x96x128.onnx']
+    tag = backend.fingerprint()
+    assert sorted(p.name for p in tmp_path.glob('*.onnx')) == [f'mff_aux_{tag}_1x64x64.onnx',
+                                                               f'mff_aux_{tag}_1x96x128.onnx']
+    # Another model with the same cache folder gets its own files, never this one's.
+    other = make_backend('onnxruntime', MFFNet().eval(), {}, cache_dir=tmp_path, branch='aux')
+    assert other.fingerprint() != tag
+    assert other.model_file(1, 64, 64).name == f'mff_aux_{other.fingerprint()}_1x64x64.onnx'
     assert not model.training  # exporting must not flip the caller's model into training mode
 
 

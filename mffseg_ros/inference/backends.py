@@ -11,6 +11,7 @@ where plain NCHW is as fast as channels-last. (When every logit channel was upsa
 size, NCHW arrays from ONNX Runtime made it 4-6x slower; `test/test_backends.py` keeps the two
 backends side by side so that cannot come back unseen.)
 """
+import hashlib
 import importlib.util
 import logging
 import tempfile
@@ -110,6 +111,7 @@ class OnnxRuntimeBackend:
             cache_dir = self._tmp.name
         self.cache_dir = Path(cache_dir)
         self.sessions = {}  # (batch, height, width) -> InferenceSession
+        self._fingerprint = None
         if onnx_path is not None:
             self._add_file(Path(onnx_path))
         self.description = (f'ONNX Runtime {ort.__version__} {",".join(map(str, self.providers))}'
@@ -150,13 +152,23 @@ class OnnxRuntimeBackend:
             raise MffsegError(f'{path}: input shape must be fixed (batch, 3, height, width), got {shape}')
         self.sessions[(shape[0], *shape[2:])] = session
 
+    def fingerprint(self):
+        """12 hex digits of the model's weights: a `cache_dir` shared by several models (or kept across
+        retraining) must never hand one model another's exported file."""
+        if self._fingerprint is None:
+            digest = hashlib.sha1()
+            for name, tensor in self.model.state_dict().items():
+                digest.update(name.encode())
+                digest.update(tensor.detach().to('cpu').contiguous().numpy().tobytes())
+            self._fingerprint = digest.hexdigest()[:12]
+        return self._fingerprint
+
     def model_file(self, batch, height, width):
         """The fp32 ONNX file for this input shape, exported on first use."""
-        path = self.cache_dir / f'mff_{self.branch}_{batch}x{height}x{width}.onnx'
+        if self.model is None:
+            raise MffsegError(f'no ONNX model for input {batch}x3x{height}x{width} and no torch model to export')
+        path = self.cache_dir / f'mff_{self.branch}_{self.fingerprint()}_{batch}x{height}x{width}.onnx'
         if not path.exists():
-            if self.model is None:
-                raise MffsegError(f'no ONNX model for input {batch}x3x{height}x{width} '
-                                  'and no torch model to export')
             log.info('exporting the model to ONNX for input %dx3x%dx%d: %s', batch, height, width, path)
             export_onnx(self.model, path, size=(height, width), batch=batch, branch=self.branch,
                         metadata=self.metadata)
@@ -164,11 +176,13 @@ class OnnxRuntimeBackend:
 
     def int8_file(self, batch, height, width):
         """The int8 file for this input shape, quantised on first use (7 s for a 2x384x480 pair here)."""
-        path = self.cache_dir / f'mff_{self.branch}_{batch}x{height}x{width}_int8.onnx'
+        fp32 = self.model_file(batch, height, width)
+        batches = self.calibration(batch, height, width)
+        digest = hashlib.sha1(b''.join(b.tobytes() for b in batches)).hexdigest()[:8]  # other frames, other ranges
+        path = fp32.with_name(f'{fp32.stem}_int8_{digest}.onnx')
         if not path.exists():
-            fp32 = self.model_file(batch, height, width)
             log.info('quantising the model to int8 for input %dx3x%dx%d: %s', batch, height, width, path)
-            quantize_int8(fp32, path, self.calibration(batch, height, width))
+            quantize_int8(fp32, path, batches)
         return path
 
     def session_for(self, batch, height, width):
