@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from mffseg_ros.data.synth import SynthDataset
+from mffseg_ros.data.synth import SynthDataset, calibration_options
 from mffseg_ros.inference.segmenter import Segmenter
 from mffseg_ros.sizes import parse_size
 from mffseg_ros.tools import bench_model as bm
@@ -32,7 +32,7 @@ def synthetic_pairs(count, size, seed):
 
 def agreement(a, b):
     """Fraction of equal pixels per task between two SegmentationResults."""
-    return {task: float((getattr(a, task) == getattr(b, task)).mean()) for task in ('type', 'parts')}
+    return {task: float((getattr(a, task) == getattr(b, task)).mean()) for task in ('type', 'parts', 'binary')}
 
 
 def main(argv=None):
@@ -41,7 +41,6 @@ def main(argv=None):
     parser.add_argument('--frame-size', default='1024x1280', help='stereo frame HxW (default 1024x1280)')
     parser.add_argument('--threads', type=int, default=1)
     parser.add_argument('--iters', type=int, default=10)
-    parser.add_argument('--calibration', type=int, default=16, help='synthetic stereo pairs for int8 calibration')
     parser.add_argument('--agreement', type=int, default=8, help='held-out synthetic pairs for label agreement')
     parser.add_argument('--out', default='bench_results/cpu_backends.json')
     args = parser.parse_args(argv)
@@ -52,11 +51,10 @@ def main(argv=None):
 
     segs = {'torch': Segmenter.load(args.weights, device='cpu', backend='torch', threads=args.threads),
             'onnx': Segmenter.load(args.weights, device='cpu', backend='onnx', threads=args.threads)}
-    calibration = synthetic_pairs(args.calibration, size, seed=101)
     held_out = synthetic_pairs(args.agreement, size, seed=202)
     fp32 = segs['onnx']
     segs['onnx-int8'] = Segmenter.load(args.weights, device='cpu', backend='onnx', precision='int8',
-                                       threads=args.threads, calibration_frames=[f for p in calibration for f in p])
+                                       threads=args.threads, **calibration_options('int8'))  # as the node
     shape = (2, *fp32.network_size(*size))
     fp32_file = fp32._backend.model_file(*shape)
     t0 = time.perf_counter()
@@ -83,7 +81,7 @@ def main(argv=None):
                'end_to_end_over_network': frame['median_ms'] / network['median_ms']}
         if name in agree:
             row.update({f'{task}_agreement_vs_onnx_fp32': float(np.mean([a[task] for a in agree[name]]))
-                        for task in ('type', 'parts')})
+                        for task in ('type', 'parts', 'binary')})
         rows.append(row)
     base = {r['backend']: r['end_to_end_ms'] for r in rows}
     for row in rows:
