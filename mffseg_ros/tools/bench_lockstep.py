@@ -9,7 +9,6 @@ ratio of the medians holds. Latency = the pair's publish (its header stamp) -> t
 """
 import importlib
 import os
-import sys
 import time
 
 import numpy as np
@@ -97,12 +96,7 @@ def lockstep_rows(args, opts):
         return record
 
     profile = dds_profile(args)
-    argv, sys.argv = sys.argv, sys.argv[:1]
-    try:
-        ros = RosHarness(probe_name='mffseg_lockstep_probe')
-    finally:
-        sys.argv = argv
-    with ros:
+    with RosHarness(probe_name='mffseg_lockstep_probe') as ros:
         node = NodeProcess(namespace=NAMESPACE, parameters=params)
         try:
             probe = ros.probe

@@ -4,7 +4,6 @@ which the node copies to its outputs), the node's own receive->publish latency (
 processed rate, drops, the node's CPU use and GPU memory."""
 import os
 import resource
-import sys
 import time
 
 import cv2
@@ -103,7 +102,6 @@ def ros_rows(args, opts):
     from diagnostic_msgs.msg import DiagnosticArray
     from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
-
     height, width = parse_frame_size(args.frame_size)
     rates = parse_rates(args.rate)
     if not args.duration > 0:
@@ -122,12 +120,7 @@ def ros_rows(args, opts):
             diagnostics.append(diagnostic_values(msg))
 
     profile = dds_profile(args)
-    argv, sys.argv = sys.argv, sys.argv[:1]  # rclpy.init reads sys.argv: keep our NAME:=VALUE out of it
-    try:
-        ros = RosHarness(probe_name='mffseg_bench_probe')
-    finally:
-        sys.argv = argv
-    with ros:
+    with RosHarness(probe_name='mffseg_bench_probe') as ros:  # rclpy.init(args=[]): our NAME:=VALUE stay ours
         node = (_NodeInProcess(ros, params) if args.node == 'inprocess'
                 else NodeProcess(namespace=NAMESPACE, parameters=params))
         try:
