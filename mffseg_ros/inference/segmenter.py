@@ -114,10 +114,10 @@ class Segmenter:
     @classmethod
     def load(cls, weights=None, *, device='auto', precision='fp32', branch='main', input_scale=None,
              input_size=None, backend='torch', threads=None, **backend_options):
-        """precision 'int8' (CPU, ONNX Runtime) also needs calibration_frames: RGB frames like the ones
-        it will segment (e.g. `mffseg_ros.data.synth.calibration_frames()`), 16 or more."""
         """Loads weights (None: the shipped default; a missing default gives a random model with a
-        warning). A missing or corrupt file given explicitly raises WeightsError with path and reason."""
+        warning). A missing or corrupt file given explicitly raises WeightsError with path and reason.
+        precision 'int8' (CPU, ONNX Runtime) also needs calibration_frames: RGB frames like the ones it
+        will segment (e.g. `mffseg_ros.data.synth.calibration_frames()`), 16 or more."""
         path = Path(weights) if weights else default_weights_path()
         if weights is None and not path.exists():
             warnings.warn(f'default weights {path} not found: using a RANDOMLY INITIALISED model '
