@@ -298,7 +298,7 @@ def test_stereo_with_camera_info_segments_both_images_and_publishes_markers(ros,
     header, _ = stamp_header()
     infos[0].publish(camera_info(header))
     infos[1].publish(camera_info(header, baseline_px_m=200.0 * 0.005))
-    assert ros.wait_for(lambda: all(p is not None for p in node._projections.values()))
+    assert ros.wait_for(lambda: all(c is not None for c in node._calibrations.values()))
     stamp = publish_pair(left, right)
     assert ros.wait_for(lambda: tips.stamped(stamp) and markers.messages)
     assert node.snapshot()['counts'].get('segmented_pairs') == 1  # left + right in one forward pass

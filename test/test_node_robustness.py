@@ -136,8 +136,8 @@ def test_bad_camera_info_is_rejected_and_every_later_frame_keeps_its_outputs(ros
     h, _ = header()
     infos[0].publish(camera_info(h))
     infos[1].publish(camera_info(h, baseline=0.005))
-    assert ros.wait_for(lambda: all(p is not None for p in node._projections.values()))
-    good_left = node._projections['left'].copy()
+    assert ros.wait_for(lambda: all(c is not None for c in node._calibrations.values()))
+    good_left = node._calibrations['left'].P.copy()
 
     def pair():
         h, stamp = header()
@@ -149,7 +149,7 @@ def test_bad_camera_info_is_rejected_and_every_later_frame_keeps_its_outputs(ros
            camera_info(h, r=[math.nan] + [0.0] * 8), camera_info(h, r=[2.0, 0, 0, 0, 1, 0, 0, 0, 1]),
            camera_info(h, p=[0.0] * 12), camera_info(h, height=2 * H, width=2 * W)]
     publish_one_by_one(ros, node, infos[0], bad, key='camera_info_rejected')
-    np.testing.assert_array_equal(node._projections['left'], good_left)  # the last good one is kept
+    np.testing.assert_array_equal(node._calibrations['left'].P, good_left)  # the last good one is kept
     for _ in range(3):
         pair()
     c = counts(node)

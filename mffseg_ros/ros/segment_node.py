@@ -87,7 +87,6 @@ class SegmentNode(Node):
         self.perception = InstrumentPerception(self.cfg.perception())
         self.pairer = StereoPairer(stereo=self.cfg.stereo, slop_ns=int(self.cfg.sync_slop * 1e9),
                                    depth=self.cfg.sync_queue_size)
-        self._projections = {'left': None, 'right': None}
         self._calibrations = {'left': None, 'right': None}  # the installed (checked) camera_model.Calibration
         self._stereo = None  # (left, right Calibration, their StereoCalibration or None, why not)
         self._calibration_state = {'left': 'none', 'right': 'none'}
@@ -303,7 +302,6 @@ class SegmentNode(Node):
 
     def _install_calibration(self, side, calibration):
         self._calibrations[side] = calibration
-        self._projections[side] = calibration.P
         self._calibration_state[side] = 'ok'
 
     def _reject_calibration(self, side, reason, uninstall=False):
@@ -312,7 +310,7 @@ class SegmentNode(Node):
         self.stats.add('camera_info_rejected')
         self.stats.add(f'camera_info_rejected.{side}')
         if uninstall:
-            self._projections[side] = self._calibrations[side] = None
+            self._calibrations[side] = None
         kept = self._calibrations[side] is not None
         self._calibration_state[side] = f'{"ok (kept the last good one); " if kept else ""}rejected: {reason}'
         self.get_logger().warning(
@@ -412,8 +410,7 @@ class SegmentNode(Node):
         rgb_left = self._decode('left', left)
         if rgb_left is None:
             return
-        P_left, P_right = self._projections['left'], self._projections['right']
-        want_3d = (right is not None and P_left is not None and P_right is not None
+        want_3d = (right is not None and all(c is not None for c in self._calibrations.values())
                    and (wanted['tips'] or wanted['tip_markers'] or wanted['tip_poses']))
         rgb_right = self._decode('right', right) if want_3d else None
         if rgb_right is not None and rgb_right.shape == rgb_left.shape:
@@ -491,7 +488,7 @@ class SegmentNode(Node):
         if not self.cfg.stereo:
             return ''
         missing = [f'{side} camera_info {state}' for side, state in self._calibration_state.items()
-                   if self._projections[side] is None]
+                   if self._calibrations[side] is None]
         return f'stereo without 3-D: {"; ".join(missing)}' if missing else ''
 
     def snapshot(self):
