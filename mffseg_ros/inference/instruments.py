@@ -296,17 +296,12 @@ def _elongated(mask, ratio=2.5):
     return length >= ratio * width
 
 
-def _band_width(mask):
-    """Mean width of a band-shaped piece: its area over its length along the principal axis."""
-    return _band(mask)[3]
-
-
 def _drop_slivers(shafts, ratio=0.35):
     """Shaft pieces much thinner than the widest one are a highlight or an edge of that shaft labelled
     apart, not another instrument (instruments in one view have similar shaft widths)."""
     if len(shafts) < 2:
         return shafts
-    widths = [_band_width(m) for m in shafts]
+    widths = [_band(m)[3] for m in shafts]  # mean width: area over length
     return [m for m, w in zip(shafts, widths) if w >= ratio * max(widths)]
 
 
