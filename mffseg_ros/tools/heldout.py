@@ -5,8 +5,9 @@
 Sets: synthetic scenes of an unseen seed (tissue and lab backgrounds), synthetic scenes of an unseen seed
 AND style (lab backgrounds only: pads, phantoms, drapes, cavities), and the real video VID03
 (CholecInstanceSeg, binary labels) when the data root has it. Each set is scored at network inputs
-fitting 256x320, 384x480 and 512x640 (and at the weights' own default). Writes DIR/summary.json,
-DIR/summary.md and one `mffseg evaluate`-style folder per set and size."""
+fitting 256x320, 384x480 and 512x640 (and at the weights' own default; a size that gives the same
+network input as the default is not scored again: it shares the default's figures and folder).
+Writes DIR/summary.json, DIR/summary.md and one `mffseg evaluate`-style folder per set and size."""
 import argparse
 import json
 import logging
@@ -82,6 +83,9 @@ def run_heldout(weights, out, *, frames=32, data_root='../shared/data', sizes=SI
             else:  # fit the frame into size, aspect kept (VID03 frames are 16:9)
                 th, tw = parse_size(size, multiple=32)
                 segmenter = Segmenter.load(weights, device=device, input_scale=min(th / fh, tw / fw))
+                if segmenter.network_size(fh, fw) == default.network_size(fh, fw):
+                    results[size] = results['default']  # the very same network input: scored already
+                    continue
             log.info('%s at %s: %s', name, size, segmenter.describe())
             report = evaluate(segmenter, samples, worst=4 if size == 'default' else 0,
                               out_dir=out / name / size, progress=progress,
