@@ -475,3 +475,24 @@ def test_articulated_jaws_labelled_shaft_are_not_a_second_instrument():
     jaws = (parts == PART_SHAFT) & (np.arange(W)[None, :] > wrist[0] + 9)
     ys, xs = np.nonzero(jaws)
     assert inst.source == 'claspers' and np.hypot(inst.tip[0] - xs.mean(), inst.tip[1] - ys.mean()) < 4
+
+
+def test_pieces_that_do_not_enter_the_view_join_a_neighbour_stay_as_bands_or_go():
+    """Regions without a shaft that do not reach the border: a nearby piece is part of the nearest
+    instrument, a far long band is an instrument of its own (a grasper whose shaft is hidden by tissue,
+    all labelled jaws), a far blob is noise."""
+    type_map, parts_map = blank()
+    draw_instrument(type_map, parts_map, 2, (90, 96), (0, 96))
+    alone = process(type_map, parts_map).instruments[0].area_px
+    cv2.rectangle(parts_map, (104, 92), (110, 100), PART_CLASPERS, -1)  # 10 px beyond the jaws
+    cv2.rectangle(type_map, (104, 92), (110, 100), 2, -1)
+    found = process(type_map, parts_map).instruments
+    assert len(found) == 1 and found[0].area_px == alone + 7 * 9
+    band = (slice(150, 160), slice(150, 210))
+    parts_map[band], type_map[band] = PART_CLASPERS, 2
+    found = process(type_map, parts_map).instruments
+    assert len(found) == 2 and found[1].area_px == 10 * 60
+    parts_map[band], type_map[band] = 0, 0
+    cv2.circle(parts_map, (200, 40), 8, PART_CLASPERS, -1)
+    cv2.circle(type_map, (200, 40), 8, 2, -1)
+    assert len(process(type_map, parts_map).instruments) == 1

@@ -424,10 +424,12 @@ def _rejoin_inner(regions, shape, origin):
 
 
 def _attach_orphans(found, parts, shape, min_part_area, reach=0.08):
-    """Regions without a shaft that do not reach the image border cannot be whole instruments (shafts
-    come in from outside the view): jaws cut off from their wrist by a segmentation gap join the
-    instrument nearest to them (within `reach` of the image diagonal), anything farther is dropped
-    (dark tissue, a vessel or a highlight taken for metal)."""
+    """Regions without a shaft that do not reach the image border may be pieces of an instrument
+    (shafts come in from outside the view): jaws cut off from their wrist by a segmentation gap join the
+    instrument nearest to them (within `reach` of the image diagonal). Farther ones stay instruments of
+    their own when they are long bands (a tool whose shaft is hidden by tissue or ends at the field stop,
+    all of it labelled jaws: real laparoscopic graspers); blobs are dropped (dark tissue or a highlight
+    taken for metal)."""
     height, width = shape
     cache = {}
 
@@ -449,8 +451,9 @@ def _attach_orphans(found, parts, shape, min_part_area, reach=0.08):
 
     keep = [f for f in found if anchored(f)]
     orphans = [f for f in found if not anchored(f)]
+    bands = [f for f in orphans if _elongated(f[2])]
     if not orphans or not keep:
-        return keep
+        return keep + bands
     limit = reach * math.hypot(height, width)
     merged = {id(f): [f] for f in keep}
     for orphan in orphans:
@@ -459,8 +462,10 @@ def _attach_orphans(found, parts, shape, min_part_area, reach=0.08):
         best = int(np.argmin(gaps))
         if gaps[best] <= limit:
             merged[id(keep[best])].append(orphan)
+        elif any(orphan is b for b in bands):
+            merged[id(orphan)] = [orphan]
     out = []
-    for f in keep:
+    for f in keep + [b for b in bands if id(b) in merged]:
         group = merged[id(f)]
         if len(group) == 1:
             out.append(f)
