@@ -75,6 +75,34 @@ def test_perfect_predictions_score_perfectly(samples):
     it = report['instrument_types']  # frame 2's instrument has no type label: not counted
     assert it['instruments'] == 2 and it['type_accuracy'] == 1.0
     assert set(it['per_type']) == {'bipolar_forceps', 'prograsp_forceps'}
+    # One bar moving down over three frames of one video: one instrument, one track.
+    tracks = report['instruments']['videos']['vid1']
+    assert tracks['precision'] == tracks['recall'] == tracks['frames_with_exact_count'] == 1.0
+    assert tracks['track_ids'] == tracks['true_instruments'] == 1 and tracks['track_id_switches'] == 0
+    assert 'instruments and tracks' in format_report(report)
+
+
+def test_instance_scores_count_false_instruments_misses_and_id_switches():
+    from mffseg_ros.evaluation.instance_tracks import InstanceTrackScorer
+    truth = np.zeros((40, 60), np.uint16)
+    truth[5:15, :40], truth[25:35, 20:] = 1, 2
+    scorer = InstanceTrackScorer()
+    scorer.add(truth.copy(), truth)  # perfect, track ids = true ids
+    swapped = np.where(truth == 1, 7, np.where(truth == 2, 1, 0)).astype(np.uint16)
+    scorer.add(swapped, truth)  # both instruments change track id: two switches
+    split = swapped.copy()
+    split[25:35, 45:] = 9  # a quarter of instrument 2 becomes a third instance: a false instrument
+    split[5:15, :40] = 0  # and instrument 1 is missed
+    split[0:3, 0:3] = 5  # a speck elsewhere: another false instrument
+    counts = scorer.add(split, truth)
+    assert counts == {'instruments': 3, 'visible': 2, 'matched': 1, 'false_instruments': 2, 'missed': 1}
+    out = scorer.summary()
+    assert out['track_id_switches'] == 2 and out['track_ids'] == 5 and out['true_instruments'] == 2
+    assert out['precision'] == pytest.approx(5 / 7) and out['recall'] == pytest.approx(5 / 6)
+    assert out['frames_with_exact_count'] == pytest.approx(2 / 3)
+    small = np.zeros_like(truth)
+    small[0:2, 0:2] = 3  # smaller than min_area: not visible, so predicting nothing is right
+    assert scorer.add(np.zeros_like(truth), small, min_area=10)['visible'] == 0
 
 
 def test_type_per_instrument_is_a_majority_vote(samples):

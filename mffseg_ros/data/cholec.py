@@ -17,10 +17,19 @@ from mffseg_ros.errors import DataError
 # CholecSeg8k watershed classes: 31 grasper, 32 L-hook electrocautery; 255 marks region boundaries,
 # whose side is unknown, so they are ignored rather than called tissue.
 CHOLECSEG8K_WATERSHED = {'binary': {31: 1, 32: 1, 255: IGNORE, 'default': 0}}
+# Its one grasper and one hook per clip as instances (two tools of one class would be one instance).
+CHOLECSEG8K_INSTANCES = {31: 1, 32: 2}
 CHOLECSEG8K_BINARY = {'binary': {0: 0, 255: 1, 'default': IGNORE}}  # video01-style 0/255 masks
 # CholecInstanceSeg polygon labels that are instruments (its full label set).
 CHOLEC_INSTRUMENTS = ('grasper', 'bipolar', 'hook', 'scissors', 'clipper', 'irrigator', 'specimen bag',
                       'specimenbag', 'specimen_bag')
+
+
+def _instance_id(label, group_id):
+    """A labelled instrument's instance id, the same in every frame of its video (tracking is scored on
+    it): CholecInstanceSeg tells the instruments of one label apart by their group_id."""
+    group = group_id if isinstance(group_id, int) and 0 <= group_id < 999 else 999
+    return 1 + 1000 * CHOLEC_INSTRUMENTS.index(label) + group
 
 
 def _cholecseg8k_folder(folder):
@@ -30,7 +39,8 @@ def _cholecseg8k_folder(folder):
                              image_suffix='_frame.png', mask_suffix='_mask.png', name_prefix=folder.name + '/')
     if any(folder.glob('*_endo_watershed_mask.png')):
         return FolderDataset(folder, folder, CHOLECSEG8K_WATERSHED, image_suffix='_endo.png',
-                             mask_suffix='_endo_watershed_mask.png', name_prefix=folder.name + '/')
+                             mask_suffix='_endo_watershed_mask.png', name_prefix=folder.name + '/',
+                             instances=CHOLECSEG8K_INSTANCES)
     return None
 
 
@@ -51,7 +61,8 @@ def cholecseg8k(root):
 
 class CholecInstanceSeg:
     """CholecInstanceSeg: `img_dir/*.png` + labelme JSON polygons in `ann_dir/` (one folder, or a folder of
-    VIDxx folders). An instance is one (label, group_id) pair: its polygons share one instance id."""
+    VIDxx folders). An instance is one (label, group_id) pair: its polygons share one instance id, the
+    same in every frame."""
 
     def __init__(self, root):
         root = Path(root)
@@ -85,7 +96,6 @@ class CholecInstanceSeg:
             raise DataError(f'{ann_path}: cannot read the labelme JSON ({e})') from e
         binary = np.zeros((h, w), np.uint8)
         instance = np.zeros((h, w), np.uint16)
-        ids = {}
         for shape in shapes:
             label = str(shape.get('label', '')).strip().lower()
             points = np.round(np.asarray(shape.get('points', []), np.float64)).astype(np.int32)
@@ -99,10 +109,8 @@ class CholecInstanceSeg:
                 warn_label(f'{ann_path}: unknown label {label!r}; its pixels get label 255 (ignore)')
                 binary[on] = IGNORE
                 continue
-            key = (label, shape.get('group_id'))
-            ids.setdefault(key, len(ids) + 1)
             binary[on] = 1
-            instance[on] = ids[key]
+            instance[on] = _instance_id(label, shape.get('group_id'))
         ignore = np.full((h, w), IGNORE, np.uint8)
         return {'image': image, 'parts': ignore, 'type': ignore.copy(), 'binary': binary,
                 'instance': instance, 'name': name}

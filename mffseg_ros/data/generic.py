@@ -61,8 +61,12 @@ class FolderDataset:
     """Images in `images` with masks in `masks` (default: the same folder) as sample dicts."""
 
     def __init__(self, images, masks=None, mapping=None, *, image_suffix='.png', mask_suffix='_mask.png',
-                 name_prefix=''):
+                 name_prefix='', instances=None):
+        """instances: {mask value: instance id} where a mask value is one instrument (default: no instances)."""
         self.images = Path(images)
+        self.instance_lut = np.zeros(65536, np.uint16)
+        for value, instance_id in (instances or {}).items():
+            self.instance_lut[int(value)] = int(instance_id)
         self.masks = Path(masks) if masks else self.images
         if mapping is None:
             raise DataError(f'{self.images}: a folder data set needs a value->class mapping')
@@ -94,5 +98,5 @@ class FolderDataset:
             raise DataError(f'{mask_path}: mask size {mask.shape[::-1]} != image size {image.shape[1::-1]}')
         labels = labels_from_mask(mask, self.luts)
         return {'image': image, 'parts': labels['parts'], 'type': labels['type'],
-                'binary': labels['binary'], 'instance': np.zeros(mask.shape, np.uint16),
+                'binary': labels['binary'], 'instance': self.instance_lut[mask],
                 'name': self.name_prefix + img_path.name}

@@ -35,3 +35,13 @@ class Subsampled:
 
     def __getitem__(self, index):
         return self.base[self.indices[index]]
+
+
+def sequence_name(sample):
+    """The video a sample belongs to (the folder part of its name: `instrument_dataset_1`, `VID03`,
+    `clip_561_632`), or None for a frame that stands alone: synthetic scenes and composites are
+    independent frames, so tracking across them means nothing."""
+    name = str(sample.get('name', ''))
+    if '/' not in name or name.startswith('composite/'):
+        return None
+    return name.rsplit('/', 1)[0]

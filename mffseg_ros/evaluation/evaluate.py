@@ -9,8 +9,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from mffseg_ros.data.samples import sequence_name
 from mffseg_ros.errors import MffsegError
+from mffseg_ros.evaluation.instance_tracks import InstanceTrackScorer, format_track_summary
 from mffseg_ros.evaluation.metrics import TaskMeter
+from mffseg_ros.inference.instruments import DEFAULT_MIN_AREA
 from mffseg_ros.inference.perception import InstrumentPerception
 from mffseg_ros.model.classes import NUM_CLASSES, TASK_CLASSES
 from mffseg_ros.visualize import contact_sheet, instrument_overlay, overlay, save_png
@@ -101,13 +104,44 @@ class InstrumentTypeMeter:
                              for t, c in sorted(self.counts.items())}}
 
 
+class InstrumentTracks:
+    """The node's instruments over the data set's videos (one InstrumentPerception per video, so tracks
+    carry over from frame to frame as in the node), scored against the true instances where a frame has
+    them (instance_tracks.py). Frames that stand alone (synthetic scenes) are scored one by one: their
+    instrument counts mean something, their track ids do not, so tracks are scored per video only."""
+
+    def __init__(self):
+        self.videos, self.frames = {}, InstanceTrackScorer(tracks=False)
+        self._sequence, self._perception = None, None
+
+    def add(self, sample, result):
+        truth = sample.get('instance')
+        sequence = sequence_name(sample)
+        if self._perception is None or sequence is None or sequence != self._sequence:
+            self._perception, self._sequence = InstrumentPerception(), sequence
+        tracks = self._perception.process(result).instance_ids_image()
+        if truth is None or not truth.any():
+            return  # no instance labels in this frame: it only moves the tracks on
+        self.frames.add(tracks, truth, DEFAULT_MIN_AREA)
+        if sequence is not None:
+            self.videos.setdefault(sequence, InstanceTrackScorer()).add(tracks, truth, DEFAULT_MIN_AREA)
+
+    def summary(self):
+        if not self.frames.frames:
+            return None
+        return {'all_frames': self.frames.summary(),
+                'videos': {name: scorer.summary() for name, scorer in self.videos.items()}}
+
+
 def evaluate(segmenter, samples, *, tasks='all', worst=8, out_dir=None, progress=True, info=None):
     """Scores `segmenter` on `samples` (a sequence of sample dicts). Returns the report dict; with
     `out_dir`, also writes metrics.json, metrics.md and worst/NN_<name>.png (the `worst` lowest
-    frames by their mean paper IoU over the scored tasks)."""
+    frames by their mean paper IoU over the scored tasks). Where samples carry instrument instances,
+    the report also has 'instruments': the node's instruments and tracks scored against them."""
     task_list = resolve_tasks(tasks, segmenter)
     meters = {t: TaskMeter(t, TASK_CLASSES[t]) for t in task_list}
     instrument_types = InstrumentTypeMeter() if 'type' in task_list else None
+    instrument_tracks = InstrumentTracks()
     worst_heap = []  # (-score, index, sample, result): a max-heap of the K lowest scores
     frame_scores = []
     total = len(samples)
@@ -118,6 +152,7 @@ def evaluate(segmenter, samples, *, tasks='all', worst=8, out_dir=None, progress
         result = segmenter.segment(sample['image'])
         if instrument_types is not None:
             instrument_types.add(sample, result.type)
+        instrument_tracks.add(sample, result)
         ious = []
         for task, meter in meters.items():
             gt = sample.get(task)
@@ -143,6 +178,8 @@ def evaluate(segmenter, samples, *, tasks='all', worst=8, out_dir=None, progress
     report['tasks'] = {t: m.summary() for t, m in meters.items()}
     if instrument_types is not None and instrument_types.summary() is not None:
         report['instrument_types'] = instrument_types.summary()
+    if instrument_tracks.summary() is not None:
+        report['instruments'] = instrument_tracks.summary()
     unlabelled = [t for t, m in meters.items() if not m.images]
     if unlabelled:
         log.warning('the data set labels no frame for task(s) %s: not scored', ', '.join(unlabelled))
@@ -210,6 +247,12 @@ def format_report(report):
         per_type = ', '.join(f'{n} {_fmt(v["accuracy"], 2)} ({v["instruments"]})' for n, v in it['per_type'].items())
         body.append(f'### type per instrument (majority vote over its pixels)\n\n'
                     f'{_fmt(it["type_accuracy"])} of {it["instruments"]} instruments; per type: {per_type}')
+    if report.get('instruments'):
+        lines = ['### instruments and tracks (the node\'s instances against the true ones)', '',
+                 '**all frames**', *format_track_summary(report['instruments']['all_frames'])]
+        for name, summary in report['instruments']['videos'].items():
+            lines += ['', f'**video {name}**', *format_track_summary(summary)]
+        body.append('\n'.join(lines))
     if report.get('worst'):
         body.append('### worst frames (mean paper IoU over tasks)\n\n' + '\n'.join(
             f'{i}. {w["name"]}: {_fmt(w["iou"])}' for i, w in enumerate(report['worst'], 1)))

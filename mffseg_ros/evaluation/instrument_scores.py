@@ -21,6 +21,14 @@ def match_radius(size):
     return 0.025 * max(size)
 
 
+def count_switch(last_track, true_id, track_id):
+    """1 when the true instrument `true_id` was last matched to another track than `track_id`, else 0;
+    records the match in `last_track` (true id -> track id), the state a scorer keeps over a sequence."""
+    switched = true_id in last_track and last_track[true_id] != track_id
+    last_track[true_id] = track_id
+    return int(switched)
+
+
 def _percentile(values, q):
     return float(np.percentile(values, q)) if len(values) else math.nan
 
@@ -67,10 +75,7 @@ class InstrumentScorer:
             pred, true = predicted[i], truth[j]
             self.type_right += int(pred['type_id'] == true['type_id'])
             self.type_unknown += int(pred['type_id'] == UNKNOWN_TYPE)
-            key, track = int(true['instance_id']), int(pred['instance_id'])
-            if key in self._last_id and self._last_id[key] != track:
-                self.switches += 1
-            self._last_id[key] = track
+            self.switches += count_switch(self._last_id, int(true['instance_id']), int(pred['instance_id']))
             p_xyz = np.array([pred['x'], pred['y'], pred['z']], np.float64)
             t_xyz = np.array([true['x'], true['y'], true['z']], np.float64)
             if np.all(np.isfinite(p_xyz)) and np.all(np.isfinite(t_xyz)):
