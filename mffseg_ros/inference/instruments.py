@@ -423,13 +423,13 @@ def _rejoin_inner(regions, shape, origin):
     return outer
 
 
-def _attach_orphans(found, parts, shape, min_part_area, reach=0.08):
+def _attach_orphans(found, parts, shape, min_part_area, min_area, reach=0.08, orphan_area=4.0):
     """Regions without a shaft that do not reach the image border may be pieces of an instrument
     (shafts come in from outside the view): jaws cut off from their wrist by a segmentation gap join the
     instrument nearest to them (within `reach` of the image diagonal). Farther ones stay instruments of
-    their own when they are long bands (a tool whose shaft is hidden by tissue or ends at the field stop,
-    all of it labelled jaws: real laparoscopic graspers); blobs are dropped (dark tissue or a highlight
-    taken for metal)."""
+    their own when they are long bands of at least `orphan_area` times the smallest instrument (a tool
+    whose shaft is hidden by tissue or ends at the field stop, all of it labelled jaws: real laparoscopic
+    graspers); blobs and small slivers are dropped (dark tissue, a vessel or a highlight taken for metal)."""
     height, width = shape
     cache = {}
 
@@ -451,7 +451,7 @@ def _attach_orphans(found, parts, shape, min_part_area, reach=0.08):
 
     keep = [f for f in found if anchored(f)]
     orphans = [f for f in found if not anchored(f)]
-    bands = [f for f in orphans if _elongated(f[2])]
+    bands = [f for f in orphans if f[0] >= orphan_area * min_area and _elongated(f[2])]
     if not orphans or not keep:
         return keep + bands
     limit = reach * math.hypot(height, width)
@@ -516,7 +516,7 @@ def find_instruments(result, *, min_area=DEFAULT_MIN_AREA, min_part_area=DEFAULT
             row, col = divmod(int(region.argmax()), w)
             found.append((np.count_nonzero(region), (y0 + row, x0 + col), region, x0, y0))
     if parts is not None:
-        found = _attach_orphans(found, parts, shape, min_part_net)
+        found = _attach_orphans(found, parts, shape, min_part_net, min_area_net)
     found.sort(key=lambda f: (-f[0], f[1]))  # largest first; ties in raster order (deterministic)
 
     instance_map = np.zeros(shape, np.uint16)
