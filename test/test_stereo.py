@@ -8,6 +8,7 @@ from mffseg_ros.errors import DataError
 from mffseg_ros.inference.instruments import Instrument
 from mffseg_ros.inference.perception import InstrumentPerception, PerceptionConfig
 from mffseg_ros.inference.results import SegmentationResult
+from mffseg_ros.inference.shaft_taper import ShaftTaper, measure_taper
 from mffseg_ros.inference.stereo import (
     StereoCalibration,
     epipolar_distance,
@@ -173,3 +174,50 @@ def test_tips_from_label_maps_triangulate_within_a_fifth_of_a_millimetre(rig):
         axis = (np.array(tip) - np.array(shaft)) / np.linalg.norm(np.array(tip) - np.array(shaft))
         assert np.degrees(np.arccos(np.clip(axis @ got[type_id].axis_xyz, -1, 1))) < 3.0
     assert all(math.isnan(c) for c in got[1].xyz)
+
+
+def _cylinder_mask(P, start, end, diameter, shape):
+    """Image mask of a cylinder of `diameter` (m) from 3-D `start` to `end`: its silhouette drawn as
+    discs of the projected width at many points along it (width = f * diameter / depth)."""
+    mask = np.zeros(shape, np.uint8)
+    for s in np.linspace(0.0, 1.0, 400):
+        xyz = np.asarray(start) + s * (np.asarray(end) - np.asarray(start))
+        u, v = project(P, xyz[None])[0]
+        radius = 0.5 * P[0, 0] * diameter / xyz[2]
+        cv2.circle(mask, (int(round(u * 16)), int(round(v * 16))), int(round(radius * 16)), 1, -1, cv2.LINE_8, 4)
+    return mask.astype(bool)
+
+
+def test_the_taper_of_a_receding_shaft_gives_its_depth_change():
+    P1, _ = rectified_rig()
+    tip_end, back = np.array([0.0, 0.0, 0.05]), np.array([-0.06, 0.0, 0.10])  # along the baseline, 40 deg deep
+    mask = _cylinder_mask(P1, tip_end, back, 0.008, (H, W))
+    near, far, ratio = measure_taper(mask, (H, W), (0, 0), np.array([1.0, 0.0]))
+    # The ray through column u has x = z (u - cx) / f; the shaft's points have x = -1.2 (z - 0.05).
+    depth = {name: 0.06 / (1.2 + (u - 640.0) / F_PX) for name, (u, _) in (('near', near), ('far', far))}
+    assert ratio == pytest.approx(depth['far'] / depth['near'], rel=0.03)
+    assert measure_taper(mask[:, :700], (H, 700), (0, 0), np.array([1.0, 0.0])) is not None
+    assert measure_taper(mask[500:520], (20, W), (0, 500), np.array([1.0, 0.0])) is None  # cut by the border
+
+
+def test_a_shaft_along_the_baseline_gets_its_3d_axis_from_the_taper():
+    """Stereo cannot match points along a shaft that lies on its own epipolar lines; its taper and the
+    tip's depth give the axis (an image-plane axis would be 40 degrees off here)."""
+    P1, P2 = rectified_rig()
+    calib = StereoCalibration(P1, P2)
+    tip, back = np.array([0.0, 0.0, 0.05]), np.array([-0.06, 0.0, 0.10])
+    truth = (tip - back) / np.linalg.norm(tip - back)
+    found = {}
+    for side, P in (('left', P1), ('right', P2)):
+        mask = _cylinder_mask(P, tip, back, 0.008, (H, W))
+        ys, xs = np.nonzero(mask)
+        near, far, ratio = measure_taper(mask, (H, W), (0, 0), np.array([1.0, 0.0]))
+        u_tip, v_tip = project(P, tip[None])[0]
+        found[side] = Instrument(1, float(len(xs)), 1.0, None, (u_tip, v_tip), 'shaft_end',
+                                 (float(xs.mean()), float(ys.mean())), (1.0, 0.0), ShaftTaper(near, far, ratio))
+    (m,) = match_instruments([found['left']], [found['right']], calib)
+    assert not m.axis_from_stereo
+    assert math.degrees(math.acos(np.clip(np.dot(m.axis_xyz, truth), -1, 1))) < 5.0
+    no_taper = [Instrument(**{**found['left'].__dict__, 'shaft_taper': None})]
+    (m,) = match_instruments(no_taper, [found['right']], calib)
+    assert math.degrees(math.acos(np.clip(np.dot(m.axis_xyz, truth), -1, 1))) > 30.0

@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 
 from mffseg_ros.inference.results import to_input_coords
+from mffseg_ros.inference.shaft_taper import ShaftTaper, measure_taper
 from mffseg_ros.model.classes import PART_CLASPERS, PART_SHAFT, PART_WRIST
 
 UNKNOWN_TYPE = 255  # type id of an instrument whose type vote is below the confidence threshold
@@ -52,6 +53,7 @@ class Instrument:
     source: str  # 'claspers' | 'wrist' | 'shaft_end' | 'instance_end'
     axis_point: tuple  # (u, v): a point on the shaft axis (the centroid of the shaft pixels)
     axis_dir: tuple  # (du, dv): unit direction of the shaft axis, pointing towards the tip
+    shaft_taper: ShaftTaper | None = None  # how the shaft narrows along its axis (depth change, for 3-D)
 
 
 def _components(mask, min_area):
@@ -482,6 +484,17 @@ def _attach_orphans(found, parts, shape, min_part_area, min_area, reach=0.08, or
     return out
 
 
+def _taper(region, parts, shape, origin, axis, size):
+    """The shaft's ShaftTaper in input pixels, or None (no parts, or no measurable taper)."""
+    if parts is None:
+        return None
+    taper = measure_taper(region & (parts == PART_SHAFT), shape, origin, axis)
+    if taper is None:
+        return None
+    near, far = to_input_coords([taper[0], taper[1]], shape, size)
+    return ShaftTaper(tuple(near), tuple(far), taper[2])
+
+
 def _mean_vote(probs):
     """Mean of T x N type probabilities over the finite pixels (NaN when none is finite)."""
     finite = np.isfinite(probs)
@@ -538,5 +551,6 @@ def find_instruments(result, *, min_area=DEFAULT_MIN_AREA, min_part_area=DEFAULT
             if result.type_probs is not None else None
         score = float(result.foreground[box][region].mean())
         instruments.append(Instrument(index, result.input_area(area), score, votes, tuple(tip_in),
-                                      source, tuple(point_in), tuple(direction)))
+                                      source, tuple(point_in), tuple(direction),
+                                      _taper(region, crop_parts, shape, (x0, y0), axis, result.size)))
     return instruments, instance_map

@@ -187,10 +187,12 @@ def _line_through(a, b):
     return np.cross([a[0], a[1], 1.0], [b[0], b[1], 1.0])
 
 
-def _axis_3d(calib, tip_xyz, point_left, point_right, dir_right, min_sin=0.12):
+def _axis_3d(calib, tip_xyz, point_left, point_right, dir_right, taper=None, min_sin=0.12):
     """Unit 3-D shaft axis from a left axis point and the right image's axis line: the left point's
-    epipolar line cuts the right axis line at its match. (axis, True), or the image-plane fallback
-    (axis, False) when the two lines are nearly parallel (a shaft along the baseline)."""
+    epipolar line cuts the right axis line at its match: (axis, True). When the two lines are nearly
+    parallel (a shaft along the baseline), from the left shaft's taper (`taper`: its two points
+    rectified, and their width ratio) and the tip's depth, else in the image plane at the tip's depth:
+    (axis, False)."""
     epiline = calib.F @ np.array([point_left[0], point_left[1], 1.0])
     right_line = _line_through(point_right, point_right + dir_right)
     cross = np.cross(epiline, right_line)
@@ -205,7 +207,14 @@ def _axis_3d(calib, tip_xyz, point_left, point_right, dir_right, min_sin=0.12):
             norm = np.linalg.norm(axis)
             if norm > 1e-6:
                 return tuple(axis / norm), True
-    second = calib.backproject(point_left, depth_in(calib.P_left, tip[None])[0])
+    depth = depth_in(calib.P_left, tip[None])[0]
+    if taper is not None:  # the shaft's width is inversely proportional to its depth
+        near, far, width_ratio = taper
+        axis = calib.backproject(near, depth) - calib.backproject(far, depth * width_ratio)
+        norm = np.linalg.norm(axis)
+        if norm > 1e-9:
+            return tuple(axis / norm), False
+    second = calib.backproject(point_left, depth)
     axis = tip - second
     norm = np.linalg.norm(axis)
     return (tuple(axis / norm), False) if norm > 1e-9 else (None, False)
@@ -254,7 +263,11 @@ def match_instruments(left, right, calib, *, left_map=None, right_map=None, net_
         point_l = calib.rectified('left', [left[a].axis_point])[0]
         ends_r = calib.rectified('right', [right[b].axis_point,
                                            np.add(right[b].axis_point, np.multiply(right[b].axis_dir, 20.0))])
-        axis, from_stereo = _axis_3d(calib, xyz[k], point_l, ends_r[0], ends_r[1] - ends_r[0])
+        taper = left[a].shaft_taper
+        if taper is not None:
+            near, far = calib.rectified('left', [taper.near, taper.far])
+            taper = (near, far, taper.width_ratio)
+        axis, from_stereo = _axis_3d(calib, xyz[k], point_l, ends_r[0], ends_r[1] - ends_r[0], taper)
         matches.append(StereoMatch(int(a), int(b), float(distance[k]), tuple(float(c) for c in xyz[k]),
                                    axis, from_stereo))
     return sorted(matches, key=lambda m: m.left)
