@@ -131,6 +131,10 @@ def test_fast_path_agrees_with_eager(trained_model, frame_size, fast_config):
                     assert nearest_distance(t, others) <= 2 * max(1.0, frame_size[0] / 64), (t, others)
                     tips_found += 1
     assert tips_found >= 2
+    framed = frames[0].copy()
+    framed[:, : frame_size[1] // 4] = 0  # a black field stop on the left
+    (e,), (g,) = eager.segment_batch([framed]), fast.segment_batch([framed])
+    assert e.net_dark[:, : e.net_dark.shape[1] // 4 - 1].all() and (e.net_dark == g.net_dark).mean() >= 0.99
 
 
 def test_buffers_are_reused_and_results_independent(trained_model):

@@ -496,3 +496,20 @@ def test_pieces_that_do_not_enter_the_view_join_a_neighbour_stay_as_bands_or_go(
     cv2.circle(parts_map, (200, 40), 8, PART_CLASPERS, -1)
     cv2.circle(type_map, (200, 40), 8, 2, -1)
     assert len(process(type_map, parts_map).instruments) == 1
+
+
+def test_a_band_along_the_field_stop_is_not_an_instrument():
+    """The dark rim of the field stop, taken for a thin shaft, runs along the stop: it goes. An
+    instrument that comes into view across the stop stays, and without a dark map nothing is dropped."""
+    type_map, parts_map = blank()
+    yy, xx = np.mgrid[:H, :W]
+    outside = np.hypot(xx - W / 2, yy - H / 2) > 100  # a circular field stop
+    rim = ~outside & (np.hypot(xx - W / 2, yy - H / 2) > 96) & (yy < H / 2) & (xx < W / 2)  # 4 px wide
+    parts_map[rim], type_map[rim] = PART_SHAFT, 1
+    draw_instrument(type_map, parts_map, 2, (120, 110), (250, 180))  # from beyond the stop, bottom right
+    parts_map[outside & (xx < W / 2)], type_map[outside & (xx < W / 2)] = 0, 0  # the stop hides it there
+    result = SegmentationResult.from_labels(parts_map, type_map)
+    assert len(InstrumentPerception(CONFIG).process(result).instruments) == 2
+    result.net_dark = outside & ~(type_map > 0)
+    (inst,) = InstrumentPerception(CONFIG).process(result).instruments
+    assert inst.type_id == 2 and inst.tip == pytest.approx(jaws_centre(parts_map, type_map, 2), abs=1.0)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from mffseg_ros.errors import MffsegError
-from mffseg_ros.inference.results import network_maps, results_from_maps
+from mffseg_ros.inference.results import dark_pixels, network_maps, results_from_maps
 
 log = logging.getLogger(__name__)
 WARMUP_RUNS = 3  # cuDNN picks its algorithms in these runs, before the graph is captured
@@ -107,8 +107,9 @@ class FastPath:
                 x = F.interpolate(x, size=net_size, mode='area' if shrink else 'bilinear',
                                   **({} if shrink else {'align_corners': False}))
                 x = x.round().clamp_(0, 255)  # the eager pipeline resizes uint8 images
+            dark = dark_pixels(x)
             x = ((x - self.mean) / self.std).to(self.dtype).contiguous(memory_format=self.memory_format)
-            return network_maps(self.model(x, branch=self.branch)['out'], self.task_slices)
+            return {**network_maps(self.model(x, branch=self.branch)['out'], self.task_slices), 'dark': dark}
 
     def plan(self, batch, height, width):
         key = (batch, height, width)

@@ -76,6 +76,7 @@ class SegmentationResult:
     size: tuple
     class_names: dict = field(default_factory=dict)
     parts_probs: np.ndarray | None = None  # P(part | instrument), 3 x h x w: smooth part boundaries on upsampling
+    net_dark: np.ndarray | None = None  # bool h x w: near-black input pixels (the field stop), when known
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -229,14 +230,28 @@ def _channel_argmax(x, peak):
 
 
 def results_from_maps(maps, size, class_names):
-    """network_maps output (numpy arrays or CPU tensors) -> [SegmentationResult] for `size` (H, W)."""
+    """network_maps output (numpy arrays or CPU tensors; with 'dark', the input's near-black pixels at
+    the network resolution, see dark_pixels) -> [SegmentationResult] for `size` (H, W)."""
     maps = {k: np.asarray(v) for k, v in maps.items()}
     batch = maps['foreground'].shape[0]
     return [SegmentationResult(foreground=maps['foreground'][i], net_parts=_item(maps, 'parts', i),
                                net_type=_item(maps, 'type', i), type_probs=_item(maps, 'type_probs', i),
                                confidence_net=maps['confidence'][i], size=tuple(size), class_names=class_names,
-                               parts_probs=_item(maps, 'parts_probs', i))
+                               parts_probs=_item(maps, 'parts_probs', i), net_dark=_item(maps, 'dark', i))
             for i in range(batch)]
+
+
+# The endoscope's field stop (and the black bars of a cropped frame) is near black in every channel:
+# instruments found along its edge are a segmentation artefact (inference/instruments.py).
+DARK_LEVEL = 20
+
+
+def dark_pixels(resized):
+    """Near-black pixels of network-size frames (B, h, w, 3; uint8 numpy, or a float torch tensor in
+    B, 3, h, w): every channel below DARK_LEVEL."""
+    if isinstance(resized, np.ndarray):
+        return resized.max(axis=3) < DARK_LEVEL
+    return resized.amax(1) < DARK_LEVEL
 
 
 def _item(maps, key, i):

@@ -20,7 +20,7 @@ import torch
 from mffseg_ros.errors import MffsegError
 from mffseg_ros.inference.backends import make_backend, precision_dtype, resolve_backend
 from mffseg_ros.inference.fast_path import FastPath
-from mffseg_ros.inference.results import SegmentationResult, network_maps, results_from_maps  # noqa: F401
+from mffseg_ros.inference.results import SegmentationResult, dark_pixels, network_maps, results_from_maps  # noqa: F401
 from mffseg_ros.model.mffnet import BRANCHES, MFFNet
 from mffseg_ros.model.weights import WeightsMeta, as_weights_meta, default_metadata, load_weights
 from mffseg_ros.paths import default_weights_path
@@ -204,7 +204,11 @@ class Segmenter:
             raise MffsegError(f'frames of one batch must have the same size, got {[f.shape for f in frames]}')
         if self._fast_path is not None:
             return self._fast_path.segment_batch(frames)
-        return self.postprocess(self.forward(self.preprocess(frames)), size)
+        resized = self._resized(frames, *self.network_size(*size))
+        results = self.postprocess(self.forward(self._normalise(resized)), size)
+        for result, dark in zip(results, dark_pixels(resized)):
+            result.net_dark = dark
+        return results
 
     def segment(self, rgb):
         return self.segment_batch([rgb])[0]
