@@ -477,10 +477,10 @@ def test_articulated_jaws_labelled_shaft_are_not_a_second_instrument():
     assert inst.source == 'claspers' and np.hypot(inst.tip[0] - xs.mean(), inst.tip[1] - ys.mean()) < 4
 
 
-def test_pieces_that_do_not_enter_the_view_join_a_neighbour_stay_as_bands_or_go():
-    """Regions without a shaft that do not reach the border: a nearby piece is part of the nearest
-    instrument, a far long band is an instrument of its own (a grasper whose shaft is hidden by tissue,
-    all labelled jaws), a far blob is noise."""
+def test_pieces_that_do_not_enter_the_view_join_a_neighbour_stay_as_large_bands_or_go():
+    """Regions that do not reach the border: a nearby piece is part of the nearest instrument, a far
+    long band is an instrument of its own (a grasper whose shaft is hidden by tissue, all labelled
+    jaws), a far blob is noise."""
     type_map, parts_map = blank()
     draw_instrument(type_map, parts_map, 2, (90, 96), (0, 96))
     alone = process(type_map, parts_map).instruments[0].area_px
@@ -496,6 +496,16 @@ def test_pieces_that_do_not_enter_the_view_join_a_neighbour_stay_as_bands_or_go(
     cv2.circle(parts_map, (200, 40), 8, PART_CLASPERS, -1)
     cv2.circle(type_map, (200, 40), 8, 2, -1)
     assert len(process(type_map, parts_map).instruments) == 1
+    # A small piece with "shaft" in it is no more an instrument (a vessel taken for a shaft), unless it
+    # comes in across the field stop.
+    cv2.circle(parts_map, (200, 40), 8, 0, -1)
+    cv2.circle(type_map, (200, 40), 8, 0, -1)
+    parts_map[30:36, 180:195], type_map[30:36, 180:195] = PART_SHAFT, 2  # 90 px: under 4 x min_instance_area
+    assert len(process(type_map, parts_map).instruments) == 1
+    result = SegmentationResult.from_labels(parts_map, type_map)
+    result.net_dark = np.zeros((H, W), bool)
+    result.net_dark[25:40, 198:] = True  # the field stop, 3 px from it
+    assert len(InstrumentPerception(CONFIG).process(result).instruments) == 2
 
 
 def test_a_band_along_the_field_stop_is_not_an_instrument():

@@ -427,13 +427,14 @@ def _rejoin_inner(regions, shape, origin):
     return outer
 
 
-def _attach_orphans(found, parts, shape, min_part_area, min_area, reach=0.08, orphan_area=4.0):
-    """Regions without a shaft that do not reach the image border may be pieces of an instrument
-    (shafts come in from outside the view): jaws cut off from their wrist by a segmentation gap join the
-    instrument nearest to them (within `reach` of the image diagonal). Farther ones stay instruments of
-    their own when they are long bands of at least `orphan_area` times the smallest instrument (a tool
-    whose shaft is hidden by tissue or ends at the field stop, all of it labelled jaws: real laparoscopic
-    graspers); blobs and small slivers are dropped (dark tissue, a vessel or a highlight taken for metal)."""
+def _attach_orphans(found, parts, shape, min_part_area, min_area, stop_near=None, reach=0.08, orphan_area=4.0):
+    """Regions that come into view (touching the image border or the field stop, `stop_near`) are
+    instruments; so are large regions with a shaft (`orphan_area` times the smallest instrument). The
+    others may be pieces of one: jaws cut off from their wrist by a segmentation gap join the instrument
+    nearest to them (within `reach` of the image diagonal). Farther ones stay instruments of their own
+    when they are long bands of `orphan_area` times the smallest instrument (a tool whose shaft is hidden
+    by tissue, all of it labelled jaws: real laparoscopic graspers); blobs and small slivers are dropped
+    (dark tissue, a vessel or a highlight taken for metal)."""
     height, width = shape
     cache = {}
 
@@ -451,7 +452,10 @@ def _attach_orphans(found, parts, shape, min_part_area, min_area, reach=0.08, or
             pts = pixels(f)
             if ((pts[:, 0] == 0) | (pts[:, 1] == 0) | (pts[:, 0] == width - 1) | (pts[:, 1] == height - 1)).any():
                 return True
-        return np.count_nonzero(parts[y0:y0 + h, x0:x0 + w][region] == PART_SHAFT) >= min_part_area
+        if stop_near is not None and np.count_nonzero(stop_near[y0:y0 + h, x0:x0 + w] & region):
+            return True  # it comes in across the field stop
+        return (f[0] >= orphan_area * min_area
+                and np.count_nonzero(parts[y0:y0 + h, x0:x0 + w][region] == PART_SHAFT) >= min_part_area)
 
     keep = [f for f in found if anchored(f)]
     orphans = [f for f in found if not anchored(f)]
@@ -497,15 +501,17 @@ def _taper(region, parts, shape, origin, axis, size):
     return ShaftTaper(tuple(near), tuple(far), taper[2])
 
 
-def _off_the_field_stop(found, stop, max_share=0.9):
-    """Regions that run along the edge of the field stop (`stop`: its near-black pixels that are not
-    instrument), `max_share` or more of their pixels within 4 network pixels of it, go: instruments come
-    into view across the field stop, not along it, while its dark, blurred rim is what a model that
-    learnt near-black shafts takes for a thin one. (Synthetic bags: such bands have all their pixels
-    there, true instruments at most 11 %.)"""
-    if not stop.any():
-        return found
-    near = cv2.dilate(stop.view(np.uint8), _FIELD_STOP_REACH).view(bool)
+def _near_field_stop(stop):
+    """Pixels within 4 network pixels of the field stop (`stop`: its near-black pixels that are not
+    instrument), or None when there is none."""
+    return cv2.dilate(stop.view(np.uint8), _FIELD_STOP_REACH).view(bool) if stop.any() else None
+
+
+def _off_the_field_stop(found, near, max_share=0.9):
+    """Regions that run along the edge of the field stop, `max_share` or more of their pixels `near` it,
+    go: instruments come into view across the field stop, not along it, while its dark, blurred rim is
+    what a model that learnt near-black shafts takes for a thin one. (Synthetic bags: such bands have all
+    their pixels there, true instruments at most 11 %.)"""
     kept = []
     for f in found:
         _, _, region, x0, y0 = f
@@ -548,10 +554,11 @@ def find_instruments(result, *, min_area=DEFAULT_MIN_AREA, min_part_area=DEFAULT
                                    min_part_area=min_part_net, min_area=min_area_net):
             row, col = divmod(int(region.argmax()), w)
             found.append((np.count_nonzero(region), (y0 + row, x0 + col), region, x0, y0))
+    stop_near = _near_field_stop(result.net_dark & ~fg) if result.net_dark is not None else None
     if parts is not None:
-        found = _attach_orphans(found, parts, shape, min_part_net, min_area_net)
-    if result.net_dark is not None:
-        found = _off_the_field_stop(found, result.net_dark & ~fg)
+        found = _attach_orphans(found, parts, shape, min_part_net, min_area_net, stop_near)
+    if stop_near is not None:
+        found = _off_the_field_stop(found, stop_near)
     found.sort(key=lambda f: (-f[0], f[1]))  # largest first; ties in raster order (deterministic)
 
     instance_map = np.zeros(shape, np.uint16)
