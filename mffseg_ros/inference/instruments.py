@@ -77,9 +77,16 @@ class _Pixels:
 
 def _pieces(mask):
     """(label image, [(label, area)]) of the 8-connected components of `mask` (bool) once small gaps are
-    bridged. The areas are the bridged components' (what sizes a piece)."""
-    bridged = cv2.morphologyEx(mask.view(np.uint8), cv2.MORPH_CLOSE, _BRIDGE)
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(bridged, connectivity=8)
+    bridged. The areas are the bridged components' (what sizes a piece). Labelled in a crop around the
+    pixels: at even offsets OpenCV's 2x2-block labelling numbers the components as on the whole mask."""
+    labels = np.zeros(mask.shape, np.int32)
+    crop, origin = _around(mask, align=2)
+    if crop is None:
+        return labels, []
+    x0, y0 = origin
+    bridged = cv2.morphologyEx(crop, cv2.MORPH_CLOSE, _BRIDGE)
+    count, crop_labels, stats, _ = cv2.connectedComponentsWithStats(bridged, connectivity=8)
+    labels[y0:y0 + crop.shape[0], x0:x0 + crop.shape[1]] = crop_labels
     return labels, [(k, int(stats[k, cv2.CC_STAT_AREA])) for k in range(1, count)]
 
 
@@ -178,16 +185,16 @@ def _main_part(mask):
     return np.column_stack([xs + x0, ys + y0]).astype(np.float64)
 
 
-def _around(mask):
-    """(uint8 crop of `mask` around its pixels, (x0, y0) of the crop) or (None, None) when empty. The
-    margin (the bridge kernel's size) is what a closing with _BRIDGE reaches beyond the pixels, so
-    filters on the crop give exactly what they give on the whole mask, at a fraction of the cost."""
+def _around(mask, align=1):
+    """(uint8 crop of `mask` around its pixels, (x0, y0) of the crop, multiples of `align`) or (None, None)
+    when empty. The margin (the bridge kernel's size) is what a closing with _BRIDGE reaches beyond the
+    pixels, so filters on the crop give exactly what they give on the whole mask, at a fraction of the cost."""
     m = mask.view(np.uint8)
     x, y, w, h = cv2.boundingRect(m)
     if not w:
         return None, None
     pad = _BRIDGE.shape[0]
-    x0, y0 = max(x - pad, 0), max(y - pad, 0)
+    x0, y0 = max(x - pad, 0) // align * align, max(y - pad, 0) // align * align
     return m[y0:y + h + pad, x0:x + w + pad], (x0, y0)
 
 
@@ -435,6 +442,7 @@ def split_region(mask, parts, *, shape, origin, min_part_area, min_area):
     # Pieces as selections of the region's pixels (the bridge's own pixels are not the region's).
     head_at, shaft_at = head_labels[pix.ys, pix.xs], shaft_labels[pix.ys, pix.xs]
     heads = [head_at == k for k in heads]
+    on_border = _on_border(pts, shape, origin)
     if shafts:  # a shaft fragment a fifth the size of the main one is a segmentation hole, not a tool
         largest = max(area for _, area in shafts)
         shafts = _merge_collinear([shaft_at == k for k, area in shafts if area >= 0.2 * largest], pts, parts)
@@ -442,7 +450,6 @@ def split_region(mask, parts, *, shape, origin, min_part_area, min_area):
         shafts = _drop_slivers(shafts, pts)
         # Shafts come in from outside the view: a piece that does not reach the border (jaws labelled
         # shaft beyond the wrist) seeds no instrument of its own while another piece does.
-        on_border = _on_border(pts, shape, origin)
         shafts = [s for s in shafts if on_border[s].any()] or shafts
     heads = _distinct_heads(heads, pix, mask.shape)
     if max(len(heads), len(shafts)) < 2:
@@ -466,20 +473,15 @@ def split_region(mask, parts, *, shape, origin, min_part_area, min_area):
         head = parts[pix.ys, pix.xs] >= PART_WRIST
         ends = np.array([point for point, _, _ in lines])
         owner[head] = np.argmin(((pts[head, None, :] - ends[None]) ** 2).sum(axis=2), axis=1)
-    owned = [owner == k for k in range(len(lines))]
-    regions = [pix.image(o, mask.shape) for o in owned if np.count_nonzero(o) >= min_area]
-    return _rejoin_inner(regions, shape, origin) or [mask]
+    owned = [o for o in (owner == k for k in range(len(lines))) if np.count_nonzero(o) >= min_area]
+    regions = [pix.image(o, mask.shape) for o in owned]
+    return _rejoin_inner(regions, [bool(on_border[o].any()) for o in owned]) or [mask]
 
 
-def _enters_view(region, shape, origin):
-    return bool(_on_border(_Pixels.of(region).pts, shape, origin).any())
-
-
-def _rejoin_inner(regions, shape, origin):
-    """Split regions that do not reach the image border join the region they touch most: every
-    instrument enters the view, so such a piece is part of a neighbour (the jaws of an articulated
-    wrist, labelled shaft and bent away from its axis), not an instrument of its own."""
-    enters = [_enters_view(r, shape, origin) for r in regions]
+def _rejoin_inner(regions, enters):
+    """Split regions that do not reach the image border (`enters`: which do) join the region they touch
+    most: every instrument enters the view, so such a piece is part of a neighbour (the jaws of an
+    articulated wrist, labelled shaft and bent away from its axis), not an instrument of its own."""
     outer = [r for r, e in zip(regions, enters) if e]
     if not outer or len(outer) == len(regions):
         return regions
@@ -512,14 +514,15 @@ def _attach_orphans(found, parts, shape, min_part_area, reach=0.08):
     def anchored(f):
         _, _, region, x0, y0 = f
         h, w = region.shape
-        if x0 == 0 or y0 == 0 or x0 + w == width or y0 + h == height:  # its box touches the border
-            pts = pixels(f)
-            if ((pts[:, 0] == 0) | (pts[:, 1] == 0) | (pts[:, 0] == width - 1) | (pts[:, 1] == height - 1)).any():
-                return True
+        # On the image border: a pixel in an edge row or column of its box that lies on that border.
+        if ((x0 == 0 and region[:, 0].any()) or (y0 == 0 and region[0].any())
+                or (x0 + w == width and region[:, -1].any()) or (y0 + h == height and region[-1].any())):
+            return True
         return np.count_nonzero(parts[y0:y0 + h, x0:x0 + w][region] == PART_SHAFT) >= min_part_area
 
-    keep = [f for f in found if anchored(f)]
-    orphans = [f for f in found if not anchored(f)]
+    anchors = [anchored(f) for f in found]
+    keep = [f for f, a in zip(found, anchors) if a]
+    orphans = [f for f, a in zip(found, anchors) if not a]
     if not orphans or not keep:
         return keep
     limit = reach * math.hypot(height, width)
