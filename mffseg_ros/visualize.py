@@ -27,7 +27,8 @@ _FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 def _colour_map(lut, label_map):
     lm = np.ascontiguousarray(label_map, dtype=np.uint8)
-    return cv2.LUT(cv2.merge([lm, lm, lm]), lut)
+    # A one-channel table per colour channel, then one merge: cv2.LUT on a 3-channel image is slower.
+    return cv2.merge([cv2.LUT(lm, np.ascontiguousarray(lut[:, :, c])) for c in range(3)])
 
 
 def _label_mask(label_map, num_classes):
@@ -188,7 +189,7 @@ def _tint(out, rgb, small, parts, lut, alpha):
     parts = cv2.medianBlur(np.ascontiguousarray(parts), 5)  # outlines of part regions, not of single noisy pixels
     part_edges = cv2.bitwise_and(_edges(parts), fg)
     part_edges = cv2.bitwise_and(part_edges, cv2.erode(fg, _KERNEL))  # inner lines only
-    out[part_edges > 0] = (235, 235, 235)
+    cv2.copyTo(np.full_like(rgb, 235), part_edges, out)
     cv2.copyTo(colours, cv2.bitwise_and(_edges(small), fg), out)
 
 
