@@ -1,5 +1,6 @@
 """Overlays of segmentations and tips on RGB frames, contact sheets and PNG writing (OpenCV, fast
 enough for the ROS node's overlay topic at 1280x1024)."""
+import functools
 from pathlib import Path
 
 import cv2
@@ -94,8 +95,14 @@ def _draw_tip(img, tip):
 def _text_box(img, text, font_scale):
     """(width, height, baseline, thickness) of `text` as _text draws it."""
     thick = max(1, int(round(font_scale * 2)))
-    (w, h), base = cv2.getTextSize(text, _FONT, font_scale, thick)
+    (w, h), base = _text_size(text, font_scale, thick)
     return w, h, base, thick
+
+
+@functools.lru_cache(maxsize=1024)
+def _text_size(text, font_scale, thick):
+    """cv2.getTextSize, remembered: the overlay asks for the same labels' sizes again and again."""
+    return cv2.getTextSize(text, _FONT, font_scale, thick)
 
 
 def _text_rect(img, text, origin, font_scale):
