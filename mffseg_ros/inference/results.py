@@ -46,7 +46,11 @@ def upsample_labels(labels, foreground, size, inside=None):
     filled = labels
     if labels.any():
         # cv2.dilate takes uint8/uint16: a 3x3 maximum gives a background pixel a neighbouring label.
-        filled = np.where(labels > 0, labels, cv2.dilate(labels, _FILL_KERNEL))
+        filled = cv2.dilate(labels, _FILL_KERNEL)
+        if labels.dtype == np.uint8:  # own labels kept: a uint8 label map is its own copy mask
+            cv2.copyTo(labels, labels, filled)
+        else:
+            filled = np.where(labels > 0, labels, filled)
     up = cv2.resize(filled, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
     return cv2.copyTo(up, inside)  # zero outside (cv2: boolean indexing of a large frame is slow)
 
@@ -150,7 +154,9 @@ class SegmentationResult:
         probabilities are upsampled bilinearly instead (three channels in one resize), inside the
         instrument outline. As 8-bit levels: cv2 resizes those several times faster than floats, and
         the labels agree with float resizing on 99.98 % of instrument pixels (synthetic frames)."""
-        levels = (self.parts_probs * 255 + 0.5).astype(np.uint8)
+        levels = self.parts_probs * 255
+        levels += 0.5
+        levels = levels.astype(np.uint8)
         # Channel by channel (as one 3-channel resize would: same values) saves splitting the result.
         shaft, wrist, claspers = (cv2.resize(level, (self.size[1], self.size[0]), interpolation=cv2.INTER_LINEAR)
                                   for level in levels)
