@@ -169,20 +169,25 @@ def _snap(point, pts):
     return point if d2[k] <= 0.5 else pts[k]
 
 
-def _main_part(mask):
-    """Pixels (Nx2 x, y) of the largest connected piece of a part mask, small gaps bridged (two open jaws
-    are one piece): a stray pixel of the part elsewhere on the instrument must not pull the tip."""
-    crop, origin = _around(mask)
-    if crop is None:
+def _main_part(pix, selection, crop_shape):
+    """Pixels (Nx2 x, y) of the largest connected piece of a part (the `selection` of an instrument's
+    pixels `pix`, in a crop of `crop_shape`), small gaps bridged (two open jaws are one piece): a stray
+    pixel of the part elsewhere on the instrument must not pull the tip. Labelled in the box _around
+    would cut from the part's mask, drawn from its pixel list."""
+    ys, xs = pix.ys[selection], pix.xs[selection]
+    if not len(ys):
         return np.zeros((0, 2))
-    x0, y0 = origin
+    pad = _BRIDGE.shape[0]
+    x0, y0 = max(int(xs.min()) - pad, 0), max(int(ys.min()) - pad, 0)
+    x1, y1 = min(int(xs.max()) + 1 + pad, crop_shape[1]), min(int(ys.max()) + 1 + pad, crop_shape[0])
+    crop = np.zeros((y1 - y0, x1 - x0), np.uint8)
+    crop[ys - y0, xs - x0] = 1
     count, labels, stats, _ = cv2.connectedComponentsWithStats(
         cv2.morphologyEx(crop, cv2.MORPH_CLOSE, _BRIDGE), connectivity=8)
     if count <= 1:
         return np.zeros((0, 2))
-    k = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    ys, xs = np.nonzero((labels == k) & crop.view(bool))
-    return np.column_stack([xs + x0, ys + y0]).astype(np.float64)
+    keep = labels[ys - y0, xs - x0] == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    return np.column_stack([xs[keep], ys[keep]]).astype(np.float64)
 
 
 def _around(mask, align=1):
@@ -210,10 +215,10 @@ def jaw_parts(mask, parts, *, shape=None, origin=(0, 0), min_part_area=DEFAULT_M
 
 def _jaw_parts(mask, parts, pix, shape, origin, min_part_area):
     """jaw_parts, given the pixels of `mask`."""
-    wrist = _main_part(mask & (parts == PART_WRIST))
+    part_at = parts[pix.ys, pix.xs]
+    wrist = _main_part(pix, part_at == PART_WRIST, mask.shape)
     if len(wrist) < min_part_area:
         return parts
-    part_at = parts[pix.ys, pix.xs]
     centre = _mean(wrist)
     _, axis = _principal_axis(pix.pts)
     entry = _entry_point(pix.pts, shape, origin)
@@ -247,7 +252,7 @@ def _tip(mask, parts, pix, part_at, shape, origin, min_part_area):
     shaft = pix.pts[:0]
     if parts is not None:
         for part, source in ((PART_CLASPERS, 'claspers'), (PART_WRIST, 'wrist')):
-            pts = _main_part(mask & (parts == part))
+            pts = _main_part(pix, part_at == part, mask.shape)
             if len(pts) >= min_part_area:
                 u, v = _snap(_mean(pts), pts)
                 return u + origin[0], v + origin[1], source
@@ -518,7 +523,7 @@ def _attach_orphans(found, parts, shape, min_part_area, reach=0.08):
         if ((x0 == 0 and region[:, 0].any()) or (y0 == 0 and region[0].any())
                 or (x0 + w == width and region[:, -1].any()) or (y0 + h == height and region[-1].any())):
             return True
-        return np.count_nonzero(parts[y0:y0 + h, x0:x0 + w][region] == PART_SHAFT) >= min_part_area
+        return np.count_nonzero((parts[y0:y0 + h, x0:x0 + w] == PART_SHAFT) & region) >= min_part_area
 
     anchors = [anchored(f) for f in found]
     keep = [f for f, a in zip(found, anchors) if a]
