@@ -231,7 +231,8 @@ def _channel_argmax(x, peak):
     import torch
     channels = x.shape[1]
     weights = torch.arange(channels, 0, -1, dtype=torch.uint8, device=x.device).view(1, -1, 1, 1)
-    return (channels - ((x == peak) * weights).amax(1)).to(torch.uint8)
+    maxima = torch.eq(x, peak).view(torch.uint8).mul_(weights)  # in place on the comparison: no third map
+    return (channels - maxima.amax(1)).to(torch.uint8)
 
 
 def results_from_maps(maps, size, class_names):
