@@ -1,5 +1,6 @@
 """Overlays of segmentations and tips on RGB frames, contact sheets and PNG writing (OpenCV, fast
 enough for the ROS node's overlay topic at 1280x1024)."""
+import functools
 from pathlib import Path
 
 import cv2
@@ -27,7 +28,8 @@ _FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 def _colour_map(lut, label_map):
     lm = np.ascontiguousarray(label_map, dtype=np.uint8)
-    return cv2.LUT(cv2.merge([lm, lm, lm]), lut)
+    # A one-channel table per colour channel, then one merge: cv2.LUT on a 3-channel image is slower.
+    return cv2.merge([cv2.LUT(lm, np.ascontiguousarray(lut[:, :, c])) for c in range(3)])
 
 
 def _label_mask(label_map, num_classes):
@@ -93,8 +95,14 @@ def _draw_tip(img, tip):
 def _text_box(img, text, font_scale):
     """(width, height, baseline, thickness) of `text` as _text draws it."""
     thick = max(1, int(round(font_scale * 2)))
-    (w, h), base = cv2.getTextSize(text, _FONT, font_scale, thick)
+    (w, h), base = _text_size(text, font_scale, thick)
     return w, h, base, thick
+
+
+@functools.lru_cache(maxsize=1024)
+def _text_size(text, font_scale, thick):
+    """cv2.getTextSize, remembered: the overlay asks for the same labels' sizes again and again."""
+    return cv2.getTextSize(text, _FONT, font_scale, thick)
 
 
 def _text_rect(img, text, origin, font_scale):
@@ -188,7 +196,7 @@ def _tint(out, rgb, small, parts, lut, alpha):
     parts = cv2.medianBlur(np.ascontiguousarray(parts), 5)  # outlines of part regions, not of single noisy pixels
     part_edges = cv2.bitwise_and(_edges(parts), fg)
     part_edges = cv2.bitwise_and(part_edges, cv2.erode(fg, _KERNEL))  # inner lines only
-    out[part_edges > 0] = (235, 235, 235)
+    cv2.copyTo(np.full_like(rgb, 235), part_edges, out)
     cv2.copyTo(colours, cv2.bitwise_and(_edges(small), fg), out)
 
 

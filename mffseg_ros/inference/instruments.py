@@ -58,31 +58,92 @@ class Instrument:
     shaft_taper: ShaftTaper | None = None  # how the shaft narrows along its axis (depth change, for 3-D)
 
 
-def _components(mask, min_area):
-    """[(area, pixel mask)] of 8-connected components of `mask` with at least `min_area` pixels."""
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=8)
-    return [(int(stats[k, cv2.CC_STAT_AREA]), labels == k) for k in range(1, count)
-            if stats[k, cv2.CC_STAT_AREA] >= min_area]
+@dataclass
+class _Pixels:
+    """A region's pixels, found once: crop coordinates in np.nonzero's raster order. A boolean selection
+    of them lists a subset in the order np.nonzero of the subset's mask would, so every mean and sum
+    over it is bit for bit the one computed from that mask."""
+    ys: np.ndarray
+    xs: np.ndarray
+    pts: np.ndarray  # Nx2 float64 (x, y)
+
+    @classmethod
+    def of(cls, mask):
+        ys, xs = np.nonzero(mask)
+        return cls(ys, xs, np.column_stack([xs, ys]).astype(np.float64))
+
+    def image(self, selection, shape):
+        """Bool mask (of `shape`, the crop's) of the selected pixels."""
+        out = np.zeros(shape, bool)
+        out[self.ys[selection], self.xs[selection]] = True
+        return out
+
+
+def _pieces(mask):
+    """(label image, [(label, area)]) of the 8-connected components of `mask` (bool) once small gaps are
+    bridged. The areas are the bridged components' (what sizes a piece). Labelled in a crop around the
+    pixels: at even offsets OpenCV's 2x2-block labelling numbers the components as on the whole mask."""
+    labels = np.zeros(mask.shape, np.int32)
+    crop, origin = _around(mask, align=2)
+    if crop is None:
+        return labels, []
+    x0, y0 = origin
+    bridged = cv2.morphologyEx(crop, cv2.MORPH_CLOSE, _BRIDGE)
+    count, crop_labels, stats, _ = cv2.connectedComponentsWithStats(bridged, connectivity=8)
+    labels[y0:y0 + crop.shape[0], x0:x0 + crop.shape[1]] = crop_labels
+    return labels, [(k, int(stats[k, cv2.CC_STAT_AREA])) for k in range(1, count)]
+
+
+# Nx2 pixel arrays: numpy works along their 2-wide rows (pts.mean(axis=0), pts - point, pts[mask]) ten
+# times slower than along their columns, so these helpers take the columns apart. Same values: the
+# coordinates are integers, so their sums are exact in any order.
+def _mean(pts):
+    """pts.mean(axis=0) of Nx2 pixel coordinates."""
+    return np.array([pts[:, 0].sum(), pts[:, 1].sum()]) / len(pts)
+
+
+def _centred(pts, point):
+    """pts - point, for Nx2 `pts`."""
+    out = np.empty_like(pts)
+    np.subtract(pts[:, 0], point[0], out=out[:, 0])
+    np.subtract(pts[:, 1], point[1], out=out[:, 1])
+    return out
+
+
+def _squared_distances(pts, point):
+    """((pts - point) ** 2).sum(axis=1), for Nx2 `pts`."""
+    d = _centred(pts, point)
+    return d[:, 0] ** 2 + d[:, 1] ** 2
+
+
+def _select(pts, selection):
+    """pts[selection], for Nx2 `pts` and a boolean `selection`."""
+    return pts.compress(selection, axis=0)
 
 
 def _principal_axis(pts):
     """(centre, unit major axis) of Nx2 points."""
-    centre = pts.mean(axis=0)
+    centre = _mean(pts)
     if len(pts) < 2:
         return centre, np.array([1.0, 0.0])
-    d = pts - centre
+    d = _centred(pts, centre)
     sxx, syy, sxy = float(d[:, 0] @ d[:, 0]), float(d[:, 1] @ d[:, 1]), float(d[:, 0] @ d[:, 1])
     angle = 0.5 * math.atan2(2.0 * sxy, sxx - syy)  # the major axis of the 2x2 scatter matrix
     return centre, np.array([math.cos(angle), math.sin(angle)])
 
 
-def _entry_point(pts, shape, origin):
-    """Where the instrument enters the view: the mean of its pixels on the image border, or None."""
+def _on_border(pts, shape, origin):
+    """Which of the pixels `pts` (Nx2, in a crop at `origin` of an image of `shape`) lie on the image border."""
     height, width = shape
     x = pts[:, 0] + origin[0]
     y = pts[:, 1] + origin[1]
-    on_border = (x <= 0.5) | (y <= 0.5) | (x >= width - 1.5) | (y >= height - 1.5)
-    return pts[on_border].mean(axis=0) if on_border.any() else None
+    return (x <= 0.5) | (y <= 0.5) | (x >= width - 1.5) | (y >= height - 1.5)
+
+
+def _entry_point(pts, shape, origin):
+    """Where the instrument enters the view: the mean of its pixels on the image border, or None."""
+    on_border = _on_border(pts, shape, origin)
+    return _mean(_select(pts, on_border)) if on_border.any() else None
 
 
 def distal_end(pts, shape, origin=(0, 0)):
@@ -92,10 +153,10 @@ def distal_end(pts, shape, origin=(0, 0)):
     centre, axis = _principal_axis(pts)
     if len(pts) < 2:
         return centre
-    proj = (pts - centre) @ axis
+    proj = _centred(pts, centre) @ axis
     lo, hi = proj.min(), proj.max()
     band = max(1.5, 0.05 * (hi - lo))
-    ends = [pts[proj <= lo + band].mean(axis=0), pts[proj >= hi - band].mean(axis=0)]
+    ends = [_mean(_select(pts, proj <= lo + band)), _mean(_select(pts, proj >= hi - band))]
     entry = _entry_point(pts, shape, origin)
     if entry is not None:
         return ends[int(np.argmax([np.hypot(*(e - entry)) for e in ends]))]
@@ -107,37 +168,42 @@ def distal_end(pts, shape, origin=(0, 0)):
 
 def _snap(point, pts):
     """`point` if it lies on one of the pixels `pts` (Nx2), else the nearest of them."""
-    d2 = ((pts - point) ** 2).sum(axis=1)
+    d2 = _squared_distances(pts, point)
     k = int(np.argmin(d2))
     return point if d2[k] <= 0.5 else pts[k]
 
 
-def _main_part(mask):
-    """Pixels (Nx2 x, y) of the largest connected piece of a part mask, small gaps bridged (two open jaws
-    are one piece): a stray pixel of the part elsewhere on the instrument must not pull the tip."""
-    crop, origin = _around(mask)
-    if crop is None:
+def _main_part(pix, selection, crop_shape):
+    """Pixels (Nx2 x, y) of the largest connected piece of a part (the `selection` of an instrument's
+    pixels `pix`, in a crop of `crop_shape`), small gaps bridged (two open jaws are one piece): a stray
+    pixel of the part elsewhere on the instrument must not pull the tip. Labelled in the box _around
+    would cut from the part's mask, drawn from its pixel list."""
+    ys, xs = pix.ys[selection], pix.xs[selection]
+    if not len(ys):
         return np.zeros((0, 2))
-    x0, y0 = origin
+    pad = _BRIDGE.shape[0]
+    x0, y0 = max(int(xs.min()) - pad, 0), max(int(ys.min()) - pad, 0)
+    x1, y1 = min(int(xs.max()) + 1 + pad, crop_shape[1]), min(int(ys.max()) + 1 + pad, crop_shape[0])
+    crop = np.zeros((y1 - y0, x1 - x0), np.uint8)
+    crop[ys - y0, xs - x0] = 1
     count, labels, stats, _ = cv2.connectedComponentsWithStats(
         cv2.morphologyEx(crop, cv2.MORPH_CLOSE, _BRIDGE), connectivity=8)
     if count <= 1:
         return np.zeros((0, 2))
-    k = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    ys, xs = np.nonzero((labels == k) & crop.view(bool))
-    return np.column_stack([xs + x0, ys + y0]).astype(np.float64)
+    keep = labels[ys - y0, xs - x0] == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    return np.column_stack([xs[keep], ys[keep]]).astype(np.float64)
 
 
-def _around(mask):
-    """(uint8 crop of `mask` around its pixels, (x0, y0) of the crop) or (None, None) when empty. The
-    margin (the bridge kernel's size) is what a closing with _BRIDGE reaches beyond the pixels, so
-    filters on the crop give exactly what they give on the whole mask, at a fraction of the cost."""
+def _around(mask, align=1):
+    """(uint8 crop of `mask` around its pixels, (x0, y0) of the crop, multiples of `align`) or (None, None)
+    when empty. The margin (the bridge kernel's size) is what a closing with _BRIDGE reaches beyond the
+    pixels, so filters on the crop give exactly what they give on the whole mask, at a fraction of the cost."""
     m = mask.view(np.uint8)
     x, y, w, h = cv2.boundingRect(m)
     if not w:
         return None, None
     pad = _BRIDGE.shape[0]
-    x0, y0 = max(x - pad, 0), max(y - pad, 0)
+    x0, y0 = max(x - pad, 0) // align * align, max(y - pad, 0) // align * align
     return m[y0:y + h + pad, x0:x + w + pad], (x0, y0)
 
 
@@ -147,25 +213,29 @@ def jaw_parts(mask, parts, *, shape=None, origin=(0, 0), min_part_area=DEFAULT_M
     wrist. Jaws are distal to the wrist whatever a model calls them (it may take gold jaws for shaft,
     and put its few clasper pixels on the wrist's pulleys). On exact label maps nothing but claspers
     lies beyond the wrist, so ground-truth parts come back unchanged."""
-    wrist = _main_part(mask & (parts == PART_WRIST))
+    shape = mask.shape if shape is None else shape
+    return _jaw_parts(mask, parts, _Pixels.of(mask), shape, origin, min_part_area)
+
+
+def _jaw_parts(mask, parts, pix, shape, origin, min_part_area):
+    """jaw_parts, given the pixels of `mask`."""
+    part_at = parts[pix.ys, pix.xs]
+    wrist = _main_part(pix, part_at == PART_WRIST, mask.shape)
     if len(wrist) < min_part_area:
         return parts
-    shape = mask.shape if shape is None else shape
-    ys, xs = np.nonzero(mask)
-    pts = np.column_stack([xs, ys]).astype(np.float64)
-    centre = wrist.mean(axis=0)
-    _, axis = _principal_axis(pts)
-    entry = _entry_point(pts, shape, origin)
+    centre = _mean(wrist)
+    _, axis = _principal_axis(pix.pts)
+    entry = _entry_point(pix.pts, shape, origin)
     if entry is None:  # no border pixels: the wrist lies away from the mass of the shaft
-        sy, sx = np.nonzero(mask & (parts == PART_SHAFT))
-        entry = np.array([sx.mean(), sy.mean()]) if len(sx) else pts.mean(axis=0)
+        shaft = part_at == PART_SHAFT
+        entry = np.array([pix.xs[shaft].mean(), pix.ys[shaft].mean()]) if shaft.any() else _mean(pix.pts)
     if (centre - entry) @ axis < 0:
         axis = -axis
-    beyond = ((pts - centre) @ axis > ((wrist - centre) @ axis).max()) & (parts[ys, xs] != PART_WRIST)
+    beyond = (_centred(pix.pts, centre) @ axis > (_centred(wrist, centre) @ axis).max()) & (part_at != PART_WRIST)
     if not beyond.any():
         return parts
     out = parts.copy()
-    out[ys[beyond], xs[beyond]] = PART_CLASPERS
+    out[pix.ys[beyond], pix.xs[beyond]] = PART_CLASPERS
     return out
 
 
@@ -174,35 +244,44 @@ def instrument_tip(mask, parts, *, shape=None, origin=(0, 0), min_part_area=DEFA
     `origin` the crop's top-left corner in an image of `shape` (default: the crop is the image).
     u, v are in the crop's coordinates plus `origin`. jaws_done: `parts` already went through jaw_parts."""
     shape = mask.shape if shape is None else shape
+    pix = _Pixels.of(mask)
+    if parts is not None and not jaws_done:
+        parts = _jaw_parts(mask, parts, pix, shape, origin, min_part_area)
+    part_at = parts[pix.ys, pix.xs] if parts is not None else None
+    return _tip(mask, parts, pix, part_at, shape, origin, min_part_area)
+
+
+def _tip(mask, parts, pix, part_at, shape, origin, min_part_area):
+    """instrument_tip, given the pixels of `mask` and their labels in `parts` (jaws done; None: no parts)."""
+    shaft = pix.pts[:0]
     if parts is not None:
-        if not jaws_done:
-            parts = jaw_parts(mask, parts, shape=shape, origin=origin, min_part_area=min_part_area)
         for part, source in ((PART_CLASPERS, 'claspers'), (PART_WRIST, 'wrist')):
-            pts = _main_part(mask & (parts == part))
+            pts = _main_part(pix, part_at == part, mask.shape)
             if len(pts) >= min_part_area:
-                u, v = _snap(pts.mean(axis=0), pts)
+                u, v = _snap(_mean(pts), pts)
                 return u + origin[0], v + origin[1], source
-        ys, xs = np.nonzero(mask & (parts == PART_SHAFT))
-    else:
-        xs = ()
+        shaft = _select(pix.pts, part_at == PART_SHAFT)
     source = 'shaft_end'
-    if len(xs) == 0:  # no part labels here: the whole instance's shape
-        ys, xs = np.nonzero(mask)
+    if len(shaft) == 0:  # no part labels here: the whole instance's shape
+        shaft = pix.pts
         source = 'instance_end'
-    pts = np.column_stack([xs, ys]).astype(np.float64)
-    end = distal_end(pts, shape, origin)
-    ys_all, xs_all = np.nonzero(mask)
-    u, v = _snap(end, np.column_stack([xs_all, ys_all]).astype(np.float64))
+    u, v = _snap(distal_end(shaft, shape, origin), pix.pts)
     return u + origin[0], v + origin[1], source
 
 
 def shaft_axis(mask, parts, tip):
     """(point, unit direction towards `tip`) of the instrument's shaft axis (crop coordinates): the
     principal axis of its shaft pixels (of all its pixels when the shaft is too small)."""
-    ys, xs = np.nonzero(mask & (parts == PART_SHAFT)) if parts is not None else ((), ())
-    if len(xs) < _MIN_AXIS_PIXELS:
-        ys, xs = np.nonzero(mask)
-    centre, axis = _principal_axis(np.column_stack([xs, ys]).astype(np.float64))
+    pix = _Pixels.of(mask)
+    return _shaft_axis(pix, parts[pix.ys, pix.xs] if parts is not None else None, tip)
+
+
+def _shaft_axis(pix, part_at, tip):
+    """shaft_axis, given the instrument's pixels and their part labels (or None)."""
+    pts = _select(pix.pts, part_at == PART_SHAFT) if part_at is not None else pix.pts[:0]
+    if len(pts) < _MIN_AXIS_PIXELS:
+        pts = pix.pts
+    centre, axis = _principal_axis(pts)
     if (np.asarray(tip) - centre) @ axis < 0:
         axis = -axis
     return centre, axis
@@ -213,20 +292,20 @@ def _head_line(head, shaft_pts, blob_centre):
     """(point, direction to the tip, extent beyond the point) of an instrument seen by its head
     (wrist + claspers pixels, Nx2): its axis from the head and the shaft pixels nearest to it (as many
     as the head has: its own shaft, not a neighbour's further away)."""
-    centre = head.mean(axis=0)
+    centre = _mean(head)
     near = shaft_pts
     if len(shaft_pts) > 2 * len(head):
-        d2 = ((shaft_pts - centre) ** 2).sum(axis=1)
+        d2 = _squared_distances(shaft_pts, centre)
         near = shaft_pts[np.argpartition(d2, 2 * len(head))[:2 * len(head)]]
     if len(near) >= _MIN_AXIS_PIXELS:
         _, axis = _principal_axis(np.vstack([near, head]))
-        if (centre - near.mean(axis=0)) @ axis < 0:
+        if (centre - _mean(near)) @ axis < 0:
             axis = -axis
     else:
         _, axis = _principal_axis(head)
         if (centre - blob_centre) @ axis < 0:
             axis = -axis
-    extent = float(((head - centre) @ axis).max())
+    extent = float((_centred(head, centre) @ axis).max())
     return centre, axis, extent
 
 
@@ -252,17 +331,17 @@ def _gap_has_head(a, b, axis, parts):
     return bool((parts[samples[:, 1], samples[:, 0]] >= PART_WRIST).mean() >= 0.5)
 
 
-def _merge_collinear(shafts, parts, max_angle_deg=12.0):
-    """Shaft pieces that lie on one line (a shaft cut in two by another tool crossing in front of it)
-    are one shaft."""
-    pieces = [np.column_stack(np.nonzero(m)[::-1]).astype(np.float64) for m in shafts]
-    masks = list(shafts)
+def _merge_collinear(shafts, pts, parts, max_angle_deg=12.0):
+    """Shaft pieces (selections of the region's pixels `pts`) that lie on one line (a shaft cut in two
+    by another tool crossing in front of it) are one shaft."""
+    pieces = [_select(pts, s) for s in shafts]
+    shafts = list(shafts)
     merged = True
-    while merged and len(masks) > 1:
+    while merged and len(shafts) > 1:
         merged = False
         lines = [_principal_axis(p) for p in pieces]
-        for i in range(len(masks)):
-            for j in range(i + 1, len(masks)):
+        for i in range(len(shafts)):
+            for j in range(i + 1, len(shafts)):
                 (_, ai), (_, aj) = lines[i], lines[j]
                 if abs(ai @ aj) < math.cos(math.radians(max_angle_deg)):
                     continue
@@ -273,44 +352,43 @@ def _merge_collinear(shafts, parts, max_angle_deg=12.0):
                 rel = lines[small][0] - c_big
                 if (abs(rel[0] * a_big[1] - rel[1] * a_big[0]) <= max(half_width, 2.0)
                         and not _gap_has_head(pieces[i], pieces[j], a_big, parts)):
-                    masks[i] = masks[i] | masks[j]
+                    shafts[i] = shafts[i] | shafts[j]
                     pieces[i] = np.vstack([pieces[i], pieces[j]])
-                    del masks[j], pieces[j]
+                    del shafts[j], pieces[j]
                     merged = True
                     break
             if merged:
                 break
-    return masks
+    return shafts
 
 
-def _band(mask):
-    """(centre, unit axis, length, width) of a piece seen as a straight band: its principal axis, its
-    extent along it, and its area over that length."""
-    pts = np.column_stack(np.nonzero(mask)[::-1]).astype(np.float64)
+def _band(pts):
+    """(centre, unit axis, length, width) of a piece (Nx2 pixels) seen as a straight band: its principal
+    axis, its extent along it, and its area over that length."""
     centre, axis = _principal_axis(pts)
     length = np.ptp(pts @ axis) + 1.0
     return centre, axis, length, len(pts) / length
 
 
-def _elongated(mask, ratio=2.5):
-    """Whether a piece is a band at least `ratio` times longer than wide (as a shaft is)."""
-    if np.count_nonzero(mask) < 2:
+def _elongated(pts, ratio=2.5):
+    """Whether a piece (Nx2 pixels) is a band at least `ratio` times longer than wide (as a shaft is)."""
+    if len(pts) < 2:
         return False
-    _, _, length, width = _band(mask)
+    _, _, length, width = _band(pts)
     return length >= ratio * width
 
 
-def _drop_slivers(shafts, ratio=0.35):
-    """Shaft pieces much thinner than the widest one are a highlight or an edge of that shaft labelled
-    apart, not another instrument (instruments in one view have similar shaft widths)."""
+def _drop_slivers(shafts, pts, ratio=0.35):
+    """Shaft pieces (selections of `pts`) much thinner than the widest one are a highlight or an edge of
+    that shaft labelled apart, not another instrument (instruments in one view have similar shaft widths)."""
     if len(shafts) < 2:
         return shafts
-    widths = [_band(m)[3] for m in shafts]  # mean width: area over length
-    return [m for m, w in zip(shafts, widths) if w >= ratio * max(widths)]
+    widths = [_band(_select(pts, s))[3] for s in shafts]  # mean width: area over length
+    return [s for s, w in zip(shafts, widths) if w >= ratio * max(widths)]
 
 
 def _two_heads(a, b, min_angle_deg=30.0, off_line=1.5):
-    """Whether head pieces `a` and `b` (masks) lying next to each other are two instruments' heads, not
+    """Whether head pieces `a` and `b` (Nx2 pixels) lying next to each other are two instruments' heads, not
     one head broken by noise: both are bands (wrist and jaws along the instrument's axis), their axes
     differ by more than `min_angle_deg`, and neither lies on the other's axis (its centre more than
     `off_line` widths off it). The pieces of one broken head share one axis; a noisy parts map also
@@ -330,23 +408,29 @@ def _two_heads(a, b, min_angle_deg=30.0, off_line=1.5):
     return True
 
 
-def _distinct_heads(heads, ratio=0.2):
-    """Heads (wrist + claspers pieces) that can stand for an instrument: at least `ratio` of the largest
-    one (smaller pieces are specks of a noisy parts map), and not a piece lying next to a larger kept
-    head (closer than half that head's size: one head seen in pieces) unless the two are two
-    instruments' heads on different axes (`_two_heads`: crossing tools whose wrists nearly touch)."""
-    kept = []
-    largest = max((np.count_nonzero(h) for h in heads), default=0)
-    for h in sorted(heads, key=np.count_nonzero, reverse=True):
-        if np.count_nonzero(h) < ratio * largest:
+def _distinct_heads(heads, pix, shape, ratio=0.2):
+    """Heads (wrist + claspers pieces, selections of the region's pixels `pix`; `shape`: the crop's) that
+    can stand for an instrument: at least `ratio` of the largest one (smaller pieces are specks of a
+    noisy parts map), and not a piece lying next to a larger kept head (closer than half that head's
+    size: one head seen in pieces) unless the two are two instruments' heads on different axes
+    (`_two_heads`: crossing tools whose wrists nearly touch)."""
+    sizes = [np.count_nonzero(h) for h in heads]
+    largest = max(sizes, default=0)
+    kept, distance_maps = [], {}  # distance maps of kept heads, made when a smaller piece first needs one
+    for i in sorted(range(len(heads)), key=sizes.__getitem__, reverse=True):  # stable, as sorting the heads
+        if sizes[i] < ratio * largest:
             break
         near = False
-        for other, distance_to_other in kept:
-            gap = distance_to_other[h].min()  # pixels from this piece to the kept head
-            near = near or (gap < 0.5 * math.sqrt(np.count_nonzero(other)) and not _two_heads(other, h))
+        for k in kept:
+            if k not in distance_maps:
+                distance_maps[k] = cv2.distanceTransform((~pix.image(heads[k], shape)).view(np.uint8),
+                                                         cv2.DIST_L2, 3)
+            gap = distance_maps[k][pix.ys[heads[i]], pix.xs[heads[i]]].min()  # pixels from this piece to head k
+            near = near or (gap < 0.5 * math.sqrt(sizes[k])
+                            and not _two_heads(_select(pix.pts, heads[k]), _select(pix.pts, heads[i])))
         if not near:
-            kept.append((h, cv2.distanceTransform((~h).view(np.uint8), cv2.DIST_L2, 3)))
-    return [h for h, _ in kept]
+            kept.append(i)
+    return [heads[k] for k in kept]
 
 
 def split_region(mask, parts, *, shape, origin, min_part_area, min_area):
@@ -356,34 +440,38 @@ def split_region(mask, parts, *, shape, origin, min_part_area, min_area):
     # A head or shaft that can separate instruments is a real piece (a quarter of the smallest
     # instrument), not a few stray pixels of a noisy parts map.
     min_piece = max(min_part_area, min_area / 4)
-    bridged_heads = cv2.morphologyEx((mask & (parts >= PART_WRIST)).view(np.uint8), cv2.MORPH_CLOSE, _BRIDGE)
-    heads = [m & mask for _, m in _components(bridged_heads.view(bool), min_piece)]
-    bridged_shafts = cv2.morphologyEx((mask & (parts == PART_SHAFT)).view(np.uint8), cv2.MORPH_CLOSE, _BRIDGE)
-    shafts = [(area, m & mask) for area, m in _components(bridged_shafts.view(bool), min_piece)]
+    head_labels, heads = _pieces(mask & (parts >= PART_WRIST))
+    shaft_labels, shafts = _pieces(mask & (parts == PART_SHAFT))
+    heads = [k for k, area in heads if area >= min_piece]
+    shafts = [(k, area) for k, area in shafts if area >= min_piece]
+    if max(len(heads), len(shafts)) < 2:  # the filters below only ever drop pieces: one instrument
+        return [mask]
+    pix = _Pixels.of(mask)
+    pts = pix.pts
+    # Pieces as selections of the region's pixels (the bridge's own pixels are not the region's).
+    head_at, shaft_at = head_labels[pix.ys, pix.xs], shaft_labels[pix.ys, pix.xs]
+    heads = [head_at == k for k in heads]
+    on_border = _on_border(pts, shape, origin)
     if shafts:  # a shaft fragment a fifth the size of the main one is a segmentation hole, not a tool
-        largest = max(area for area, _ in shafts)
-        shafts = _merge_collinear([m for area, m in shafts if area >= 0.2 * largest], parts)
-        shafts = [m for m in shafts if _elongated(m)]  # a shaft is a long band; a blob is noise
-        shafts = _drop_slivers(shafts)
+        largest = max(area for _, area in shafts)
+        shafts = _merge_collinear([shaft_at == k for k, area in shafts if area >= 0.2 * largest], pts, parts)
+        shafts = [s for s in shafts if _elongated(_select(pts, s))]  # a shaft is a long band; a blob is noise
+        shafts = _drop_slivers(shafts, pts)
         # Shafts come in from outside the view: a piece that does not reach the border (jaws labelled
         # shaft beyond the wrist) seeds no instrument of its own while another piece does.
-        shafts = [m for m in shafts if _enters_view(m, shape, origin)] or shafts
-    heads = _distinct_heads(heads)
+        shafts = [s for s in shafts if on_border[s].any()] or shafts
+    heads = _distinct_heads(heads, pix, mask.shape)
     if max(len(heads), len(shafts)) < 2:
         return [mask]
-    ys, xs = np.nonzero(mask)
-    pts = np.column_stack([xs, ys]).astype(np.float64)
     if len(shafts) >= 2:
-        lines = [_shaft_line(np.column_stack(np.nonzero(m)[::-1]).astype(np.float64), shape, origin) for m in shafts]
+        lines = [_shaft_line(_select(pts, s), shape, origin) for s in shafts]
     else:
-        sy, sx = np.nonzero(mask & (parts == PART_SHAFT))
-        shaft_pts = np.column_stack([sx, sy]).astype(np.float64)
-        centre = pts.mean(axis=0)
-        lines = [_head_line(np.column_stack(np.nonzero(h)[::-1]).astype(np.float64), shaft_pts, centre)
-                 for h in heads]
+        shaft_pts = _select(pts, parts[pix.ys, pix.xs] == PART_SHAFT)
+        centre = _mean(pts)
+        lines = [_head_line(_select(pts, h), shaft_pts, centre) for h in heads]
     costs = []
     for point, axis, extent in lines:
-        rel = pts - point
+        rel = _centred(pts, point)
         along = rel @ axis
         across = np.abs(rel[:, 0] * axis[1] - rel[:, 1] * axis[0])
         costs.append(across + np.maximum(0.0, along - extent))
@@ -391,28 +479,18 @@ def split_region(mask, parts, *, shape, origin, min_part_area, min_area):
     if len(shafts) >= 2:
         # Wrist and jaws sit beyond their own shaft's distal end: each goes to the nearest shaft end
         # (a thick neighbouring shaft may pass closer to them than their own thin axis does).
-        head = parts[ys, xs] >= PART_WRIST
+        head = parts[pix.ys, pix.xs] >= PART_WRIST
         ends = np.array([point for point, _, _ in lines])
         owner[head] = np.argmin(((pts[head, None, :] - ends[None]) ** 2).sum(axis=2), axis=1)
-    regions = []
-    for k in range(len(lines)):
-        region = np.zeros_like(mask)
-        region[ys[owner == k], xs[owner == k]] = True
-        if region.sum() >= min_area:
-            regions.append(region)
-    return _rejoin_inner(regions, shape, origin) or [mask]
+    owned = [o for o in (owner == k for k in range(len(lines))) if np.count_nonzero(o) >= min_area]
+    regions = [pix.image(o, mask.shape) for o in owned]
+    return _rejoin_inner(regions, [bool(on_border[o].any()) for o in owned]) or [mask]
 
 
-def _enters_view(region, shape, origin):
-    ys, xs = np.nonzero(region)
-    return _entry_point(np.column_stack([xs, ys]), shape, origin) is not None
-
-
-def _rejoin_inner(regions, shape, origin):
-    """Split regions that do not reach the image border join the region they touch most: every
-    instrument enters the view, so such a piece is part of a neighbour (the jaws of an articulated
-    wrist, labelled shaft and bent away from its axis), not an instrument of its own."""
-    enters = [_enters_view(r, shape, origin) for r in regions]
+def _rejoin_inner(regions, enters):
+    """Split regions that do not reach the image border (`enters`: which do) join the region they touch
+    most: every instrument enters the view, so such a piece is part of a neighbour (the jaws of an
+    articulated wrist, labelled shaft and bent away from its axis), not an instrument of its own."""
     outer = [r for r, e in zip(regions, enters) if e]
     if not outer or len(outer) == len(regions):
         return regions
@@ -448,18 +526,19 @@ def _attach_orphans(found, parts, shape, min_part_area, min_area, stop_near=None
     def anchored(f):
         _, _, region, x0, y0 = f
         h, w = region.shape
-        if x0 == 0 or y0 == 0 or x0 + w == width or y0 + h == height:  # its box touches the border
-            pts = pixels(f)
-            if ((pts[:, 0] == 0) | (pts[:, 1] == 0) | (pts[:, 0] == width - 1) | (pts[:, 1] == height - 1)).any():
-                return True
+        # On the image border: a pixel in an edge row or column of its box that lies on that border.
+        if ((x0 == 0 and region[:, 0].any()) or (y0 == 0 and region[0].any())
+                or (x0 + w == width and region[:, -1].any()) or (y0 + h == height and region[-1].any())):
+            return True
         if stop_near is not None and np.count_nonzero(stop_near[y0:y0 + h, x0:x0 + w] & region):
             return True  # it comes in across the field stop
         return (f[0] >= orphan_area * min_area
-                and np.count_nonzero(parts[y0:y0 + h, x0:x0 + w][region] == PART_SHAFT) >= min_part_area)
+                and np.count_nonzero((parts[y0:y0 + h, x0:x0 + w] == PART_SHAFT) & region) >= min_part_area)
 
-    keep = [f for f in found if anchored(f)]
-    orphans = [f for f in found if not anchored(f)]
-    bands = [f for f in orphans if f[0] >= orphan_area * min_area and _elongated(f[2])]
+    anchors = [anchored(f) for f in found]
+    keep = [f for f, a in zip(found, anchors) if a]
+    orphans = [f for f, a in zip(found, anchors) if not a]
+    bands = [f for f in orphans if f[0] >= orphan_area * min_area and _elongated(_Pixels.of(f[2]).pts)]
     if not orphans or not keep:
         return keep + bands
     limit = reach * math.hypot(height, width)
@@ -522,10 +601,15 @@ def _off_the_field_stop(found, near, max_share=0.9):
 
 
 def _mean_vote(probs):
-    """Mean of T x N type probabilities over the finite pixels (NaN when none is finite)."""
+    """Mean of T x N type probabilities over the finite pixels (NaN when none is finite). Summed pixel after
+    pixel in float32 (the order numpy sums the pixel-major array a boolean mask of the T x H x W map
+    gives, which these figures were first computed from); cumsum runs that sum along contiguous rows."""
+    totals = np.cumsum(probs, axis=1)[:, -1]
+    if np.isfinite(totals).all():  # then every probability is (a NaN or an infinity would carry into its sum)
+        return totals / np.full(len(totals), probs.shape[1])
     finite = np.isfinite(probs)
     with np.errstate(invalid='ignore', divide='ignore'):
-        return np.where(finite, probs, 0.0).sum(axis=1) / finite.sum(axis=1)
+        return np.cumsum(np.where(finite, probs, np.float32(0)), axis=1)[:, -1] / finite.sum(axis=1)
 
 
 def find_instruments(result, *, min_area=DEFAULT_MIN_AREA, min_part_area=DEFAULT_MIN_PART_AREA):
@@ -567,18 +651,20 @@ def find_instruments(result, *, min_area=DEFAULT_MIN_AREA, min_part_area=DEFAULT
         h, w = region.shape
         box = np.s_[y0:y0 + h, x0:x0 + w]
         instance_map[box][region] = index
-        crop_parts = parts[box] if parts is not None else None
-        if crop_parts is not None:  # jaws labelled shaft must not tilt the shaft axis either
-            crop_parts = jaw_parts(region, crop_parts, shape=shape, origin=(x0, y0), min_part_area=min_part_net)
-        u, v, source = instrument_tip(region, crop_parts, shape=shape, origin=(x0, y0), min_part_area=min_part_net,
-                                      jaws_done=True)
-        centre, axis = shaft_axis(region, crop_parts, (u - x0, v - y0))
+        pix = _Pixels.of(region)
+        crop_parts = part_at = None
+        if parts is not None:  # jaws labelled shaft must not tilt the shaft axis either
+            crop_parts = _jaw_parts(region, parts[box], pix, shape, (x0, y0), min_part_net)
+            part_at = crop_parts[pix.ys, pix.xs]
+        u, v, source = _tip(region, crop_parts, pix, part_at, shape, (x0, y0), min_part_net)
+        centre, axis = _shaft_axis(pix, part_at, (u - x0, v - y0))
         tip_in, point_in = to_input_coords([[u, v], centre + (x0, y0)], shape, result.size)
         direction = np.array([axis[0] * sx, axis[1] * sy])
         direction /= max(np.linalg.norm(direction), 1e-12)
-        votes = _mean_vote(result.type_probs[:, y0:y0 + h, x0:x0 + w][:, region]) \
+        at = (pix.ys + y0) * shape[1] + pix.xs + x0  # its pixels in the frame (flat), in a boolean mask's order
+        votes = _mean_vote(result.type_probs.reshape(len(result.type_probs), -1).take(at, axis=1)) \
             if result.type_probs is not None else None
-        score = float(result.foreground[box][region].mean())
+        score = float(result.foreground.reshape(-1).take(at).mean())
         instruments.append(Instrument(index, result.input_area(area), score, votes, tuple(tip_in),
                                       source, tuple(point_in), tuple(direction),
                                       _taper(region, crop_parts, shape, (x0, y0), axis, result.size)))

@@ -46,15 +46,18 @@ def upsample_labels(labels, foreground, size, inside=None):
     filled = labels
     if labels.any():
         # cv2.dilate takes uint8/uint16: a 3x3 maximum gives a background pixel a neighbouring label.
-        filled = np.where(labels > 0, labels, cv2.dilate(labels, _FILL_KERNEL))
+        filled = cv2.dilate(labels, _FILL_KERNEL)
+        if labels.dtype == np.uint8:  # own labels kept: a uint8 label map is its own copy mask
+            cv2.copyTo(labels, labels, filled)
+        else:
+            filled = np.where(labels > 0, labels, filled)
     up = cv2.resize(filled, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
     return cv2.copyTo(up, inside)  # zero outside (cv2: boolean indexing of a large frame is slow)
 
 
 def outline(foreground, size):
     """uint8 mask (1 inside) of the instrument outline at `size`: bilinear P(instrument) > 0.5."""
-    prob = upsample_probability(foreground, size)
-    return cv2.threshold(prob, FOREGROUND_THRESHOLD, 1, cv2.THRESH_BINARY)[1].astype(np.uint8)
+    return np.greater(upsample_probability(foreground, size), FOREGROUND_THRESHOLD).view(np.uint8)
 
 
 @dataclass
@@ -152,11 +155,14 @@ class SegmentationResult:
         probabilities are upsampled bilinearly instead (three channels in one resize), inside the
         instrument outline. As 8-bit levels: cv2 resizes those several times faster than floats, and
         the labels agree with float resizing on 99.98 % of instrument pixels (synthetic frames)."""
-        levels = np.ascontiguousarray(self.parts_probs.transpose(1, 2, 0) * 255 + 0.5).astype(np.uint8)
-        shaft, wrist, claspers = cv2.split(cv2.resize(levels, (self.size[1], self.size[0]),
-                                                      interpolation=cv2.INTER_LINEAR))
+        levels = self.parts_probs * 255
+        levels += 0.5
+        levels = levels.astype(np.uint8)
+        # Channel by channel (as one 3-channel resize would: same values) saves splitting the result.
+        shaft, wrist, claspers = (cv2.resize(level, (self.size[1], self.size[0]), interpolation=cv2.INTER_LINEAR)
+                                  for level in levels)
         parts = cv2.add(cv2.compare(wrist, shaft, cv2.CMP_GT) & 1, 1)  # 2 where the wrist wins, else 1
-        parts[cv2.compare(claspers, cv2.max(shaft, wrist), cv2.CMP_GT) > 0] = 3
+        parts = cv2.max(parts, cv2.compare(claspers, cv2.max(shaft, wrist), cv2.CMP_GT) & 3)  # 3: claspers win
         return cv2.copyTo(parts, self.binary.view(np.uint8))
 
     @property
@@ -226,7 +232,8 @@ def _channel_argmax(x, peak):
     import torch
     channels = x.shape[1]
     weights = torch.arange(channels, 0, -1, dtype=torch.uint8, device=x.device).view(1, -1, 1, 1)
-    return (channels - ((x == peak) * weights).amax(1)).to(torch.uint8)
+    maxima = torch.eq(x, peak).view(torch.uint8).mul_(weights)  # in place on the comparison: no third map
+    return (channels - maxima.amax(1)).to(torch.uint8)
 
 
 def results_from_maps(maps, size, class_names):

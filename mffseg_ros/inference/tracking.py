@@ -106,13 +106,14 @@ class Tracker:
         diagonal = math.hypot(*image_size)
         gate = self.max_distance * diagonal
         masks = [instance_map == inst.index for inst in instruments]
+        areas = [np.count_nonzero(mask) for mask in masks]  # counted once, not once per track
         tracks = [t for t in self.tracks if t.mask.shape == instance_map.shape]  # a new input size: new tracks
         cost = np.full((len(tracks), len(instruments)), _INFEASIBLE)
         for i, track in enumerate(tracks):
-            area_t = track.mask.sum()
-            for j, (inst, mask) in enumerate(zip(instruments, masks)):
+            area_t = np.count_nonzero(track.mask)
+            for j, (inst, mask, area) in enumerate(zip(instruments, masks, areas)):
                 inter = np.count_nonzero(track.mask & mask)
-                iou = inter / max(1, area_t + mask.sum() - inter)
+                iou = inter / max(1, area_t + area - inter)
                 distance = math.hypot(track.tip[0] - inst.tip[0], track.tip[1] - inst.tip[1])
                 if iou > 0 or distance < gate:
                     cost[i, j] = (1.0 - iou) + (distance / gate if gate > 0 else 0.0)
