@@ -176,6 +176,11 @@ def test_tips_from_label_maps_triangulate_within_a_fifth_of_a_millimetre(rig):
     assert all(math.isnan(c) for c in got[1].xyz)
 
 
+def _pixels(mask):
+    ys, xs = np.nonzero(mask)
+    return np.column_stack([xs, ys]).astype(np.float64)
+
+
 def _cylinder_mask(P, start, end, diameter, shape):
     """Image mask of a cylinder of `diameter` (m) from 3-D `start` to `end`: its silhouette drawn as
     discs of the projected width at many points along it (width = f * diameter / depth)."""
@@ -192,12 +197,13 @@ def test_the_taper_of_a_receding_shaft_gives_its_depth_change():
     P1, _ = rectified_rig()
     tip_end, back = np.array([0.0, 0.0, 0.05]), np.array([-0.06, 0.0, 0.10])  # along the baseline, 40 deg deep
     mask = _cylinder_mask(P1, tip_end, back, 0.008, (H, W))
-    near, far, ratio = measure_taper(mask, (H, W), (0, 0), np.array([1.0, 0.0]))
+    near, far, ratio = measure_taper(_pixels(mask), (H, W), np.array([1.0, 0.0]))
     # The ray through column u has x = z (u - cx) / f; the shaft's points have x = -1.2 (z - 0.05).
     depth = {name: 0.06 / (1.2 + (u - 640.0) / F_PX) for name, (u, _) in (('near', near), ('far', far))}
     assert ratio == pytest.approx(depth['far'] / depth['near'], rel=0.03)
-    assert measure_taper(mask[:, :700], (H, 700), (0, 0), np.array([1.0, 0.0])) is not None
-    assert measure_taper(mask[500:520], (20, W), (0, 500), np.array([1.0, 0.0])) is None  # cut by the border
+    assert measure_taper(_pixels(mask[:, :700]), (H, 700), np.array([1.0, 0.0])) is not None
+    strip = _pixels(mask[500:520])  # the shaft seen through an image 20 px high: the border cuts every slab
+    assert measure_taper(strip, (20, W), np.array([1.0, 0.0])) is None
 
 
 def test_a_shaft_along_the_baseline_gets_its_3d_axis_from_the_taper():
@@ -211,7 +217,7 @@ def test_a_shaft_along_the_baseline_gets_its_3d_axis_from_the_taper():
     for side, P in (('left', P1), ('right', P2)):
         mask = _cylinder_mask(P, tip, back, 0.008, (H, W))
         ys, xs = np.nonzero(mask)
-        near, far, ratio = measure_taper(mask, (H, W), (0, 0), np.array([1.0, 0.0]))
+        near, far, ratio = measure_taper(_pixels(mask), (H, W), np.array([1.0, 0.0]))
         u_tip, v_tip = project(P, tip[None])[0]
         found[side] = Instrument(1, float(len(xs)), 1.0, None, (u_tip, v_tip), 'shaft_end',
                                  (float(xs.mean()), float(ys.mean())), (1.0, 0.0), ShaftTaper(near, far, ratio))

@@ -569,11 +569,11 @@ def _attach_orphans(found, parts, shape, min_part_area, min_area, stop_near=None
     return out
 
 
-def _taper(region, parts, shape, origin, axis, size):
+def _taper(pix, part_at, shape, origin, axis, size):
     """The shaft's ShaftTaper in input pixels, or None (no parts, or no measurable taper)."""
-    if parts is None:
+    if part_at is None:
         return None
-    taper = measure_taper(region & (parts == PART_SHAFT), shape, origin, axis)
+    taper = measure_taper(pix.pts[part_at == PART_SHAFT] + origin, shape, axis)
     if taper is None:
         return None
     near, far = to_input_coords([taper[0], taper[1]], shape, size)
@@ -667,5 +667,5 @@ def find_instruments(result, *, min_area=DEFAULT_MIN_AREA, min_part_area=DEFAULT
         score = float(result.foreground.reshape(-1).take(at).mean())
         instruments.append(Instrument(index, result.input_area(area), score, votes, tuple(tip_in),
                                       source, tuple(point_in), tuple(direction),
-                                      _taper(region, crop_parts, shape, (x0, y0), axis, result.size)))
+                                      _taper(pix, part_at, shape, (x0, y0), axis, result.size)))
     return instruments, instance_map

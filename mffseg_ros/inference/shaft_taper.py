@@ -33,38 +33,32 @@ def _theil_sen(t, w):
     return slope, float(np.median(w - slope * t))
 
 
-def measure_taper(shaft, shape, origin, axis):
-    """((near u, v), (far u, v), width near / width far) in the image's coordinates (crop + `origin`),
-    or None when the shaft cannot show a taper (too short, too few whole slabs, an implausible ratio).
-    `shaft`: bool mask of its pixels in a crop of an image of `shape`; `axis`: unit axis direction,
-    pointing to the tip. Slabs holding pixels on the image border are not measured (the border cuts
-    them)."""
-    ys, xs = np.nonzero(shaft)
-    if len(xs) < 2 * SLABS:
+def measure_taper(pts, shape, axis):
+    """((near u, v), (far u, v), width near / width far), or None when the shaft cannot show a taper
+    (too short, too few whole slabs, an implausible ratio). `pts`: the shaft's pixels (Nx2 x, y) in an
+    image of `shape`; `axis`: unit axis direction, pointing to the tip. Slabs holding pixels on the
+    image border are not measured (the border cuts them)."""
+    if len(pts) < 2 * SLABS:
         return None
-    pts = np.column_stack([xs, ys]).astype(np.float64)
     centre = pts.mean(axis=0)
     t = (pts - centre) @ axis
     lo, hi = float(t.min()), float(t.max())
     length = hi - lo + 1.0
-    if length < MIN_LENGTH_WIDTHS * len(xs) / length:
+    if length < MIN_LENGTH_WIDTHS * len(pts) / length:
         return None
     height, width = shape
-    gx, gy = xs + origin[0], ys + origin[1]
-    on_border = (gx <= 0) | (gy <= 0) | (gx >= width - 1) | (gy >= height - 1)
-    edges = np.linspace(lo, hi + 1e-9, SLABS + 1)
-    slab = np.clip(np.searchsorted(edges, t, side='right') - 1, 0, SLABS - 1)
+    on_border = (pts[:, 0] <= 0) | (pts[:, 1] <= 0) | (pts[:, 0] >= width - 1) | (pts[:, 1] >= height - 1)
+    step = length / SLABS
+    slab = np.minimum(((t - lo) / step).astype(np.int64), SLABS - 1)
     counts = np.bincount(slab, minlength=SLABS)
-    cut = np.bincount(slab, weights=on_border, minlength=SLABS) > 0
+    cut = np.bincount(slab[on_border], minlength=SLABS) > 0
     measured = [k for k in range(1, SLABS - 1) if counts[k] and not cut[k]]
     if len(measured) < MIN_SLABS:
         return None
-    step = edges[1] - edges[0]
-    centres = 0.5 * (edges[:-1] + edges[1:])[measured]
+    centres = lo + step * (np.array(measured) + 0.5)
     slope, intercept = _theil_sen(centres, counts[measured] / step)
     t_near, t_far = centres.max(), centres.min()  # the axis points to the tip: larger t is nearer it
     w_near, w_far = intercept + slope * t_near, intercept + slope * t_far
     if w_near <= 0 or w_far <= 0 or not 1 / MAX_RATIO <= w_near / w_far <= MAX_RATIO:
         return None
-    offset = np.asarray(origin, np.float64)
-    return tuple(centre + t_near * axis + offset), tuple(centre + t_far * axis + offset), float(w_near / w_far)
+    return tuple(centre + t_near * axis), tuple(centre + t_far * axis), float(w_near / w_far)
