@@ -40,6 +40,9 @@ _MIN_AXIS_PIXELS = 6
 # Gaps of up to 4 network pixels inside one instrument (jaws cut off from the wrist by a thin
 # misclassified band, a shaft broken by a highlight) are bridged before regions are formed.
 _BRIDGE = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
+# Shafts within asin(0.25) = 14.5 degrees of the image rows get a taper: stereo._axis_3d needs it below
+# 0.12 (rectified rows are the epipolar lines; the margin covers rectification's small rotations).
+_TAPER_MAX_SIN = 0.25
 # How close to the field stop (network pixels) a region's pixels are counted as lying along its edge.
 _FIELD_STOP_REACH = cv2.getStructuringElement(cv2.MORPH_RECT, (9, 9))
 
@@ -570,8 +573,9 @@ def _attach_orphans(found, parts, shape, min_part_area, min_area, stop_near=None
 
 
 def _taper(pix, part_at, shape, origin, axis, size):
-    """The shaft's ShaftTaper in input pixels, or None (no parts, or no measurable taper)."""
-    if part_at is None:
+    """The shaft's ShaftTaper in input pixels, or None: no parts, no measurable taper, or a shaft far from
+    the image rows (stereo gives its axis; the taper is its fallback for shafts along the baseline)."""
+    if part_at is None or abs(axis[1]) > _TAPER_MAX_SIN:
         return None
     taper = measure_taper(pix.pts[part_at == PART_SHAFT] + origin, shape, axis)
     if taper is None:
