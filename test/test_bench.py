@@ -123,3 +123,16 @@ def test_plain_unet_shapes():
     with torch.inference_mode():
         assert net(torch.zeros(1, 3, 32, 48)).shape == (1, 8, 32, 48)
     assert np.isfinite(sum(p.sum().item() for p in net.parameters()))
+
+
+def test_bench_postprocess_reports_cpu_and_wall_ratios_of_one_run():
+    from mffseg_ros.tools.bench_postprocess import run
+    report = run(None, (128, 160), frames=1)
+    for times, ratios in (('median_cpu_ms', 'ratio_to_network'), ('median_wall_ms', 'wall_ratio_to_network')):
+        assert set(report[times]) == set(report[ratios]) and report[ratios]['network (stereo batch)'] == 1.0
+        assert all(v >= 0 for v in report[times].values())
+    after = ('new postprocess (network grid)', 'instruments + tracking + stereo', 'label, instance, parts images',
+             'overlay')
+    assert report['after_network_ratio']['cpu'] == pytest.approx(sum(report['ratio_to_network'][k] for k in after))
+    assert report['after_network_ratio']['wall'] == pytest.approx(
+        sum(report['wall_ratio_to_network'][k] for k in after))

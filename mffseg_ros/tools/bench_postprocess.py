@@ -44,11 +44,13 @@ def old_postprocess(seg, logits, size):
 
 def _timed(times, key, fn, *args):
     """fn(*args), recording the CPU time of this process (ms, all its threads: the right eye's
-    instruments run on a second one): with one torch thread nothing else runs here, and a shared
-    machine's other processes do not inflate the figures the way wall time is."""
-    start = time.process_time()
+    instruments run on a second one; a shared machine's other processes do not inflate it the way they
+    inflate wall time) and the wall time (what a frame waits; with a free second core the right eye's
+    thread makes it shorter than the CPU time)."""
+    start, start_wall = time.process_time(), time.perf_counter()
     out = fn(*args)
     times.setdefault(key, []).append(1000 * (time.process_time() - start))
+    times.setdefault(f'{key} (wall)', []).append(1000 * (time.perf_counter() - start_wall))
     return out
 
 
@@ -87,11 +89,16 @@ def run(weights=None, size=(1024, 1280), frames=6, seed=5, threads=1):
             dice.setdefault(f'{name} binary', []).append(_dice(binary, truth['binary'] > 0))
             for c, part in ((1, 'shaft'), (2, 'wrist'), (3, 'claspers')):
                 dice.setdefault(f'{name} {part}', []).append(_dice(parts_map == c, truth['parts'] == c))
-    medians = {k: float(np.median(v)) for k, v in times.items()}
-    network = medians['network (stereo batch)']
+    cpu = {k: float(np.median(v)) for k, v in times.items() if not k.endswith(' (wall)')}
+    wall = {k[:-len(' (wall)')]: float(np.median(v)) for k, v in times.items() if k.endswith(' (wall)')}
+    after = [k for k in cpu if k.startswith(('new postprocess', 'instruments', 'label', 'overlay'))]
     return {
         'size': list(size), 'frames': frames, 'threads': threads, 'model': seg.describe(),
-        'median_cpu_ms': medians, 'ratio_to_network': {k: v / network for k, v in medians.items()},
+        'median_cpu_ms': cpu, 'ratio_to_network': {k: v / cpu['network (stereo batch)'] for k, v in cpu.items()},
+        'median_wall_ms': wall,
+        'wall_ratio_to_network': {k: v / wall['network (stereo batch)'] for k, v in wall.items()},
+        'after_network_ratio': {'cpu': sum(cpu[k] for k in after) / cpu['network (stereo batch)'],
+                                'wall': sum(wall[k] for k in after) / wall['network (stereo batch)']},
         'label_agreement_old_vs_new': {k: float(np.mean(v)) for k, v in agreement.items()},
         'dice_vs_ground_truth': {k: float(np.nanmean(v)) for k, v in dice.items()},
     }
