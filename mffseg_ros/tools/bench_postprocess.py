@@ -58,9 +58,10 @@ def _images(frame):
     return frame.labels_image(), frame.instance_ids_image(), frame.parts_image()
 
 
-def run(weights=None, size=(1024, 1280), frames=6, seed=5, threads=1):
+def run(weights=None, size=(1024, 1280), frames=6, seed=5, threads=1, backend='torch'):
     torch.set_num_threads(threads)
-    seg = Segmenter.load(weights, device='cpu')
+    seg = Segmenter.load(weights, device='cpu', backend=backend, threads=threads)
+    seg.warm_up(size, batch=2)  # as the node does at start: ONNX export and session, not timed
     rig = StereoRig.endovis_like().resized(size[1], size[0])
     scenes = SceneGenerator(rig, seed=seed, num_instruments=(2, 3))
     calibration = StereoCalibration(rig.P_left, rig.P_right)
@@ -110,9 +111,11 @@ def main(argv=None):
     p.add_argument('--size', default='1024x1280')
     p.add_argument('--frames', type=int, default=6)
     p.add_argument('--threads', type=int, default=1)
+    p.add_argument('--backend', default='torch', help='the network backend (torch, onnx, auto): its logits and time')
     p.add_argument('--out', type=Path, default=None, help='write the report as JSON here')
     args = p.parse_args(argv)
-    report = run(args.weights, parse_size(args.size, what='--size'), args.frames, threads=args.threads)
+    report = run(args.weights, parse_size(args.size, what='--size'), args.frames, threads=args.threads,
+                 backend=args.backend)
     print(json.dumps(report, indent=1))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
