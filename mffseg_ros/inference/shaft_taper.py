@@ -12,7 +12,7 @@ import numpy as np
 
 SLABS = 8  # cuts across the shaft; the two end ones (rounded or cut ends) are not measured
 MIN_SLABS = 3  # measured slabs needed for a slope
-MIN_LENGTH_WIDTHS = 3.0  # a shaft shorter than this many widths is too short to show a taper
+MIN_LENGTH_WIDTHS = 2.0  # a shaft shorter than this many widths is too short to show a taper
 MAX_RATIO = 6.0  # width ratios beyond this are a measurement failure (an occluded or cut slab), not depth
 
 
