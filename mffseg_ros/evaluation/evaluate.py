@@ -111,7 +111,7 @@ class InstrumentTracks:
     instrument counts mean something, their track ids do not, so tracks are scored per video only."""
 
     def __init__(self):
-        self.videos, self.frames = {}, InstanceTrackScorer(tracks=False)
+        self.videos, self.pooled = {}, InstanceTrackScorer(tracks=False)
         self._sequence, self._perception = None, None
 
     def add(self, sample, result):
@@ -122,14 +122,14 @@ class InstrumentTracks:
         tracks = self._perception.process(result).instance_ids_image()
         if truth is None or not truth.any():
             return  # no instance labels in this frame: it only moves the tracks on
-        self.frames.add(tracks, truth, DEFAULT_MIN_AREA)
+        self.pooled.add(tracks, truth, DEFAULT_MIN_AREA)
         if sequence is not None:
             self.videos.setdefault(sequence, InstanceTrackScorer()).add(tracks, truth, DEFAULT_MIN_AREA)
 
     def summary(self):
-        if not self.frames.frames:
+        if not self.pooled.frames:
             return None
-        return {'all_frames': self.frames.summary(),
+        return {'all_frames': self.pooled.summary(),
                 'videos': {name: scorer.summary() for name, scorer in self.videos.items()}}
 
 

@@ -20,14 +20,14 @@ def _areas(ids):
     return dict(zip(values.tolist(), counts.tolist()))
 
 
-def instance_ious(predicted, truth, pred_ids, true_ids):
-    """IoU matrix (len(pred_ids) x len(true_ids)) of the masks of two id images of one frame."""
+def instance_ious(predicted, truth, pred_area, true_area, pred_ids, true_ids):
+    """IoU matrix (len(pred_ids) x len(true_ids)) of the masks of two id images of one frame, given each
+    image's {id: area} (_areas)."""
     if not pred_ids or not true_ids:
         return np.zeros((len(pred_ids), len(true_ids)))
     both = (predicted > 0) & (truth > 0)
     pairs, inter = np.unique(predicted[both].astype(np.int64) << 16 | truth[both], return_counts=True)
     overlap = dict(zip(pairs.tolist(), inter.tolist()))
-    pred_area, true_area = _areas(predicted), _areas(truth)
     iou = np.zeros((len(pred_ids), len(true_ids)))
     for i, p in enumerate(pred_ids):
         for j, t in enumerate(true_ids):
@@ -54,9 +54,10 @@ class InstanceTrackScorer:
         frame's counts."""
         if tracks.shape != truth.shape:
             raise ValueError(f'track image {tracks.shape} and ground truth {truth.shape} differ in size')
-        pred_ids = sorted(_areas(tracks))
-        true_ids = sorted(t for t, a in _areas(truth).items() if a >= min_area)
-        iou = instance_ious(tracks, truth, pred_ids, true_ids)
+        pred_area, true_area = _areas(tracks), _areas(truth)
+        pred_ids = sorted(pred_area)
+        true_ids = sorted(t for t, a in true_area.items() if a >= min_area)
+        iou = instance_ious(tracks, truth, pred_area, true_area, pred_ids, true_ids)
         matched = []
         if iou.size:
             rows, cols = linear_sum_assignment(-iou)

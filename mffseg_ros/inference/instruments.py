@@ -541,9 +541,9 @@ def _attach_orphans(found, parts, shape, min_part_area, min_area, stop_near=None
     anchors = [anchored(f) for f in found]
     keep = [f for f, a in zip(found, anchors) if a]
     orphans = [f for f, a in zip(found, anchors) if not a]
-    bands = [f for f in orphans if f[0] >= orphan_area * min_area and _elongated(_Pixels.of(f[2]).pts)]
+    bands = {id(f): f for f in orphans if f[0] >= orphan_area * min_area and _elongated(_Pixels.of(f[2]).pts)}
     if not orphans or not keep:
-        return keep + bands
+        return keep + list(bands.values())
     limit = reach * math.hypot(height, width)
     merged = {id(f): [f] for f in keep}
     for orphan in orphans:
@@ -552,10 +552,10 @@ def _attach_orphans(found, parts, shape, min_part_area, min_area, stop_near=None
         best = int(np.argmin(gaps))
         if gaps[best] <= limit:
             merged[id(keep[best])].append(orphan)
-        elif any(orphan is b for b in bands):
+        elif id(orphan) in bands:
             merged[id(orphan)] = [orphan]
     out = []
-    for f in keep + [b for b in bands if id(b) in merged]:
+    for f in keep + [b for b in bands.values() if id(b) in merged]:
         group = merged[id(f)]
         if len(group) == 1:
             out.append(f)
@@ -577,7 +577,7 @@ def _taper(pix, part_at, shape, origin, axis, size):
     the image rows (stereo gives its axis; the taper is its fallback for shafts along the baseline)."""
     if part_at is None or abs(axis[1]) > _TAPER_MAX_SIN:
         return None
-    taper = measure_taper(pix.pts[part_at == PART_SHAFT] + origin, shape, axis)
+    taper = measure_taper(_select(pix.pts, part_at == PART_SHAFT) + origin, shape, axis)
     if taper is None:
         return None
     near, far = to_input_coords([taper[0], taper[1]], shape, size)

@@ -49,8 +49,8 @@ def _timed(times, key, fn, *args):
     thread makes it shorter than the CPU time)."""
     start, start_wall = time.process_time(), time.perf_counter()
     out = fn(*args)
-    times.setdefault(key, []).append(1000 * (time.process_time() - start))
-    times.setdefault(f'{key} (wall)', []).append(1000 * (time.perf_counter() - start_wall))
+    times['cpu'].setdefault(key, []).append(1000 * (time.process_time() - start))
+    times['wall'].setdefault(key, []).append(1000 * (time.perf_counter() - start_wall))
     return out
 
 
@@ -67,7 +67,7 @@ def run(weights=None, size=(1024, 1280), frames=6, seed=5, threads=1, backend='t
     calibration = StereoCalibration(rig.P_left, rig.P_right)
     perception = InstrumentPerception()
     tracker = Tracker()  # a second tracker fed the same instruments: its cost alone
-    times, agreement, dice = {}, {'parts': [], 'type': [], 'binary': []}, {}
+    times, agreement, dice = {'cpu': {}, 'wall': {}}, {'parts': [], 'type': [], 'binary': []}, {}
     for i in tqdm(range(frames), desc='postprocess bench', unit='frame'):
         frame = scenes.frame(i * 7)
         pair = [frame.left, frame.right]
@@ -90,8 +90,7 @@ def run(weights=None, size=(1024, 1280), frames=6, seed=5, threads=1, backend='t
             dice.setdefault(f'{name} binary', []).append(_dice(binary, truth['binary'] > 0))
             for c, part in ((1, 'shaft'), (2, 'wrist'), (3, 'claspers')):
                 dice.setdefault(f'{name} {part}', []).append(_dice(parts_map == c, truth['parts'] == c))
-    cpu = {k: float(np.median(v)) for k, v in times.items() if not k.endswith(' (wall)')}
-    wall = {k[:-len(' (wall)')]: float(np.median(v)) for k, v in times.items() if k.endswith(' (wall)')}
+    cpu, wall = ({k: float(np.median(v)) for k, v in times[clock].items()} for clock in ('cpu', 'wall'))
     after = [k for k in cpu if k.startswith(('new postprocess', 'instruments', 'label', 'overlay'))]
     return {
         'size': list(size), 'frames': frames, 'threads': threads, 'model': seg.describe(),
