@@ -233,6 +233,10 @@ def test_committed_configs_load():
     with pytest.raises(ConfigError, match='unknown key'):
         load_config(configs[0], overrides=['recipe.itres=5'])
     assert load_config(configs[0], overrides=['recipe.iters=5'])['recipe']['iters'] == 5
+    # YAML 1.1 reads 2e-4 as text; the optimiser must still get a number
+    assert load_config(configs[0], overrides=['recipe.lr=2e-4'])['recipe']['lr'] == pytest.approx(2e-4)
+    with pytest.raises(ConfigError, match='bad value'):
+        load_config(configs[0], overrides=['recipe.lr=fast'])
 
 
 def test_bad_validation_spec_fails_before_training(tmp_path, capsys):

@@ -120,10 +120,11 @@ def _validate(cfg, where):
     r = cfg['recipe']
     if int(r['iters']) < 1 or int(r['batch_size']) < 1:
         raise ConfigError(f'{where}: recipe.iters and recipe.batch_size must be >= 1')
+    # YAML 1.1 reads `2e-4` (no dot) as a string: numbers are stored as numbers here, once
     for key in ('lr', 'disc_lr', 'poly_power', 'weight_decay', 'aux_weight', 'adv_weight', 'binary_weight'):
-        float(r[key])
+        r[key] = float(r[key])
     for key in ('seed', 'workers', 'checkpoint_every', 'log_every', 'val_every'):
-        int(cfg[key])
+        cfg[key] = int(cfg[key])
     if int(cfg['checkpoint_every']) < 1 or int(cfg['log_every']) < 1:
         raise ConfigError(f'{where}: checkpoint_every and log_every must be >= 1')
     if int(cfg['workers']) < 0:
