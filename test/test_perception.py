@@ -228,6 +228,27 @@ def test_tracks_keep_ids_while_moving_and_retire_after_missed_frames():
     assert inst.track_id not in {t for _, t in ids[0]}
 
 
+def test_with_track_min_frames_a_one_frame_speck_never_gets_an_id():
+    perception = InstrumentPerception(PerceptionConfig(min_instance_area=30, track_min_frames=2))
+
+    def frame(step, speck=False, second=False):
+        type_map, parts_map = blank()
+        draw_instrument(type_map, parts_map, 3, (60 + 6 * step, 60), (0, 20))
+        if speck or second:
+            draw_instrument(type_map, parts_map, 6, (180, 130), (W - 1, H - 1))
+        return perception.process(result(type_map, parts_map))
+
+    first = frame(0)  # the first frame's instruments are published at once: no history to doubt them
+    assert [i.track_id for i in first.instruments] == [1]
+    speck = frame(1, speck=True)  # a second instrument for one frame only: tentative, not published
+    assert [i.track_id for i in speck.instruments] == [1]
+    assert set(np.unique(speck.instance_ids_image())) == {0, 1}  # nor painted in any image
+    assert [i.track_id for i in frame(2).instruments] == [1]
+    late = [frame(3 + k, second=True).instruments for k in range(3)]  # one that stays: published from its 2nd frame
+    assert [[i.track_id for i in f] for f in late] == [[1], [1, 2], [1, 2]]  # ids stay consecutive
+    assert late[1][1].colour != late[1][0].colour
+
+
 def test_tip_smoothing_reduces_jitter_of_a_still_tool():
     def run(smoothing):
         perception = InstrumentPerception(PerceptionConfig(min_instance_area=30, smoothing=smoothing,

@@ -32,7 +32,8 @@ class PerceptionConfig:
     """min_instance_area, min_part_area: input px. min_type_score: below it a type is UNKNOWN_TYPE.
     labels_mode: 'instance' paints each instrument with its voted type, 'pixel' the raw per-pixel types.
     track_max_missed: processed frames a track survives unseen; track_max_distance: tip gate, fraction
-    of the image diagonal. smoothing: One-Euro filter on the tips (min_cutoff Hz, beta).
+    of the image diagonal; track_min_frames: consecutive frames a new instrument must be seen before it
+    is published (1: at once; inference/tracking.py). smoothing: One-Euro filter on the tips (min_cutoff Hz, beta).
     min_depth, max_depth (m), max_epipolar_px (input px), max_area_ratio: stereo matching."""
     min_instance_area: float = DEFAULT_MIN_AREA
     min_part_area: float = DEFAULT_MIN_PART_AREA
@@ -40,6 +41,7 @@ class PerceptionConfig:
     labels_mode: str = 'instance'
     track_max_missed: int = 5
     track_max_distance: float = 0.2
+    track_min_frames: int = 1
     smoothing: bool = False
     smoothing_min_cutoff: float = 1.0
     smoothing_beta: float = 0.05
@@ -147,12 +149,14 @@ class InstrumentPerception:
     @staticmethod
     def _new_tracker(cfg):
         return Tracker(max_missed=cfg.track_max_missed, max_distance=cfg.track_max_distance,
-                       smoothing=cfg.smoothing, min_cutoff=cfg.smoothing_min_cutoff, beta=cfg.smoothing_beta)
+                       min_frames=cfg.track_min_frames, smoothing=cfg.smoothing,
+                       min_cutoff=cfg.smoothing_min_cutoff, beta=cfg.smoothing_beta)
 
     def reconfigure(self, config):
         """New parameters; tracks survive unless a tracking parameter changed."""
         old, self.config = self.config, config
-        tracking = ('track_max_missed', 'track_max_distance', 'smoothing', 'smoothing_min_cutoff', 'smoothing_beta')
+        tracking = ('track_max_missed', 'track_max_distance', 'track_min_frames', 'smoothing', 'smoothing_min_cutoff',
+                    'smoothing_beta')
         if any(getattr(old, k) != getattr(config, k) for k in tracking):
             next_id = self.tracker._next_id  # new ids continue: consumers never see an old id reused
             self.tracker = self._new_tracker(config)
@@ -192,6 +196,8 @@ class InstrumentPerception:
                                                calibration, tracks, stamp)
             except Exception as e:  # noqa: BLE001 - a 3-D failure must never cost the frame's 2-D outputs
                 stereo_error = f'{type(e).__name__}: {e}'
+        # Tentative tracks (track_min_frames) are not published: not in the tips, nor painted in any image.
+        instruments = [i for i, track in zip(instruments, tracks) if track.confirmed]
         instruments.sort(key=lambda i: i.track_id)
         return FramePerception(left, instruments, instance_map, cfg.labels_mode, stereo_error)
 

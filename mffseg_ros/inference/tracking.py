@@ -6,6 +6,12 @@ the tips are closer than max_distance (the node may skip frames, so masks of a f
 overlap). Unmatched instruments start new tracks; a track missed for more than `max_missed`
 processed frames is retired. A track's type is the vote accumulated over its whole life: an
 instrument does not change type mid-procedure.
+
+With `min_frames` > 1 a new track is tentative until it has been seen in that many consecutive frames
+(the instruments of the tracker's first frame excepted: there is no history to doubt them); a
+tentative track has no id yet, and one missed frame retires it. A speck of tissue that looks like
+metal for a frame then never becomes an instrument, at the price of a new instrument appearing
+min_frames - 1 frames late.
 """
 import math
 from dataclasses import dataclass, field
@@ -53,7 +59,7 @@ class OneEuroFilter:
 
 @dataclass(eq=False)  # tracks are compared by identity (they hold arrays)
 class Track:
-    track_id: int
+    track_id: int  # 0 while tentative (see Tracker's min_frames)
     mask: np.ndarray  # network-resolution bool mask of its last detection
     tip: tuple  # last (u, v), input px
     votes_sum: np.ndarray | None  # summed per-frame type votes
@@ -61,6 +67,11 @@ class Track:
     missed: int = 0
     colour: int = 0  # overlay palette index, kept for the track's life
     filters: dict = field(default_factory=dict)
+    hits: int = 1  # consecutive frames seen since it started (counted while tentative)
+
+    @property
+    def confirmed(self):
+        return self.track_id > 0
 
     def type_vote(self):
         """(type id 1..T, score) of the accumulated vote, or (None, 0.0) without a type head."""
@@ -74,9 +85,12 @@ class Track:
 class Tracker:
     """Assigns stable ids to the instruments of successive frames of one camera."""
 
-    def __init__(self, *, max_missed=5, max_distance=0.2, smoothing=False, min_cutoff=1.0, beta=0.05):
-        """max_distance: tip distance gate as a fraction of the image diagonal."""
+    def __init__(self, *, max_missed=5, max_distance=0.2, min_frames=1, smoothing=False, min_cutoff=1.0, beta=0.05):
+        """max_distance: tip distance gate as a fraction of the image diagonal; min_frames: consecutive
+        frames a new track must be seen before it gets an id (1: at once)."""
         self.max_missed = int(max_missed)
+        self.min_frames = int(min_frames)
+        self.frames_seen = 0
         self.max_distance = float(max_distance)
         self.smoothing = smoothing
         self.filter_args = dict(min_cutoff=min_cutoff, beta=beta)
@@ -85,6 +99,7 @@ class Tracker:
 
     def reset(self):
         self.tracks = []
+        self.frames_seen = 0
 
     def _new_id(self):
         """The next free id (1..65535, wrapping): an id still held by a live track is skipped."""
@@ -100,9 +115,15 @@ class Tracker:
         used = [t.colour for t in live_tracks]
         return min(range(PALETTE_SIZE), key=lambda c: (used.count(c), c))
 
+    def _confirm(self, track, live_tracks):
+        track.track_id = self._new_id()
+        others = [t for t in live_tracks if isinstance(t, Track) and t.confirmed and t is not track]
+        track.colour = self._new_colour(others)
+
     def update(self, instruments, instance_map, image_size):
         """Associates this frame's instruments (inference/instruments.py) with the tracks; returns the
-        Track of each instrument, in the instruments' order."""
+        Track of each instrument, in the instruments' order (tentative ones, `confirmed` False, included)."""
+        self.frames_seen += 1
         diagonal = math.hypot(*image_size)
         gate = self.max_distance * diagonal
         masks = [instance_map == inst.index for inst in instruments]
@@ -130,18 +151,22 @@ class Tracker:
             if votes is not None and not np.all(np.isfinite(votes)):
                 votes = None  # a broken vote (NaN probabilities) must not poison the track's type
             if track is None:
-                track = Track(self._new_id(), mask, inst.tip, votes, frames=int(votes is not None))
-                track.colour = self._new_colour([t for t in tracks + assigned if isinstance(t, Track)])
+                track = Track(0, mask, inst.tip, votes, frames=int(votes is not None))
                 assigned[j] = track
             else:
                 track.mask, track.tip, track.missed = mask, inst.tip, 0
+                track.hits += 1
                 if votes is not None:
                     track.votes_sum = votes if track.votes_sum is None else track.votes_sum + votes
                     track.frames += 1
+            if not track.confirmed and (track.hits >= self.min_frames or self.frames_seen == 1):
+                self._confirm(track, tracks + assigned)
         for i, track in enumerate(tracks):
             if i not in matched_tracks:
                 track.missed += 1
-        alive = [t for i, t in enumerate(tracks) if i in matched_tracks or t.missed <= self.max_missed]
+        # A tentative track is a candidate only while it is seen in every frame.
+        alive = [t for i, t in enumerate(tracks)
+                 if i in matched_tracks or (t.confirmed and t.missed <= self.max_missed)]
         new = [t for t in assigned if t not in alive]
         self.tracks = alive + new
         return assigned

@@ -64,6 +64,7 @@ class NodeConfig:
     labels_mode: str = _PERCEPTION.labels_mode
     track_max_missed: int = _PERCEPTION.track_max_missed
     track_max_distance: float = _PERCEPTION.track_max_distance
+    track_min_frames: int = _PERCEPTION.track_min_frames
     tip_smoothing: bool = _PERCEPTION.smoothing
     smoothing_min_cutoff: float = _PERCEPTION.smoothing_min_cutoff
     smoothing_beta: float = _PERCEPTION.smoothing_beta
@@ -96,7 +97,8 @@ class NodeConfig:
         return PerceptionConfig(
             min_instance_area=self.min_instance_area, min_type_score=self.min_type_score,
             labels_mode=self.labels_mode, track_max_missed=self.track_max_missed,
-            track_max_distance=self.track_max_distance, smoothing=self.tip_smoothing,
+            track_max_distance=self.track_max_distance, track_min_frames=self.track_min_frames,
+            smoothing=self.tip_smoothing,
             smoothing_min_cutoff=self.smoothing_min_cutoff, smoothing_beta=self.smoothing_beta,
             min_depth=self.min_depth, max_depth=self.max_depth, max_epipolar_px=self.max_epipolar_px)
 
@@ -133,6 +135,8 @@ DESCRIPTIONS = {
     'labels_mode': 'instance: ~/labels paints each instrument with its voted type | pixel: raw per-pixel types',
     'track_max_missed': 'processed frames a track survives without being seen before its id is retired',
     'track_max_distance': 'largest tip jump (fraction of the image diagonal) still associated with a track',
+    'track_min_frames': 'consecutive processed frames a new instrument must be seen before it is published '
+                        '(1 = at once; 2 hides one-frame false instruments but delays new ones by a frame)',
     'tip_smoothing': 'One-Euro filter on the tips (2-D and 3-D) of each track',
     'smoothing_min_cutoff': 'One-Euro cutoff at rest (Hz): lower = smoother, more lag',
     'smoothing_beta': 'One-Euro speed coefficient: higher = less lag when the tip moves',
@@ -165,6 +169,7 @@ RANGES = {
     'min_type_score': FloatingPointRange(from_value=0.0, to_value=1.0),
     'track_max_missed': IntegerRange(from_value=0, to_value=1000),
     'track_max_distance': FloatingPointRange(from_value=0.0, to_value=2.0),
+    'track_min_frames': IntegerRange(from_value=1, to_value=100),
     'smoothing_min_cutoff': FloatingPointRange(from_value=0.001, to_value=100.0),
     'smoothing_beta': FloatingPointRange(from_value=0.0, to_value=100.0),
     'min_depth': FloatingPointRange(from_value=0.0, to_value=10.0),

@@ -73,8 +73,10 @@ def run(weights=None, size=(1024, 1280), frames=6, seed=5, threads=1, backend='t
         pair = [frame.left, frame.right]
         x = seg.preprocess(pair)
         logits = _timed(times, 'network (stereo batch)', seg.forward, x)
-        old = _timed(times, 'old postprocess (upsample logits)', old_postprocess, seg, logits, size)
+        # Right after the network, as in the node: the old method's 100+ MB of upsampled logits would
+        # otherwise push the fresh logits out of the CPU's caches first.
         results = _timed(times, 'new postprocess (network grid)', seg.postprocess, logits, size)
+        old = _timed(times, 'old postprocess (upsample logits)', old_postprocess, seg, logits, size)
         out = _timed(times, 'instruments + tracking + stereo', perception.process, results[0], results[1],
                      calibration, i * 0.1)
         found, instance_map = find_instruments(results[0])
