@@ -480,6 +480,21 @@ def test_jaws_labelled_shaft_beyond_the_wrist_still_give_the_clasper_tip():
     assert inst.source == 'claspers' and inst.tip == pytest.approx(jaws_centre, abs=0.6)
 
 
+def test_a_wrist_taken_for_shaft_does_not_move_the_tip_off_the_jaws():
+    """The other mistake (synthetic bags): the wrist mostly labelled shaft, a sliver of wrist at its back,
+    the jaws right. The model's claspers reach the distal end, so they stay the jaws: the pixels between
+    the sliver and the jaws must not become claspers and pull the tip back."""
+    parts = np.zeros((H, W), np.uint8)
+    cv2.line(parts, (0, 160), (130, 95), PART_SHAFT, 15)  # shaft, and the wrist labelled shaft up to x = 130
+    cv2.line(parts, (130, 95), (160, 80), PART_CLASPERS, 9)
+    cv2.circle(parts, (100, 110), 4, PART_WRIST, -1)  # the sliver at the wrist's back
+    ys, xs = np.nonzero(parts == PART_CLASPERS)
+    jaws_centre = (xs.mean(), ys.mean())
+    assert np.array_equal(jaw_parts(parts > 0, parts), parts)
+    (inst,) = process(np.where(parts > 0, 4, 0).astype(np.uint8), parts).instruments
+    assert inst.source == 'claspers' and inst.tip == pytest.approx(jaws_centre, abs=0.6)
+
+
 def test_articulated_jaws_labelled_shaft_are_not_a_second_instrument():
     """Jaws bent 35 degrees at the wrist, labelled shaft: a shaft piece that does not reach the border
     seeds no instrument of its own (shafts come in from outside the view)."""

@@ -234,7 +234,16 @@ def _jaw_parts(mask, parts, pix, shape, origin, min_part_area):
         entry = np.array([pix.xs[shaft].mean(), pix.ys[shaft].mean()]) if shaft.any() else _mean(pix.pts)
     if (centre - entry) @ axis < 0:
         axis = -axis
-    beyond = (_centred(pix.pts, centre) @ axis > (_centred(wrist, centre) @ axis).max()) & (part_at != PART_WRIST)
+    along = _centred(pix.pts, centre) @ axis
+    claspers = _main_part(pix, part_at == PART_CLASPERS, mask.shape)
+    if len(claspers) >= max(min_part_area, len(wrist)) and \
+            (_centred(claspers, centre) @ axis).max() >= along.max() - max(2.0, 0.25 * math.sqrt(len(claspers))):
+        # The model's own claspers reach the distal end and are no smaller than its wrist: they are the
+        # jaws. The wrist it found may be a sliver at the back of a wrist it mostly took for shaft, whose
+        # front must not become jaws. (A few clasper pixels at the tip of jaws it took for wrist or shaft
+        # are not the jaws: the rule below finds those.)
+        return parts
+    beyond = (along > (_centred(wrist, centre) @ axis).max()) & (part_at != PART_WRIST)
     if not beyond.any():
         return parts
     out = parts.copy()
