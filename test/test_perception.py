@@ -176,6 +176,22 @@ def test_one_head_broken_in_two_pieces_along_its_axis_stays_one_instrument():
     assert inst.source == 'claspers' and inst.tip == pytest.approx(jaws_centre(parts_map, type_map, 4), abs=1.0)
 
 
+def test_head_pieces_on_the_only_shaft_line_are_one_instrument():
+    """Pale jaws whose base the model takes for shaft (synthetic bags): wrist and jaws are two head
+    pieces far apart, on the line of the one shaft that comes in from the border: one instrument, its
+    tip on the jaws (all that lies beyond the wrist). A second tool's head off that line stays an
+    instrument of its own."""
+    type_map, parts_map = blank()
+    draw_banded(type_map, parts_map, 4, (0, 170), (190, 60),
+                [(PART_CLASPERS, 20, 8), (PART_SHAFT, 24, None), (PART_WRIST, 24, None)], width=12)
+    (inst,) = process(type_map, parts_map).instruments
+    jaws = jaw_parts(parts_map > 0, parts_map) == PART_CLASPERS  # the jaws: all beyond the wrist
+    ys, xs = np.nonzero(jaws)
+    assert inst.source == 'claspers' and inst.tip == pytest.approx((xs.mean(), ys.mean()), abs=1.0)
+    draw_banded(type_map, parts_map, 2, (W - 1, 150), (150, 120), [(PART_CLASPERS, 12, 8), (PART_WRIST, 12, None)])
+    assert len(process(type_map, parts_map).instruments) == 2
+
+
 def test_instruments_touching_at_the_jaws_stay_two_instances():
     type_map, parts_map = blank()
     draw_instrument(type_map, parts_map, 1, (120, 96), (0, 96))

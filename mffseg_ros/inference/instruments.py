@@ -445,6 +445,40 @@ def _distinct_heads(heads, pix, shape, ratio=0.2):
     return [heads[k] for k in kept]
 
 
+def _straight_band(pts, slabs=6, tolerance=0.5):
+    """Whether pixels (Nx2) form one straight band: the centre of each of `slabs` slabs along the
+    principal axis lies within `tolerance` times the band's width of the others, across the axis. Two
+    shafts joined at an angle (a V) drift across it; one shaft does not."""
+    centre, axis, _, width = _band(pts)
+    rel = _centred(pts, centre)
+    along = rel @ axis
+    across = rel[:, 0] * axis[1] - rel[:, 1] * axis[0]
+    slab = np.minimum(((along - along.min()) / (np.ptp(along) + 1e-9) * slabs).astype(int), slabs - 1)
+    counts = np.bincount(slab, minlength=slabs)
+    means = np.bincount(slab, weights=across, minlength=slabs)[counts > 0] / counts[counts > 0]
+    return float(np.ptp(means)) <= tolerance * width
+
+
+def _one_per_shaft_line(heads, shaft, pts):
+    """Of the heads (selections of `pts`) on the line of the region's only shaft (Nx2; centres within its
+    width of its axis), only the largest stays: an instrument's wrist and jaws continue its own axis, so
+    pieces there are one head the model labelled in pieces (pale jaws partly taken for shaft), not a
+    second instrument. Heads off the line are kept, and so are all heads when the shaft is not one
+    straight band (two tools' shafts labelled as one piece)."""
+    if len(heads) < 2 or not _straight_band(shaft):
+        return heads
+    centre, axis, _, width = _band(shaft)
+    on_line = []
+    for k, head in enumerate(heads):
+        rel = _mean(_select(pts, head)) - centre
+        if abs(rel[0] * axis[1] - rel[1] * axis[0]) <= max(width, 2.0):
+            on_line.append(k)
+    if len(on_line) < 2:
+        return heads
+    largest = max(on_line, key=lambda k: np.count_nonzero(heads[k]))
+    return [h for k, h in enumerate(heads) if k == largest or k not in on_line]
+
+
 def split_region(mask, parts, *, shape, origin, min_part_area, min_area):
     """Pixel masks (crop-sized) of the instruments in one connected instrument region."""
     if parts is None:
@@ -473,6 +507,8 @@ def split_region(mask, parts, *, shape, origin, min_part_area, min_area):
         # shaft beyond the wrist) seeds no instrument of its own while another piece does.
         shafts = [s for s in shafts if on_border[s].any()] or shafts
     heads = _distinct_heads(heads, pix, mask.shape)
+    if len(shafts) == 1:
+        heads = _one_per_shaft_line(heads, _select(pts, shafts[0]), pts)
     if max(len(heads), len(shafts)) < 2:
         return [mask]
     if len(shafts) >= 2:
