@@ -575,3 +575,18 @@ def test_a_band_along_the_field_stop_is_not_an_instrument():
     result.net_dark = outside & ~(type_map > 0)
     (inst,) = InstrumentPerception(CONFIG).process(result).instruments
     assert inst.type_id == 2 and inst.tip == pytest.approx(jaws_centre(parts_map, type_map, 2), abs=1.0)
+
+
+def test_a_black_bar_taken_for_a_shaft_is_not_an_instrument():
+    """A letterbox bar along the bottom of the frame, near-black through and through, labelled shaft (as a
+    model that learnt black shafts does): it goes. A tool half in shadow stays."""
+    type_map, parts_map = blank()
+    parts_map[H - 8:, :], type_map[H - 8:, :] = PART_SHAFT, 1
+    draw_instrument(type_map, parts_map, 2, (120, 80), (0, 20))
+    result = SegmentationResult.from_labels(parts_map, type_map)
+    assert len(InstrumentPerception(CONFIG).process(result).instruments) == 2
+    result.net_dark = np.zeros((H, W), bool)
+    result.net_dark[H - 8:, :] = True
+    result.net_dark[:, :60] |= type_map[:, :60] == 2  # the tool's proximal half in shadow
+    (inst,) = InstrumentPerception(CONFIG).process(result).instruments
+    assert inst.type_id == 2 and inst.tip == pytest.approx(jaws_centre(parts_map, type_map, 2), abs=1.0)

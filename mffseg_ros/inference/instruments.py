@@ -635,18 +635,27 @@ def _near_field_stop(stop):
     return cv2.dilate(stop.view(np.uint8), _FIELD_STOP_REACH).view(bool) if stop.any() else None
 
 
+def _share_in(f, mask):
+    """The share of a found region's pixels (f: (area, first pixel, region, x0, y0)) that `mask` holds."""
+    _, _, region, x0, y0 = f
+    h, w = region.shape
+    return np.count_nonzero(mask[y0:y0 + h, x0:x0 + w] & region) / f[0]
+
+
 def _off_the_field_stop(found, near, max_share=0.9):
     """Regions that run along the edge of the field stop, `max_share` or more of their pixels `near` it,
     go: instruments come into view across the field stop, not along it, while its dark, blurred rim is
     what a model that learnt near-black shafts takes for a thin one. (Synthetic bags: such bands have all
     their pixels there, true instruments at most 11 %.)"""
-    kept = []
-    for f in found:
-        _, _, region, x0, y0 = f
-        h, w = region.shape
-        if np.count_nonzero(near[y0:y0 + h, x0:x0 + w] & region) < max_share * f[0]:
-            kept.append(f)
-    return kept
+    return [f for f in found if _share_in(f, near) < max_share]
+
+
+def _not_black(found, dark, max_share=0.9):
+    """Regions with `max_share` or more of their pixels `dark` (near-black input) go: a region black
+    through and through is a letterbox bar or the field stop itself taken for a black shaft. Real shafts,
+    black ones included, have highlights and lit sides: at most 7 % of their pixels were near-black on
+    synthetic bags and real laparoscopic video, such bars 100 %."""
+    return [f for f in found if _share_in(f, dark) < max_share]
 
 
 def _mean_vote(probs):
@@ -692,6 +701,8 @@ def find_instruments(result, *, min_area=DEFAULT_MIN_AREA, min_part_area=DEFAULT
         found = _attach_orphans(found, parts, shape, min_part_net, min_area_net, stop_near)
     if stop_near is not None:
         found = _off_the_field_stop(found, stop_near)
+    if result.net_dark is not None:
+        found = _not_black(found, result.net_dark)
     found.sort(key=lambda f: (-f[0], f[1]))  # largest first; ties in raster order (deterministic)
 
     instance_map = np.zeros(shape, np.uint16)
