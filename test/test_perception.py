@@ -188,7 +188,18 @@ def test_head_pieces_on_the_only_shaft_line_are_one_instrument():
     jaws = jaw_parts(parts_map > 0, parts_map) == PART_CLASPERS  # the jaws: all beyond the wrist
     ys, xs = np.nonzero(jaws)
     assert inst.source == 'claspers' and inst.tip == pytest.approx((xs.mean(), ys.mean()), abs=1.0)
-    draw_banded(type_map, parts_map, 2, (W - 1, 150), (150, 120), [(PART_CLASPERS, 12, 8), (PART_WRIST, 12, None)])
+    # A second tool from the top whose short shaft is no piece of its own (under a fifth of the long one)
+    # and whose head rests on the long shaft, across it: its own instrument.
+    type_map, parts_map = blank()
+    head = [(PART_CLASPERS, 14, 8), (PART_WRIST, 24, None)]
+    draw_banded(type_map, parts_map, 1, (0, 45), (200, 45), head)
+    draw_banded(type_map, parts_map, 2, (100, 0), (100, 60), head)
+    assert len(process(type_map, parts_map).instruments) == 2
+    # Two tools in a narrow V from one point of the border: the shaft piece is no straight band, and both
+    # heads (within its width of its axis) stay.
+    type_map, parts_map = blank()
+    draw_banded(type_map, parts_map, 1, (0, 100), (200, 80), head)
+    draw_banded(type_map, parts_map, 2, (0, 100), (200, 120), head)
     assert len(process(type_map, parts_map).instruments) == 2
 
 
@@ -509,6 +520,16 @@ def test_a_wrist_taken_for_shaft_does_not_move_the_tip_off_the_jaws():
     assert np.array_equal(jaw_parts(parts > 0, parts), parts)
     (inst,) = process(np.where(parts > 0, 4, 0).astype(np.uint8), parts).instruments
     assert inst.source == 'claspers' and inst.tip == pytest.approx(jaws_centre, abs=0.6)
+    # But a jaw base taken for shaft, less than the claspers beyond it, is still jaws.
+    parts = np.zeros((H, W), np.uint8)
+    cv2.line(parts, (0, 160), (110, 105), PART_SHAFT, 15)
+    cv2.circle(parts, (110, 105), 7, PART_WRIST, -1)
+    cv2.line(parts, (118, 101), (160, 80), PART_CLASPERS, 9)
+    jaws = parts == PART_CLASPERS
+    cv2.line(parts, (118, 101), (128, 96), PART_SHAFT, 9)  # the jaws' base, labelled shaft
+    ys, xs = np.nonzero(jaws | ((parts == PART_SHAFT) & (np.arange(W)[None, :] >= 118)))
+    (inst,) = process(np.where(parts > 0, 4, 0).astype(np.uint8), parts).instruments
+    assert inst.source == 'claspers' and inst.tip == pytest.approx((xs.mean(), ys.mean()), abs=1.0)
 
 
 def test_articulated_jaws_labelled_shaft_are_not_a_second_instrument():

@@ -213,9 +213,10 @@ def _around(mask, align=1):
 def jaw_parts(mask, parts, *, shape=None, origin=(0, 0), min_part_area=DEFAULT_MIN_PART_AREA):
     """`parts` with the instrument's jaws labelled claspers: every pixel of `mask` beyond the far edge
     of its wrist (along the instrument's axis, pointing away from where it enters the view) that is not
-    wrist. Jaws are distal to the wrist whatever a model calls them (it may take gold jaws for shaft,
-    and put its few clasper pixels on the wrist's pulleys). On exact label maps nothing but claspers
-    lies beyond the wrist, so ground-truth parts come back unchanged."""
+    wrist, unless the model's own claspers are plainly the jaws (see _jaw_parts). Jaws are distal to
+    the wrist whatever a model calls them (it may take gold jaws for shaft, and put its few clasper
+    pixels on the wrist's pulleys). On exact label maps nothing but claspers lies beyond the wrist, so
+    ground-truth parts come back unchanged."""
     shape = mask.shape if shape is None else shape
     return _jaw_parts(mask, parts, _Pixels.of(mask), shape, origin, min_part_area)
 
@@ -235,16 +236,18 @@ def _jaw_parts(mask, parts, pix, shape, origin, min_part_area):
     if (centre - entry) @ axis < 0:
         axis = -axis
     along = _centred(pix.pts, centre) @ axis
-    claspers = _main_part(pix, part_at == PART_CLASPERS, mask.shape)
-    if len(claspers) >= max(min_part_area, len(wrist)) and \
-            (_centred(claspers, centre) @ axis).max() >= along.max() - max(2.0, 0.25 * math.sqrt(len(claspers))):
-        # The model's own claspers reach the distal end and are no smaller than its wrist: they are the
-        # jaws. The wrist it found may be a sliver at the back of a wrist it mostly took for shaft, whose
-        # front must not become jaws. (A few clasper pixels at the tip of jaws it took for wrist or shaft
-        # are not the jaws: the rule below finds those.)
-        return parts
     beyond = (along > (_centred(wrist, centre) @ axis).max()) & (part_at != PART_WRIST)
     if not beyond.any():
+        return parts
+    claspers = _main_part(pix, part_at == PART_CLASPERS, mask.shape)
+    if (len(claspers) >= max(min_part_area, len(wrist))
+            and np.count_nonzero(beyond & (part_at != PART_CLASPERS)) > len(claspers)
+            and (_centred(claspers, centre) @ axis).max() >= along.max() - max(2.0, 0.25 * math.sqrt(len(claspers)))):
+        # The model's own claspers reach the distal end and are no smaller than its wrist, and more
+        # than as much again lies between them and its wrist: that is no jaw base taken for shaft but
+        # the front of a wrist it mostly took for shaft, the "wrist" it found a sliver at the back. Its
+        # claspers are the jaws. (A few clasper pixels at the tip of jaws it took for wrist or shaft are
+        # smaller than the wrist: the rule finds those jaws.)
         return parts
     out = parts.copy()
     out[pix.ys[beyond], pix.xs[beyond]] = PART_CLASPERS
@@ -445,38 +448,54 @@ def _distinct_heads(heads, pix, shape, ratio=0.2):
     return [heads[k] for k in kept]
 
 
-def _straight_band(pts, slabs=6, tolerance=0.5):
-    """Whether pixels (Nx2) form one straight band: the centre of each of `slabs` slabs along the
-    principal axis lies within `tolerance` times the band's width of the others, across the axis. Two
-    shafts joined at an angle (a V) drift across it; one shaft does not."""
+def _straight_band(pts, slabs=6, drift=0.5):
+    """Whether pixels (Nx2) form one straight band: cut in `slabs` slabs along the principal axis, the
+    slabs' centres lie within `drift` times the band's width of each other across the axis (two shafts
+    joined at an angle bend)."""
     centre, axis, _, width = _band(pts)
     rel = _centred(pts, centre)
     along = rel @ axis
     across = rel[:, 0] * axis[1] - rel[:, 1] * axis[0]
     slab = np.minimum(((along - along.min()) / (np.ptp(along) + 1e-9) * slabs).astype(int), slabs - 1)
     counts = np.bincount(slab, minlength=slabs)
-    means = np.bincount(slab, weights=across, minlength=slabs)[counts > 0] / counts[counts > 0]
-    return float(np.ptp(means)) <= tolerance * width
+    filled = counts > 0
+    means = np.bincount(slab, weights=across, minlength=slabs)[filled] / counts[filled]
+    return float(np.ptp(means)) <= drift * width
 
 
-def _one_per_shaft_line(heads, shaft, pts):
-    """Of the heads (selections of `pts`) on the line of the region's only shaft (Nx2; centres within its
-    width of its axis), only the largest stays: an instrument's wrist and jaws continue its own axis, so
-    pieces there are one head the model labelled in pieces (pale jaws partly taken for shaft), not a
-    second instrument. Heads off the line are kept, and so are all heads when the shaft is not one
-    straight band (two tools' shafts labelled as one piece)."""
+def _one_per_shaft_line(heads, shaft, pts, max_angle_deg=30.0):
+    """Heads (selections of `pts`) that continue the largest head along the line of the region's only
+    shaft (Nx2, one straight band) are pieces of that head, and go: an instrument's wrist and jaws lie
+    on its own axis, so a model that labels pale jaws partly as shaft cuts one head in pieces along it,
+    which used to make a second instrument. The largest head must lie on the shaft's line (within its
+    width of the axis); a piece continues it when its centre is as far across the axis as the largest
+    head's (within that head's width). Kept: heads beside it (two tools side by side), and heads at
+    least half its size lying across the shaft (more than `max_angle_deg` off: another tool's head
+    resting on it)."""
     if len(heads) < 2 or not _straight_band(shaft):
         return heads
     centre, axis, _, width = _band(shaft)
-    on_line = []
-    for k, head in enumerate(heads):
-        rel = _mean(_select(pts, head)) - centre
-        if abs(rel[0] * axis[1] - rel[1] * axis[0]) <= max(width, 2.0):
-            on_line.append(k)
-    if len(on_line) < 2:
+    head_pts = [_select(pts, h) for h in heads]
+    across = [_elongated(p) and abs(_band(p)[1] @ axis) < math.cos(math.radians(max_angle_deg)) for p in head_pts]
+    along = [k for k in range(len(heads)) if not across[k]]
+    if not along:
         return heads
-    largest = max(on_line, key=lambda k: np.count_nonzero(heads[k]))
-    return [h for k, h in enumerate(heads) if k == largest or k not in on_line]
+    largest = max(along, key=lambda k: len(head_pts[k]))
+
+    def offset(p):  # signed distance of a piece's centre across the shaft's axis
+        rel = _mean(p) - centre
+        return rel[0] * axis[1] - rel[1] * axis[0]
+
+    base = offset(head_pts[largest])
+    if abs(base) > max(width, 2.0):
+        return heads
+    head_width = max(_band(head_pts[largest])[3], 2.0)
+    kept = []
+    for k, p in enumerate(head_pts):
+        another_tool = across[k] and len(p) >= 0.5 * len(head_pts[largest])
+        if k == largest or another_tool or abs(offset(p) - base) > head_width:
+            kept.append(heads[k])
+    return kept
 
 
 def split_region(mask, parts, *, shape, origin, min_part_area, min_area):
@@ -696,13 +715,13 @@ def find_instruments(result, *, min_area=DEFAULT_MIN_AREA, min_part_area=DEFAULT
                                    min_part_area=min_part_net, min_area=min_area_net):
             row, col = divmod(int(region.argmax()), w)
             found.append((np.count_nonzero(region), (y0 + row, x0 + col), region, x0, y0))
+    if result.net_dark is not None:  # before orphans join them: a jaw fragment must not go with a bar
+        found = _not_black(found, result.net_dark)
     stop_near = _near_field_stop(result.net_dark & ~fg) if result.net_dark is not None else None
     if parts is not None:
         found = _attach_orphans(found, parts, shape, min_part_net, min_area_net, stop_near)
     if stop_near is not None:
         found = _off_the_field_stop(found, stop_near)
-    if result.net_dark is not None:
-        found = _not_black(found, result.net_dark)
     found.sort(key=lambda f: (-f[0], f[1]))  # largest first; ties in raster order (deterministic)
 
     instance_map = np.zeros(shape, np.uint16)
