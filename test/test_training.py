@@ -214,7 +214,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(['train', '--data', 'synth:?frames=2', '--train-size', '60', '64']) == 2
     assert 'multiples of 32' in capsys.readouterr().err
     assert main(['train', '--data', 'synth:?frames=2', '--set', 'recipe.lr=fast']) == 2
-    assert 'bad value' in capsys.readouterr().err
+    assert 'recipe.lr: expected a number' in capsys.readouterr().err
     assert main(['train', '--data', 'synth:?frames=2', '--set', 'tasks={parts: 5}']) == 2
     assert 'class counts' in capsys.readouterr().err
 
@@ -233,10 +233,14 @@ def test_committed_configs_load():
     with pytest.raises(ConfigError, match='unknown key'):
         load_config(configs[0], overrides=['recipe.itres=5'])
     assert load_config(configs[0], overrides=['recipe.iters=5'])['recipe']['iters'] == 5
-    # YAML 1.1 reads 2e-4 as text; the optimiser must still get a number
-    assert load_config(configs[0], overrides=['recipe.lr=2e-4'])['recipe']['lr'] == pytest.approx(2e-4)
-    with pytest.raises(ConfigError, match='bad value'):
-        load_config(configs[0], overrides=['recipe.lr=fast'])
+    # YAML 1.1 reads 2e-4 as text; numbers are read as people write them, anywhere in the config
+    cfg = load_config(configs[0], overrides=['recipe.lr=2e-4', 'augment.brightness=2e-1', 'recipe.iters=1e3'])
+    assert cfg['recipe']['lr'] == pytest.approx(2e-4) and cfg['augment']['brightness'] == pytest.approx(0.2)
+    assert cfg['recipe']['iters'] == 1000 and isinstance(cfg['recipe']['iters'], int)
+    for bad, message in (('recipe.lr=fast', 'expected a number'), ('recipe.lr=true', 'expected a number'),
+                         ('seed=1.9', 'whole number')):
+        with pytest.raises(ConfigError, match=message):
+            load_config(configs[0], overrides=[bad])
 
 
 def test_bad_validation_spec_fails_before_training(tmp_path, capsys):

@@ -5,6 +5,7 @@ taken relative to `data.root` (default ../shared/data: the data folder beside a 
 spec may carry `repeat: N` to oversample it.
 """
 import copy
+import re
 from pathlib import Path
 
 import yaml
@@ -44,6 +45,21 @@ class ConfigError(MffsegError):
     """A training config is missing, unreadable or has a bad value."""
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML as people write numbers: PyYAML follows YAML 1.1, where `2e-4` (no dot) is a string."""
+
+
+_Loader.add_implicit_resolver(
+    'tag:yaml.org,2002:float',
+    re.compile(r'^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?'
+               r'|[0-9][0-9_]*[eE][-+]?[0-9]+|\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$'),
+    list('-+0123456789.'))
+
+
+def _load_yaml(text):
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass: plain data only
+
+
 MERGED_SECTIONS = ('data', 'augment', 'recipe')  # other values (tasks, normalization) are replaced whole
 
 
@@ -63,7 +79,7 @@ def apply_override(cfg, text):
     if not sep or not key:
         raise ConfigError(f'override {text!r}: expected key.sub=value')
     try:
-        value = yaml.safe_load(raw) if raw else None
+        value = _load_yaml(raw) if raw else None
     except yaml.YAMLError as e:
         raise ConfigError(f'override {text!r}: the value is not valid YAML ({one_line(e)})') from None
     node = cfg
@@ -84,7 +100,7 @@ def load_config(path=None, overrides=(), *, validated=True):
     if path is not None:
         path = Path(path)
         try:
-            loaded = yaml.safe_load(path.read_text())
+            loaded = _load_yaml(path.read_text())
         except (OSError, yaml.YAMLError) as e:
             raise ConfigError(f'{path}: cannot read the training config ({one_line(e)})') from None
         if not isinstance(loaded, dict):
@@ -98,6 +114,15 @@ def load_config(path=None, overrides=(), *, validated=True):
     if validated:
         validate(cfg, path or 'defaults')
     return cfg
+
+
+def _number(value, key, kind):
+    """`value` as a float or an int (1e3 is 1000, 1.5 is no int); booleans and text are refused."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f'{key}: expected a number, got {value!r}')
+    if kind is int and value != int(value):
+        raise ConfigError(f'{key}: expected a whole number, got {value!r}')
+    return kind(value)
 
 
 def validate(cfg, where='config'):
@@ -118,13 +143,14 @@ def _validate(cfg, where):
     if cfg.get('init_weights') is not None and not Path(str(cfg['init_weights'])).expanduser().is_file():
         raise ConfigError(f'{where}: init_weights {cfg["init_weights"]}: weights file not found')
     r = cfg['recipe']
-    if int(r['iters']) < 1 or int(r['batch_size']) < 1:
-        raise ConfigError(f'{where}: recipe.iters and recipe.batch_size must be >= 1')
-    # YAML 1.1 reads `2e-4` (no dot) as a string: numbers are stored as numbers here, once
     for key in ('lr', 'disc_lr', 'poly_power', 'weight_decay', 'aux_weight', 'adv_weight', 'binary_weight'):
-        r[key] = float(r[key])
+        r[key] = _number(r[key], f'{where}: recipe.{key}', float)
+    for key in ('iters', 'batch_size'):
+        r[key] = _number(r[key], f'{where}: recipe.{key}', int)
     for key in ('seed', 'workers', 'checkpoint_every', 'log_every', 'val_every'):
-        cfg[key] = int(cfg[key])
+        cfg[key] = _number(cfg[key], f'{where}: {key}', int)
+    if r['iters'] < 1 or r['batch_size'] < 1:
+        raise ConfigError(f'{where}: recipe.iters and recipe.batch_size must be >= 1')
     if int(cfg['checkpoint_every']) < 1 or int(cfg['log_every']) < 1:
         raise ConfigError(f'{where}: checkpoint_every and log_every must be >= 1')
     if int(cfg['workers']) < 0:
