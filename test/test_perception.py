@@ -2,6 +2,8 @@
 whatever the per-pixel types, voted types, tips, splitting of crossing and touching instruments,
 tracking, type-free stereo with shaft axes, and the published records. The node's DDS plumbing is
 checked in test_node.py."""
+from dataclasses import replace
+
 import cv2
 import numpy as np
 import pytest
@@ -274,6 +276,11 @@ def test_with_track_min_frames_a_one_frame_speck_never_gets_an_id():
     late = [frame(3 + k, second=True).instruments for k in range(3)]  # one that stays: published from its 2nd frame
     assert [[i.track_id for i in f] for f in late] == [[1], [1, 2], [1, 2]]  # ids stay consecutive
     assert late[1][1].colour != late[1][0].colour
+    # Raised at run time (the node's parameter): tracks restart, the next frame is a first frame again.
+    perception.reconfigure(replace(perception.config, track_min_frames=3))
+    assert [i.track_id for i in frame(6).instruments] == [3]
+    assert [[i.track_id for i in frame(7 + k, speck=k < 2).instruments] for k in range(3)] == [[3], [3], [3]]
+    assert [[i.track_id for i in frame(10 + k, second=True).instruments] for k in range(3)] == [[3], [3], [3, 4]]
 
 
 def test_tip_smoothing_reduces_jitter_of_a_still_tool():

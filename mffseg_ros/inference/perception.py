@@ -196,7 +196,7 @@ class InstrumentPerception:
                                                calibration, tracks, stamp)
             except Exception as e:  # noqa: BLE001 - a 3-D failure must never cost the frame's 2-D outputs
                 stereo_error = f'{type(e).__name__}: {e}'
-        # Tentative tracks (track_min_frames) are not published: not in the tips, nor painted in any image.
+        # Tentative tracks (track_min_frames) are not published: not in the tips, nor painted in an instance image.
         instruments = [i for i, track in zip(instruments, tracks) if track.confirmed]
         instruments.sort(key=lambda i: i.track_id)
         return FramePerception(left, instruments, instance_map, cfg.labels_mode, stereo_error)
