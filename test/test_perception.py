@@ -197,12 +197,6 @@ def test_head_pieces_on_the_only_shaft_line_are_one_instrument():
     draw_banded(type_map, parts_map, 1, (0, 45), (200, 45), head)
     draw_banded(type_map, parts_map, 2, (100, 0), (100, 60), head)
     assert len(process(type_map, parts_map).instruments) == 2
-    # Two tools in a narrow V from one point of the border: the shaft piece is no straight band, and both
-    # heads (within its width of its axis) stay.
-    type_map, parts_map = blank()
-    draw_banded(type_map, parts_map, 1, (0, 100), (200, 80), head)
-    draw_banded(type_map, parts_map, 2, (0, 100), (200, 120), head)
-    assert len(process(type_map, parts_map).instruments) == 2
 
 
 def test_instruments_touching_at_the_jaws_stay_two_instances():

@@ -448,54 +448,30 @@ def _distinct_heads(heads, pix, shape, ratio=0.2):
     return [heads[k] for k in kept]
 
 
-def _straight_band(pts, slabs=6, drift=0.5):
-    """Whether pixels (Nx2) form one straight band: cut in `slabs` slabs along the principal axis, the
-    slabs' centres lie within `drift` times the band's width of each other across the axis (two shafts
-    joined at an angle bend)."""
-    centre, axis, _, width = _band(pts)
-    rel = _centred(pts, centre)
-    along = rel @ axis
-    across = rel[:, 0] * axis[1] - rel[:, 1] * axis[0]
-    slab = np.minimum(((along - along.min()) / (np.ptp(along) + 1e-9) * slabs).astype(int), slabs - 1)
-    counts = np.bincount(slab, minlength=slabs)
-    filled = counts > 0
-    means = np.bincount(slab, weights=across, minlength=slabs)[filled] / counts[filled]
-    return float(np.ptp(means)) <= drift * width
-
-
 def _one_per_shaft_line(heads, shaft, pts, max_angle_deg=30.0):
-    """Heads (selections of `pts`) that continue the largest head along the line of the region's only
-    shaft (Nx2, one straight band) are pieces of that head, and go: an instrument's wrist and jaws lie
-    on its own axis, so a model that labels pale jaws partly as shaft cuts one head in pieces along it,
-    which used to make a second instrument. The largest head must lie on the shaft's line (within its
-    width of the axis); a piece continues it when its centre is as far across the axis as the largest
-    head's (within that head's width). Kept: heads beside it (two tools side by side), and heads at
-    least half its size lying across the shaft (more than `max_angle_deg` off: another tool's head
-    resting on it)."""
-    if len(heads) < 2 or not _straight_band(shaft):
+    """Heads (selections of `pts`) on the line of the region's only shaft (Nx2; centres within its width
+    of its axis) are one instrument's head, and only the largest stays: an instrument's wrist and jaws
+    lie on its own axis, so a model that labels pale jaws partly as shaft cuts one head in pieces along
+    it, and a grasper's two prongs are two pieces side by side; each used to make an instrument. Kept
+    as well: heads off the line, and heads at least half the largest's size that lie across the shaft
+    (more than `max_angle_deg` off: another tool's head resting on it). Not told apart: two tools in a
+    narrow V from one point of the border, whose shafts form one piece (their heads look like prongs)."""
+    if len(heads) < 2:
         return heads
     centre, axis, _, width = _band(shaft)
     head_pts = [_select(pts, h) for h in heads]
     across = [_elongated(p) and abs(_band(p)[1] @ axis) < math.cos(math.radians(max_angle_deg)) for p in head_pts]
-    along = [k for k in range(len(heads)) if not across[k]]
+    on_line = []
+    for k, p in enumerate(head_pts):
+        rel = _mean(p) - centre
+        if abs(rel[0] * axis[1] - rel[1] * axis[0]) <= max(width, 2.0):
+            on_line.append(k)
+    along = [k for k in on_line if not across[k]]
     if not along:
         return heads
     largest = max(along, key=lambda k: len(head_pts[k]))
-
-    def offset(p):  # signed distance of a piece's centre across the shaft's axis
-        rel = _mean(p) - centre
-        return rel[0] * axis[1] - rel[1] * axis[0]
-
-    base = offset(head_pts[largest])
-    if abs(base) > max(width, 2.0):
-        return heads
-    head_width = max(_band(head_pts[largest])[3], 2.0)
-    kept = []
-    for k, p in enumerate(head_pts):
-        another_tool = across[k] and len(p) >= 0.5 * len(head_pts[largest])
-        if k == largest or another_tool or abs(offset(p) - base) > head_width:
-            kept.append(heads[k])
-    return kept
+    return [h for k, h in enumerate(heads)
+            if k == largest or k not in on_line or (across[k] and len(head_pts[k]) >= 0.5 * len(head_pts[largest]))]
 
 
 def split_region(mask, parts, *, shape, origin, min_part_area, min_area):
