@@ -112,7 +112,7 @@ DESCRIPTIONS = {
     'weights': 'safetensors weights file; empty = the shipped default model',
     'device': 'auto | cpu | cuda | cuda:N (auto falls back to CPU with a warning)',
     'precision': ' | '.join(PRECISIONS) + ' (fp16 needs CUDA; on the CPU it falls back to fp32 with a warning; '
-                 'int8: ONNX Runtime on the CPU, quantised at start-up on synthetic frames, about 1.7x faster)',
+                 'int8: ONNX Runtime on the CPU, quantised at start-up on synthetic frames, 1.4-1.7x faster by CPU)',
     'branch': 'main | aux (aux skips the main decoder: faster, coarser)',
     'backend': 'auto (CPU: the backend measured faster end to end, see docs/BENCHMARKS.md; CUDA: torch) | '
                + ' | '.join(f'{name} ({spec.help})' for name, spec in BACKENDS.items()),
