@@ -238,7 +238,7 @@ def test_committed_configs_load():
     assert cfg['recipe']['lr'] == pytest.approx(2e-4) and cfg['augment']['brightness'] == pytest.approx(0.2)
     assert cfg['recipe']['iters'] == 1000 and isinstance(cfg['recipe']['iters'], int)
     for bad, message in (('recipe.lr=fast', 'expected a number'), ('recipe.lr=true', 'expected a number'),
-                         ('seed=1.9', 'whole number')):
+                         ('seed=1.9', 'whole number'), ('recipe.iters=.inf', 'whole number')):
         with pytest.raises(ConfigError, match=message):
             load_config(configs[0], overrides=[bad])
 

@@ -5,6 +5,7 @@ taken relative to `data.root` (default ../shared/data: the data folder beside a 
 spec may carry `repeat: N` to oversample it.
 """
 import copy
+import math
 import re
 from pathlib import Path
 
@@ -120,7 +121,7 @@ def _number(value, key, kind):
     """`value` as a float or an int (1e3 is 1000, 1.5 is no int); booleans and text are refused."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f'{key}: expected a number, got {value!r}')
-    if kind is int and value != int(value):
+    if kind is int and not (math.isfinite(value) and value == int(value)):
         raise ConfigError(f'{key}: expected a whole number, got {value!r}')
     return kind(value)
 
