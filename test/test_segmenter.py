@@ -1,10 +1,13 @@
 """The Segmenter API: any input size, results at input resolution, weights handling, errors."""
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 import torch
 
 from mffseg_ros import Segmenter
 from mffseg_ros.errors import MffsegError, WeightsError
+from mffseg_ros.inference.results import host_maps, network_maps
 from mffseg_ros.inference.segmenter import network_size
 from mffseg_ros.model import MFFNet, save_weights
 
@@ -121,3 +124,23 @@ def test_default_weights_load_or_warn(monkeypatch, tmp_path):
     with pytest.warns(UserWarning, match='RANDOMLY INITIALISED'):
         s = Segmenter.load(device='cpu')
     assert 'random init' in s.describe()
+
+
+@pytest.mark.parametrize('task_slices', [{'binary': slice(0, 2), 'parts': slice(2, 6), 'type': slice(6, 14)},
+                                         {'binary': slice(0, 2)}], ids=['three heads', 'binary only'])
+def test_host_maps_equal_the_torch_maps(task_slices):
+    # The CPU path (OpenCV plane by plane, the second image on a thread) against the device path
+    # (torch), on logits with exact ties (the first maximum wins) and values far outside exp's range.
+    channels = max(s.stop for s in task_slices.values())
+    logits = np.random.default_rng(3).normal(0, 3, (2, channels, 40, 56)).astype(np.float32)
+    logits[:, :, :8] = 0.0
+    logits[0, :, 30:] *= 60
+    with ThreadPoolExecutor(1) as pool:
+        host = host_maps(logits, task_slices, pool.submit)
+    device = {k: v.numpy() for k, v in network_maps(torch.from_numpy(logits), task_slices).items()}
+    assert host.keys() == device.keys()
+    for key, expected in device.items():
+        if expected.dtype == np.uint8:
+            np.testing.assert_array_equal(host[key], expected, err_msg=key)
+        else:
+            np.testing.assert_allclose(host[key], expected, atol=1e-5, err_msg=key)

@@ -11,6 +11,7 @@ made on access, see inference/results.py).
 import logging
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -20,7 +21,13 @@ import torch
 from mffseg_ros.errors import MffsegError
 from mffseg_ros.inference.backends import make_backend, precision_dtype, resolve_backend
 from mffseg_ros.inference.fast_path import FastPath
-from mffseg_ros.inference.results import SegmentationResult, dark_pixels, network_maps, results_from_maps  # noqa: F401
+from mffseg_ros.inference.results import (  # noqa: F401
+    SegmentationResult,
+    dark_pixels,
+    host_maps,
+    network_maps,
+    results_from_maps,
+)
 from mffseg_ros.model.mffnet import BRANCHES, MFFNet
 from mffseg_ros.model.weights import WeightsMeta, as_weights_meta, default_metadata, load_weights
 from mffseg_ros.paths import default_weights_path
@@ -108,6 +115,9 @@ class Segmenter:
         self._backend = make_backend(self.backend_name, self.model, self.metadata.to_dict(), device=self.device,
                                      precision=precision, branch=branch, **backend_options)
         self._fast_path = None
+        # Post-processing of a batch's second image (the right eye) runs beside the first: OpenCV
+        # releases the GIL, and the network's threads are idle by then.
+        self._second_image = ThreadPoolExecutor(max_workers=1, thread_name_prefix='mffseg-maps')
         if self.device.type == 'cuda' and self.backend_name == 'torch':
             self._fast_path = FastPath(self, cuda_graphs=cuda_graphs)
 
@@ -189,8 +199,12 @@ class Segmenter:
     def postprocess(self, logits, size):
         """Logits (B, C, h, w) -> [SegmentationResult] for frames of `size` (H, W): probabilities and
         labels stay at the network's resolution; input-resolution maps are made on access."""
-        with torch.inference_mode():
-            maps = {k: v.cpu().numpy() for k, v in network_maps(logits, self.task_slices).items()}
+        if logits.device.type == 'cpu':  # OpenCV on the host; a stereo pair's second image on a second thread
+            maps = host_maps(logits.detach().float().numpy(), self.task_slices,
+                             self._second_image.submit if len(logits) > 1 else None)
+        else:
+            with torch.inference_mode():
+                maps = {k: v.cpu().numpy() for k, v in network_maps(logits, self.task_slices).items()}
         return results_from_maps(maps, size, self.class_names)
 
     def segment_batch(self, frames):

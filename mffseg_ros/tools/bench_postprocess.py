@@ -73,16 +73,17 @@ def run(weights=None, size=(1024, 1280), frames=6, seed=5, threads=1, backend='t
         pair = [frame.left, frame.right]
         x = seg.preprocess(pair)
         logits = _timed(times, 'network (stereo batch)', seg.forward, x)
-        # Right after the network, as in the node: the old method's 100+ MB of upsampled logits would
-        # otherwise push the fresh logits out of the CPU's caches first.
+        # The node's steps in the node's order, uninterrupted; the old method (for the accuracy
+        # comparison) only after them: its 100+ MB of upsampled logits would push the fresh maps out of
+        # the CPU's caches and slow the steps that follow it, which the node never pays.
         results = _timed(times, 'new postprocess (network grid)', seg.postprocess, logits, size)
-        old = _timed(times, 'old postprocess (upsample logits)', old_postprocess, seg, logits, size)
         out = _timed(times, 'instruments + tracking + stereo', perception.process, results[0], results[1],
                      calibration, i * 0.1)
-        found, instance_map = find_instruments(results[0])
-        _timed(times, 'of which: tracker update (left eye)', tracker.update, found, instance_map, size)
         _timed(times, 'label, instance, parts images', _images, out)
         _timed(times, 'overlay', instrument_overlay, frame.left, out)
+        found, instance_map = find_instruments(results[0])
+        _timed(times, 'of which: tracker update (left eye)', tracker.update, found, instance_map, size)
+        old = _timed(times, 'old postprocess (upsample logits)', old_postprocess, seg, logits, size)
         truth = frame.labels_left
         new = {'parts': results[0].parts, 'type': results[0].type, 'binary': results[0].binary}
         old_binary = old['type'][0] > 0
