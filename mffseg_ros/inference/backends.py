@@ -5,10 +5,10 @@ and `mffseg bench` all read.
 `make_backend(name, model, metadata, *, device, precision, **options)` builds one; `resolve_backend`
 turns 'auto' (and aliases) into a name and says why a backend cannot run here.
 
-Backends return their logits in the memory layout they produce, without a conversion pass: the post-
-processing (`results.host_maps` on the CPU, `results.network_maps` on a device) works at the network's
-resolution on each head's planes, where plain NCHW is as fast as channels-last. (When every logit
-channel was upsampled to the input size, NCHW arrays from ONNX Runtime made it 4-6x slower;
+Backends return their logits in the memory layout they produce, without a conversion pass: the
+post-processing (`results.host_maps` on the CPU, `results.network_maps` on a device) works at the
+network's resolution on each head's planes, where plain NCHW is as fast as channels-last. (When every
+logit channel was upsampled to the input size, NCHW arrays from ONNX Runtime made it 4-6x slower;
 `test/test_backends.py` keeps the two backends side by side so that cannot come back unseen.)
 """
 import hashlib
