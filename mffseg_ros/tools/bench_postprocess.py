@@ -4,9 +4,10 @@
    then argmax) against the new way (argmax and instances on the network grid; P(instrument) upsampled
    bilinearly, labels from the nearest network pixel inside it): per-task label agreement, and Dice of
    both against the synthetic ground truth.
-2. CPU time, per stereo frame, side by side in one run (one torch thread): the network alone, the old
-   postprocess, the new postprocess, instruments + tracking + stereo, the label/instance/parts images,
-   the overlay.
+2. CPU and wall time, per stereo frame, side by side in one run (one torch thread): the network alone,
+   then the node's steps in its order (the maps on the network grid, instruments + tracking + stereo,
+   the label/instance/parts images, the overlay), then for comparison the same maps with torch's
+   kernels and the old postprocess.
 
     python -m mffseg_ros.tools.bench_postprocess --size 1024x1280 --frames 6
 """
@@ -23,6 +24,7 @@ from tqdm import tqdm
 from mffseg_ros.data.synth import SceneGenerator, StereoRig
 from mffseg_ros.inference.instruments import find_instruments
 from mffseg_ros.inference.perception import InstrumentPerception
+from mffseg_ros.inference.results import network_maps
 from mffseg_ros.inference.segmenter import Segmenter
 from mffseg_ros.inference.stereo import StereoCalibration
 from mffseg_ros.inference.tracking import Tracker
@@ -40,6 +42,13 @@ def old_postprocess(seg, logits, size):
     with torch.inference_mode():
         up = F.interpolate(logits.float(), size=size, mode='bilinear', align_corners=False)
         return {t: up[:, s].argmax(1).to(torch.uint8).numpy() for t, s in seg.task_slices.items()}
+
+
+def _torch_maps(seg, logits):
+    """The network-grid maps as the GPU path computes them (results.network_maps), here on the CPU:
+    what the node's OpenCV version (results.host_maps) is measured against."""
+    with torch.inference_mode():
+        return {k: v.numpy() for k, v in network_maps(logits, seg.task_slices).items()}
 
 
 def _timed(times, key, fn, *args):
@@ -83,6 +92,7 @@ def run(weights=None, size=(1024, 1280), frames=6, seed=5, threads=1, backend='t
         _timed(times, 'overlay', instrument_overlay, frame.left, out)
         found, instance_map = find_instruments(results[0])
         _timed(times, 'of which: tracker update (left eye)', tracker.update, found, instance_map, size)
+        _timed(times, 'for comparison: the same maps with torch kernels', _torch_maps, seg, logits)
         old = _timed(times, 'old postprocess (upsample logits)', old_postprocess, seg, logits, size)
         truth = frame.labels_left
         new = {'parts': results[0].parts, 'type': results[0].type, 'binary': results[0].binary}
