@@ -229,8 +229,8 @@ def network_maps(logits, task_slices):
 def host_maps(logits, task_slices, image=None):
     """network_maps on the CPU: logits as a float32 numpy array (B, C, h, w) -> the same dict of numpy
     maps (B, ...). The same formulas plane by plane with OpenCV, written into preallocated outputs:
-    about twice as fast as torch's CPU kernels on these maps (docs/BENCHMARKS.md), and OpenCV
-    releases the GIL, so the images of a batch can be computed on two threads. `image`: an executor's
+    about 1.7x faster than torch's CPU kernels on one thread, and OpenCV releases the GIL, so the
+    images of a batch can be computed on two threads (2x in wall time, docs/BENCHMARKS.md). `image`: an executor's
     submit(fn, *args) for the batch's other images (the first always runs on the calling thread)."""
     logits = np.ascontiguousarray(logits, dtype=np.float32)
     batch, _, height, width = logits.shape
