@@ -199,6 +199,26 @@ def test_head_pieces_on_the_only_shaft_line_are_one_instrument():
     assert len(process(type_map, parts_map).instruments) == 2
 
 
+def test_a_tool_seen_mostly_as_its_jaws_stays_one_instrument():
+    """A real laparoscopic grasper (VID03): long jaws, nearly all of it labelled claspers, a shaft stub
+    where it comes in across the field stop (not the image border) and a strip of the jaws taken for
+    shaft. Two shaft pieces, one head larger than both: one instrument, not one per shaft piece."""
+    type_map, parts_map = blank()
+    for part, start, end in ((PART_SHAFT, (20, 150), (45, 135)), (PART_CLASPERS, (45, 135), (200, 40))):
+        cv2.line(type_map, start, end, 1, 12)
+        cv2.line(parts_map, start, end, part, 12)
+    cv2.line(parts_map, (110, 95), (140, 77), PART_SHAFT, 5)  # along the jaws' axis, mid-way
+    (inst,) = process(type_map, parts_map).instruments
+    assert inst.source == 'claspers'
+    # Two tools meeting at one's head, the other's head hidden: their shafts are long bands, larger than
+    # the one head, and still split the region.
+    type_map, parts_map = blank()
+    draw_instrument(type_map, parts_map, 1, (150, 110), (0, 60))
+    draw_instrument(type_map, parts_map, 2, (155, 100), (60, H - 1), parts=('shaft',))  # its end at the jaws
+    assert cv2.connectedComponents((parts_map > 0).view(np.uint8))[0] == 2  # one region
+    assert len(process(type_map, parts_map).instruments) == 2
+
+
 def test_instruments_touching_at_the_jaws_stay_two_instances():
     type_map, parts_map = blank()
     draw_instrument(type_map, parts_map, 1, (120, 96), (0, 96))

@@ -474,6 +474,13 @@ def _one_per_shaft_line(heads, shaft, pts, max_angle_deg=30.0):
             if k == largest or k not in on_line or (across[k] and len(head_pts[k]) >= 0.5 * len(head_pts[largest]))]
 
 
+def _mostly_head(heads, shafts):
+    """Whether a region with several shaft pieces is one instrument seen mostly as its head: a single head
+    larger than all its shaft pieces together. Those are specks and edges inside the tool (real graspers
+    with long jaws, most of them labelled jaws), not the shafts of two tools, which are long bands."""
+    return len(heads) == 1 and sum(np.count_nonzero(s) for s in shafts) < np.count_nonzero(heads[0])
+
+
 def split_region(mask, parts, *, shape, origin, min_part_area, min_area):
     """Pixel masks (crop-sized) of the instruments in one connected instrument region."""
     if parts is None:
@@ -504,7 +511,7 @@ def split_region(mask, parts, *, shape, origin, min_part_area, min_area):
     heads = _distinct_heads(heads, pix, mask.shape)
     if len(shafts) == 1:
         heads = _one_per_shaft_line(heads, _select(pts, shafts[0]), pts)
-    if max(len(heads), len(shafts)) < 2:
+    if max(len(heads), len(shafts)) < 2 or _mostly_head(heads, shafts):
         return [mask]
     if len(shafts) >= 2:
         lines = [_shaft_line(_select(pts, s), shape, origin) for s in shafts]
