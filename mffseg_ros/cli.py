@@ -15,6 +15,7 @@ COMMANDS = {
     'play': ('mffseg_ros.ros.play', 'replay a rosbag2 bag over DDS through rclpy'),
     'bench': ('mffseg_ros.tools.bench', 'benchmark the model and the ROS pipeline'),
     'export': ('mffseg_ros.tools.export', 'export weights to ONNX'),
+    'average': ('mffseg_ros.training.average', 'average fine-tuned weights with the weights they started from'),
     'demo': ('mffseg_ros.tools.demo', 'end-to-end demo: synthetic stereo bag -> node -> tips and overlays'),
 }
 
