@@ -77,6 +77,13 @@ def test_cholecseg8k_both_layouts(tmp_path):
     assert v['binary'][7, 7] == 1 and v['binary'][20, 20] == 0 and set(np.unique(v['binary'])) == {0, 1}
     assert len(build_dataset(f'cholecseg8k:{tmp_path / "video01"}')) == 1
     assert len(build_dataset(f'cholecseg8k:{tmp_path}?stride=2')) == 2
+    mirrored = build_dataset(f'cholecseg8k:{tmp_path}?mirror=1')
+    m = mirrored[0]
+    for key in ('image', 'binary', 'parts', 'type', 'instance'):
+        np.testing.assert_array_equal(m[key], s[key][:, ::-1])
+    assert m['name'] == 'clip_1_2-mirrored/frame_1_endo.png'  # a video of its own for tracking
+    with pytest.raises(DataError, match='mirror must be 0 or 1'):
+        build_dataset(f'cholecseg8k:{tmp_path}?mirror=2')
 
 
 def test_cholec_instance_polygons(tmp_path):

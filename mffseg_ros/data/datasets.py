@@ -5,7 +5,8 @@
     composite:/data/root?frames=64&seed=3&size=384x480    (rendered tools on real frames, real tools pasted)
     folder:/images?masks=/masks&mapping=map.yaml&image_suffix=.png&mask_suffix=_mask.png
 
-Every kind also takes `stride=N` (every N-th frame) and `limit=N` (first N frames after the stride).
+Every kind also takes `stride=N` (every N-th frame), `limit=N` (first N frames after the stride) and
+`mirror=1` (every frame and its labels flipped left to right: a second view of a small set).
 """
 from pathlib import Path
 from urllib.parse import parse_qsl
@@ -14,7 +15,7 @@ from mffseg_ros.data.cholec import CholecInstanceSeg, cholecseg8k
 from mffseg_ros.data.endovis import EndoVis2017
 from mffseg_ros.data.generic import FolderDataset
 from mffseg_ros.data.real_pixels import CompositeDataset
-from mffseg_ros.data.samples import ConcatSamples, Subsampled
+from mffseg_ros.data.samples import ConcatSamples, Mirrored, Subsampled
 from mffseg_ros.data.splits import split_videos
 from mffseg_ros.data.synth import SynthDataset
 from mffseg_ros.errors import DataError
@@ -91,11 +92,16 @@ def build_dataset(spec):
     kind = str(spec.get('kind', '')).lower()
     if kind not in KINDS:
         raise DataError(f'data spec {spec}: unknown kind {kind!r} (kinds: {", ".join(KINDS)})')
-    opts = {k: v for k, v in spec.items() if k not in ('kind', 'root', 'stride', 'limit')}
+    opts = {k: v for k, v in spec.items() if k not in ('kind', 'root', 'stride', 'limit', 'mirror')}
     try:
         dataset = _build(kind, opts, spec)
         if spec.get('stride', 1) != 1 or spec.get('limit') is not None:
             dataset = Subsampled(dataset, spec.get('stride', 1), spec.get('limit'))
+        mirror = spec.get('mirror', 0)
+        if mirror not in (0, 1, True, False):
+            raise DataError(f'data spec {spec}: mirror must be 0 or 1, got {mirror!r}')
+        if mirror:
+            dataset = Mirrored(dataset)
     except TypeError as e:
         if 'argument' not in str(e):
             raise

@@ -1,6 +1,10 @@
 """Combinators of sample sources (anything with len and getitem -> sample dict)."""
 import bisect
 
+import numpy as np
+
+from mffseg_ros.errors import DataError
+
 
 class ConcatSamples:
     """Several sample sources read as one (index ranges in order)."""
@@ -35,6 +39,30 @@ class Subsampled:
 
     def __getitem__(self, index):
         return self.base[self.indices[index]]
+
+
+class Mirrored:
+    """The samples flipped left to right: the image and every label map of its size. A second view of a
+    small real set (a proxy scored on more frames; not new data). The name's folder gets `-mirrored`, so
+    a mirrored video is a video of its own for tracking."""
+
+    def __init__(self, base):
+        self.base = base
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, index):
+        sample = dict(self.base[index])
+        size = sample['image'].shape[:2]
+        for key, value in sample.items():
+            if isinstance(value, np.ndarray):
+                if value.shape[:2] != size:
+                    raise DataError(f'sample {sample.get("name")!r}: cannot mirror {key!r} of shape {value.shape}')
+                sample[key] = np.ascontiguousarray(value[:, ::-1])
+        folder, sep, file = str(sample.get('name', '')).rpartition('/')
+        sample['name'] = f'{folder}-mirrored/{file}' if sep else f'{file}-mirrored'
+        return sample
 
 
 def sequence_name(sample):
