@@ -2,6 +2,7 @@
 whatever the per-pixel types, voted types, tips, splitting of crossing and touching instruments,
 tracking, type-free stereo with shaft axes, and the published records. The node's DDS plumbing is
 checked in test_node.py."""
+import math
 from dataclasses import replace
 
 import cv2
@@ -444,6 +445,24 @@ def test_a_3d_failure_keeps_the_2d_outputs():
     frame = InstrumentPerception(CONFIG).process(maps['left'], maps['right'], calib)
     assert 'SVD' in frame.stereo_error and len(frame.instruments) == 1
     assert np.isnan(frame.instruments[0].xyz).all()
+
+
+def test_the_second_eye_gets_the_same_geometry_without_votes_scores_or_taper():
+    type_map, parts_map = blank()
+    # A shaft along the image rows that narrows as it recedes (the taper stereo falls back on), its head.
+    shaft = np.array([[0, 88], [150, 95], [150, 105], [0, 112]], np.int32)
+    for img, value in ((type_map, 3), (parts_map, PART_SHAFT)):
+        cv2.fillConvexPoly(img, shaft, value)
+    draw_instrument(type_map, parts_map, 3, (165, 100), (150, 100), parts=('wrist', 'claspers'))
+    draw_instrument(type_map, parts_map, 6, (170.2, 150.4), (W - 1, H - 1))
+    full, full_map = find_instruments(result(type_map, parts_map), min_area=30)
+    geometry, geometry_map = find_instruments(result(type_map, parts_map), min_area=30, geometry_only=True)
+    np.testing.assert_array_equal(geometry_map, full_map)
+    assert any(f.shaft_taper is not None for f in full)
+    for f, g in zip(full, geometry, strict=True):
+        assert (g.index, g.area_px, g.tip, g.source, g.axis_point, g.axis_dir) == \
+            (f.index, f.area_px, f.tip, f.source, f.axis_point, f.axis_dir)
+        assert g.type_votes is None and math.isnan(g.score) and g.shaft_taper is None
 
 
 def test_network_resolution_results_are_scaled_to_the_input():

@@ -672,10 +672,12 @@ def _mean_vote(probs):
         return np.cumsum(np.where(finite, probs, np.float32(0)), axis=1)[:, -1] / finite.sum(axis=1)
 
 
-def find_instruments(result, *, min_area=DEFAULT_MIN_AREA, min_part_area=DEFAULT_MIN_PART_AREA):
+def find_instruments(result, *, min_area=DEFAULT_MIN_AREA, min_part_area=DEFAULT_MIN_PART_AREA, geometry_only=False):
     """(instruments, instance map) of one SegmentationResult (inference/results.py), computed on the
     network's grid. The instance map (uint16, network resolution) holds each instrument's `index`;
-    instruments come largest first. Areas are in input pixels, as are tips and axes."""
+    instruments come largest first. Areas are in input pixels, as are tips and axes. geometry_only:
+    regions, tips and axes only, what stereo matching takes from the second eye (type_votes None, score
+    NaN, no shaft taper)."""
     fg = result.net_binary
     parts = result.net_parts
     shape = fg.shape
@@ -723,11 +725,13 @@ def find_instruments(result, *, min_area=DEFAULT_MIN_AREA, min_part_area=DEFAULT
         tip_in, point_in = to_input_coords([[u, v], centre + (x0, y0)], shape, result.size)
         direction = np.array([axis[0] * sx, axis[1] * sy])
         direction /= max(np.linalg.norm(direction), 1e-12)
-        at = (pix.ys + y0) * shape[1] + pix.xs + x0  # its pixels in the frame (flat), in a boolean mask's order
-        votes = _mean_vote(result.type_probs.reshape(len(result.type_probs), -1).take(at, axis=1)) \
-            if result.type_probs is not None else None
-        score = float(result.foreground.reshape(-1).take(at).mean())
+        votes, score, taper = None, math.nan, None
+        if not geometry_only:
+            at = (pix.ys + y0) * shape[1] + pix.xs + x0  # its pixels in the frame (flat), in a boolean mask's order
+            if result.type_probs is not None:
+                votes = _mean_vote(result.type_probs.reshape(len(result.type_probs), -1).take(at, axis=1))
+            score = float(result.foreground.reshape(-1).take(at).mean())
+            taper = _taper(pix, part_at, shape, (x0, y0), axis, result.size)
         instruments.append(Instrument(index, result.input_area(area), score, votes, tuple(tip_in),
-                                      source, tuple(point_in), tuple(direction),
-                                      _taper(pix, part_at, shape, (x0, y0), axis, result.size)))
+                                      source, tuple(point_in), tuple(direction), taper))
     return instruments, instance_map

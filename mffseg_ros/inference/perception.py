@@ -170,7 +170,7 @@ class InstrumentPerception:
         stereo.StereoCalibration for 3-D (optional); stamp: seconds, for tip smoothing."""
         cfg = self.config
         limits = {'min_area': cfg.min_instance_area, 'min_part_area': cfg.min_part_area}
-        right_job = (self._right_eye.submit(find_instruments, right, **limits)
+        right_job = (self._right_eye.submit(find_instruments, right, geometry_only=True, **limits)
                      if right is not None and calibration is not None else None)
         found, instance_map = find_instruments(left, **limits)
         tracks = self.tracker.update(found, instance_map, left.size)
