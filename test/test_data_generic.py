@@ -9,6 +9,7 @@ import pytest
 
 from mffseg_ros.data.datasets import build_dataset, build_datasets
 from mffseg_ros.data.endovis import LabelWarning
+from mffseg_ros.data.samples import Mirrored, sequence_name
 from mffseg_ros.data.transforms import Augment, jpeg_roundtrip, normalize_image, prepare_sample, radial_distortion
 from mffseg_ros.errors import DataError
 
@@ -82,6 +83,8 @@ def test_cholecseg8k_both_layouts(tmp_path):
     for key in ('image', 'binary', 'parts', 'type', 'instance'):
         np.testing.assert_array_equal(m[key], s[key][:, ::-1])
     assert m['name'] == 'clip_1_2-mirrored/frame_1_endo.png'  # a video of its own for tracking
+    assert sequence_name(m) == 'clip_1_2-mirrored'
+    assert sequence_name(Mirrored([{'image': s['image'], 'name': 'composite/7'}])[0]) is None  # stays alone
     with pytest.raises(DataError, match='mirror must be 0 or 1'):
         build_dataset(f'cholecseg8k:{tmp_path}?mirror=2')
 

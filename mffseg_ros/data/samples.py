@@ -60,8 +60,12 @@ class Mirrored:
                 if value.shape[:2] != size:
                     raise DataError(f'sample {sample.get("name")!r}: cannot mirror {key!r} of shape {value.shape}')
                 sample[key] = np.ascontiguousarray(value[:, ::-1])
-        folder, sep, file = str(sample.get('name', '')).rpartition('/')
-        sample['name'] = f'{folder}-mirrored/{file}' if sep else f'{file}-mirrored'
+        name = str(sample.get('name', ''))
+        if sequence_name(sample) is None:  # a frame that stands alone stays alone
+            sample['name'] = f'{name}-mirrored'
+        else:
+            folder, _, file = name.rpartition('/')
+            sample['name'] = f'{folder}-mirrored/{file}'
         return sample
 
 
