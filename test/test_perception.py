@@ -348,6 +348,27 @@ def test_3d_tips_and_shaft_axes_from_projected_stereo_without_types():
         assert cos > 0.98
 
 
+def test_begin_gives_the_2d_outputs_and_finish_the_same_frame_as_process():
+    truth = [(3, np.array([-0.012, -0.004, 0.07]), (0, 0)),
+             (5, np.array([0.010, 0.006, 0.09]), (W - 1, H - 1))]
+    maps = stereo_results(truth)
+    calibration = StereoCalibration(P_LEFT, P_RIGHT)
+    whole = InstrumentPerception(CONFIG).process(maps['left'], maps['right'], calibration, stamp=0.0)
+    for images_first in (True, False):
+        perception = InstrumentPerception(CONFIG)
+        frame = perception.begin(maps['left'], maps['right'], calibration, stamp=0.0, images_first=images_first)
+        # 2-D now: the same instruments, images and tips, no 3-D yet.
+        assert [(i.track_id, i.tip) for i in frame.instruments] == [(i.track_id, i.tip) for i in whole.instruments]
+        assert all(np.isnan(i.xyz).all() and i.axis_xyz is None for i in frame.instruments)
+        assert np.array_equal(frame.instance_ids_image(), whole.instance_ids_image())
+        frame = perception.finish(frame)
+        assert frame.stereo_error is None and frame.instruments == whole.instruments
+        assert all(np.isfinite(i.xyz).all() for i in frame.instruments)
+        assert perception.finish(frame) is frame and frame.instruments == whole.instruments  # finished once
+    mono = InstrumentPerception(CONFIG).begin(maps['left'])
+    assert InstrumentPerception(CONFIG).finish(mono).instruments == mono.instruments
+
+
 def test_a_disparity_outside_the_depth_range_is_not_matched():
     maps = stereo_results([(3, np.array([0.0, 0.0, 0.08]), (0, 0))])
     near = InstrumentPerception(PerceptionConfig(min_instance_area=30, max_depth=0.05))

@@ -5,10 +5,18 @@ instruments, voted and tracked types, tips, stereo 3-D tips and shaft poses, and
     frame = perception.process(result_left, result_right, calibration, stamp_s)
     frame.instruments            # [TrackedInstrument], ordered by track id
     frame.labels_image()         # input-resolution images, computed on demand
+
+A caller that renders the 2-D images anyway (the node) splits process() in two, so that the right eye's
+instrument search runs while those images are drawn:
+
+    frame = perception.begin(result_left, result_right, calibration, stamp_s, images_first=True)
+    frame.labels_image()         # 2-D outputs: ready now
+    frame = perception.finish(frame)  # waits for the right eye; adds the 3-D tips and axes
 """
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import cv2
 import numpy as np
@@ -82,6 +90,7 @@ class FramePerception:
     labels_mode: str = 'instance'
     stereo_error: str | None = None  # why 3-D failed for this frame (2-D outputs are unaffected)
     _cache: dict = field(default_factory=dict, repr=False)
+    _stereo: Any = field(default=None, repr=False)  # _PendingStereo until InstrumentPerception.finish
 
     def _once(self, key, make):
         if key not in self._cache:
@@ -135,6 +144,19 @@ class FramePerception:
         return self.paint(lambda i: 255 if i.type_id == type_id else 0)
 
 
+@dataclass
+class _PendingStereo:
+    """What finish() needs from begin(): the left eye's instruments in find_instruments' order (with
+    their tracks) and the right eye's search, running or still to start."""
+    found: list
+    tracks: list
+    instruments: list  # TrackedInstrument per found instrument, tentative tracks included
+    right: Any
+    calibration: Any
+    stamp: float | None
+    right_job: Any  # Future of find_instruments(right)
+
+
 class InstrumentPerception:
     """Stateful per camera stream (the tracker): one object per node / per replayed sequence."""
 
@@ -142,8 +164,10 @@ class InstrumentPerception:
         config = config or PerceptionConfig()
         self.config = config
         self.tracker = self._new_tracker(config)
-        # The right eye's instruments are found on a second thread while the left eye's are: most of
-        # that work is OpenCV and numpy, which release the GIL (a stereo pair: 33 -> 21 ms on 2 cores).
+        # The right eye's instruments are found on a second thread. Its search is mostly Python (the GIL
+        # lets one thread run it at a time) with some OpenCV, which releases the GIL: next to the left
+        # eye's own search it saves ~3 ms a pair; next to the images the node draws (OpenCV) ~5 ms
+        # (bench_postprocess, docs/BENCHMARKS.md).
         self._right_eye = ThreadPoolExecutor(max_workers=1, thread_name_prefix='mffseg-right-eye')
 
     @staticmethod
@@ -168,10 +192,21 @@ class InstrumentPerception:
     def process(self, left, right=None, calibration=None, stamp=None):
         """left/right: SegmentationResult of the two eyes (right optional); calibration: a
         stereo.StereoCalibration for 3-D (optional); stamp: seconds, for tip smoothing."""
+        return self.finish(self.begin(left, right, calibration, stamp))
+
+    def begin(self, left, right=None, calibration=None, stamp=None, *, images_first=False):
+        """process() up to its 2-D outputs: instruments, tracks, tips and every image are final; the 3-D
+        tips and axes come with finish(frame). The right
+        eye's search starts now, next to the left eye's; with images_first (the caller draws the frame's
+        images between begin and finish) once the left eye's is done, so that it runs while they are drawn."""
         cfg = self.config
         limits = {'min_area': cfg.min_instance_area, 'min_part_area': cfg.min_part_area}
-        right_job = (self._right_eye.submit(find_instruments, right, geometry_only=True, **limits)
-                     if right is not None and calibration is not None else None)
+        stereo = right is not None and calibration is not None
+
+        def search_right_eye():
+            return self._right_eye.submit(find_instruments, right, geometry_only=True, **limits)
+
+        right_job = search_right_eye() if stereo and not images_first else None
         found, instance_map = find_instruments(left, **limits)
         tracks = self.tracker.update(found, instance_map, left.size)
         instruments = []
@@ -185,21 +220,32 @@ class InstrumentPerception:
             instruments.append(TrackedInstrument(track.track_id, type_id, type_score, inst.score, inst.area_px,
                                                  tuple(tip), inst.source, inst.axis_point, inst.axis_dir,
                                                  index=inst.index, colour=track.colour))
-        stereo_error = None
-        if right_job is not None:
-            try:
-                found_right, map_right = right_job.result()  # always collected: its errors are this frame's
-                if tuple(right.size) != tuple(left.size) or right.net_size != left.net_size:
-                    raise ValueError(f'left {left.size} and right {right.size} images differ in size')
-                if found:
-                    instruments = self._add_3d(instruments, found, instance_map, right, found_right, map_right,
-                                               calibration, tracks, stamp)
-            except Exception as e:  # noqa: BLE001 - a 3-D failure must never cost the frame's 2-D outputs
-                stereo_error = f'{type(e).__name__}: {e}'
-        # Tentative tracks (track_min_frames) are not published: not in the tips, nor painted in an instance image.
-        instruments = [i for i, track in zip(instruments, tracks) if track.confirmed]
-        instruments.sort(key=lambda i: i.track_id)
-        return FramePerception(left, instruments, instance_map, cfg.labels_mode, stereo_error)
+        if stereo and right_job is None:
+            right_job = search_right_eye()
+        frame = FramePerception(left, _published(instruments, tracks), instance_map, cfg.labels_mode)
+        if stereo:
+            frame._stereo = _PendingStereo(found, tracks, instruments, right, calibration, stamp, right_job)
+        return frame
+
+    def finish(self, frame):
+        """The frame of begin() with its 3-D: waits for the right eye, matches the instruments of the two
+        eyes and triangulates their tips and axes (a frame without stereo comes back as it is)."""
+        pending, frame._stereo = frame._stereo, None
+        if pending is None:
+            return frame
+        try:
+            found_right, map_right = pending.right_job.result()  # always collected: its errors are this frame's
+            right, left = pending.right, frame.result
+            if tuple(right.size) != tuple(left.size) or right.net_size != left.net_size:
+                raise ValueError(f'left {left.size} and right {right.size} images differ in size')
+            if pending.found:
+                instruments = self._add_3d(pending.instruments, pending.found, frame.instance_map, right,
+                                           found_right, map_right, pending.calibration, pending.tracks,
+                                           pending.stamp)
+                frame.instruments = _published(instruments, pending.tracks)
+        except Exception as e:  # noqa: BLE001 - a 3-D failure must never cost the frame's 2-D outputs
+            frame.stereo_error = f'{type(e).__name__}: {e}'
+        return frame
 
     def _add_3d(self, instruments, found, instance_map, right, found_right, map_right, calibration, tracks, stamp):
         cfg = self.config
@@ -214,3 +260,9 @@ class InstrumentPerception:
             out[m.left] = replace(out[m.left], xyz=tuple(xyz), axis_xyz=m.axis_xyz)
         return out
 
+
+
+def _published(instruments, tracks):
+    """The instruments a frame publishes, ordered by track id: tentative tracks (track_min_frames) are
+    not, neither in the tips nor painted in an instance image."""
+    return sorted((i for i, track in zip(instruments, tracks) if track.confirmed), key=lambda i: i.track_id)

@@ -440,15 +440,15 @@ class SegmentNode(Node):
         return cached[2]
 
     def _publish(self, left, rgb_left, res_left, res_right, wanted, cfg):
+        """The 2-D images first, drawn while the right eye's instruments are searched on a second thread;
+        then the outputs that carry 3-D (tips, poses, markers), once stereo has matched the eyes."""
         header = left.msg.header
         if not header.frame_id and cfg.frame_id:
             header.frame_id = cfg.frame_id
         calibration = self._calibration() if res_right is not None else None
-        frame = self.perception.process(res_left, res_right, calibration, conversions.stamp_ns(header) * 1e-9)
-        if frame.stereo_error:
-            self.stats.error(f'3-D: {frame.stereo_error}')
-            self.get_logger().warning(f'3-D failed for this frame (2-D outputs kept): {frame.stereo_error}',
-                                      throttle_duration_sec=LOG_THROTTLE_S)
+        images = any(wanted[k] for k in ('labels', 'instances', 'parts', 'masks', 'overlay'))
+        frame = self.perception.begin(res_left, res_right, calibration, conversions.stamp_ns(header) * 1e-9,
+                                      images_first=images)
         if wanted['labels']:
             self._pubs['labels'].publish(conversions.image_msg(frame.labels_image(), header, 'mono8'))
         if wanted['instances']:
@@ -460,16 +460,21 @@ class SegmentNode(Node):
                 pub = self._mask_pubs.get(type_id)
                 if pub is not None and pub.get_subscription_count():
                     pub.publish(conversions.image_msg(frame.type_mask(type_id), header, 'mono8'))
+        if wanted['overlay']:
+            self.stats.add('rendered.overlay')
+            overlay = instrument_overlay(rgb_left, frame)  # rgb8: no channel swap, one copy fewer
+            self._pubs['overlay'].publish(conversions.image_msg(overlay, header, 'rgb8'))
+        frame = self.perception.finish(frame)
+        if frame.stereo_error:
+            self.stats.error(f'3-D: {frame.stereo_error}')
+            self.get_logger().warning(f'3-D failed for this frame (2-D outputs kept): {frame.stereo_error}',
+                                      throttle_duration_sec=LOG_THROTTLE_S)
         if wanted['tips']:
             self._pubs['tips'].publish(conversions.tips_cloud(frame.instruments, header))
         if wanted['tip_poses']:
             self._pubs['tip_poses'].publish(conversions.tip_poses(frame.instruments, header))
         if wanted['tip_markers']:
             self._pubs['tip_markers'].publish(conversions.tip_markers(frame.instruments, header, cfg.marker_scale))
-        if wanted['overlay']:
-            self.stats.add('rendered.overlay')
-            overlay = instrument_overlay(rgb_left, frame)  # rgb8: no channel swap, one copy fewer
-            self._pubs['overlay'].publish(conversions.image_msg(overlay, header, 'rgb8'))
 
     # --- diagnostics -------------------------------------------------------------------------------
     def diagnostics_info(self):

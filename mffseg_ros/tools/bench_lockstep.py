@@ -5,7 +5,8 @@ node publishes for it has arrived (every output topic is subscribed, so nothing 
 then time the bare network (`Segmenter.forward`, same weights, backend and threads as the node) on the
 same pair, batched as the node batches it. Nothing overlaps: the node and the bare network never run at
 the same time, and they alternate pair by pair, so load from other processes hits both alike and the
-ratio of the medians holds. Latency = the pair's publish (its header stamp) -> the last output received.
+ratio of the medians holds. Latency = the pair's publish (its header stamp) -> the last output received;
+also to the tips (what a tool tracker waits for).
 """
 import importlib
 import os
@@ -125,9 +126,10 @@ def lockstep_rows(args, opts):
                 return stamp_ns
 
             def wait_outputs(stamp, timeout):
-                """Receive times of the pair's outputs, once the overlay (published last) is in."""
-                overlay = f'{NAMESPACE}/mffseg/overlay'
-                if not ros.wait_for(lambda: overlay in arrivals.get(stamp, {}), timeout):
+                """Receive times of the pair's outputs, once the last of each group is in: the overlay
+                (last of the 2-D images) and the tip markers (last of the outputs that wait for stereo)."""
+                last = {f'{NAMESPACE}/mffseg/overlay', f'{NAMESPACE}/mffseg/tip_markers'}
+                if not ros.wait_for(lambda: last <= arrivals.get(stamp, {}).keys(), timeout):
                     return None
                 time.sleep(SETTLE_S)
                 return arrivals.pop(stamp)
@@ -136,16 +138,17 @@ def lockstep_rows(args, opts):
             for i in range(3):
                 node.check_alive()
                 if wait_outputs(send(i), STARTUP_TIMEOUT_S if i == 0 else OUTPUT_TIMEOUT_S) is None:
-                    raise MffsegError(f'warm-up pair {i}: no overlay from the node ({node.log_tail()})')
-            e2e, network, outputs = [], [], []
+                    raise MffsegError(f'warm-up pair {i}: no overlay or tip markers from the node ({node.log_tail()})')
+            e2e, tips, network, outputs = [], [], [], []
             for i in tqdm(range(args.lockstep), desc='lockstep pairs', unit='pair'):
                 node.check_alive()
                 stamp = send(i)
                 got = wait_outputs(stamp, OUTPUT_TIMEOUT_S)
                 if got is None:
-                    raise MffsegError(f'pair {i}: no overlay from the node within {OUTPUT_TIMEOUT_S:.0f} s '
-                                      f'({node.log_tail()})')
+                    raise MffsegError(f'pair {i}: no overlay or tip markers from the node within '
+                                      f'{OUTPUT_TIMEOUT_S:.0f} s ({node.log_tail()})')
                 e2e.append((max(got.values()) - stamp) / 1e6)
+                tips.append((got[f'{NAMESPACE}/mffseg/tips'] - stamp) / 1e6)
                 outputs.append(len(got))
                 start = time.perf_counter()
                 seg.forward(batches[i % len(batches)])
@@ -157,5 +160,6 @@ def lockstep_rows(args, opts):
              'network_input': 'x'.join(map(str, batches[0].shape[-2:])), 'threads': params.get('threads'),
              'outputs_per_pair': float(np.median(outputs)), 'topics_subscribed': len(topics),
              'e2e_p50_ms': e2e_ms, 'e2e_p90_ms': float(np.percentile(e2e, 90)),
+             'tips_p50_ms': float(np.median(tips)),
              'network_p50_ms': net_ms, 'network_p90_ms': float(np.percentile(network, 90)),
              'ratio': e2e_ms / net_ms, 'dds_profile': os.path.basename(profile) or 'defaults', 'node_params': params}]

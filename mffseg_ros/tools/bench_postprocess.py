@@ -5,9 +5,11 @@
    bilinearly, labels from the nearest network pixel inside it): per-task label agreement, and Dice of
    both against the synthetic ground truth.
 2. CPU and wall time, per stereo frame, side by side in one run (one torch thread): the network alone,
-   then the node's steps in its order (the maps on the network grid, instruments + tracking + stereo,
-   the label/instance/parts images, the overlay), then for comparison the same maps with torch's
-   kernels and the old postprocess.
+   then the node's steps in its order (AFTER_NETWORK: the maps on the network grid; the left eye's
+   instruments and tracks, the right eye's search starting on a second thread; the label/instance/parts
+   images and the overlay, drawn while it runs; stereo, which waits for it), then for comparison the
+   same work in the order before (both eyes searched together, then the images), the same maps with
+   torch's kernels and the old postprocess.
 
     python -m mffseg_ros.tools.bench_postprocess --size 1024x1280 --frames 6
 """
@@ -63,8 +65,37 @@ def _timed(times, key, fn, *args):
     return out
 
 
+# The node's steps after the network, in its order (ros/segment_node.py): their sum is what it adds.
+AFTER_NETWORK = ('maps on the network grid', 'left eye: instruments + tracking (right eye started)',
+                 'label, instance, parts images', 'overlay', 'stereo: waits for the right eye, matches, triangulates')
+AFTER_NETWORK_TOTAL = 'after the network: the steps above, in all'
+EYES_TOGETHER = 'for comparison: the same in the order before (both eyes searched at once, then the images)'
+
+
 def _images(frame):
     return frame.labels_image(), frame.instance_ids_image(), frame.parts_image()
+
+
+def _node_steps(times, seg, perception, logits, size, calibration, stamp, rgb):
+    """The node's steps after the network, each timed, and their sum per frame; returns the maps."""
+    maps, begin, images, overlay, stereo = AFTER_NETWORK
+    results = _timed(times, maps, seg.postprocess, logits, size)
+    frame = _timed(times, begin,
+                   lambda: perception.begin(results[0], results[1], calibration, stamp, images_first=True))
+    _timed(times, images, _images, frame)
+    _timed(times, overlay, instrument_overlay, rgb, frame)
+    _timed(times, stereo, perception.finish, frame)
+    for clock in ('cpu', 'wall'):  # the median of per-frame sums, as the comparison is timed
+        times[clock].setdefault(AFTER_NETWORK_TOTAL, []).append(sum(times[clock][k][-1] for k in AFTER_NETWORK))
+    return results
+
+
+def _eyes_together(perception, seg, logits, size, calibration, stamp, rgb):
+    """The order before: the maps, both eyes searched at once (process()), then the images and the overlay."""
+    results = seg.postprocess(logits, size)
+    frame = perception.process(results[0], results[1], calibration, stamp)
+    _images(frame)
+    instrument_overlay(rgb, frame)
 
 
 def run(weights=None, size=(1024, 1280), frames=6, seed=5, threads=1, backend='torch'):
@@ -74,7 +105,7 @@ def run(weights=None, size=(1024, 1280), frames=6, seed=5, threads=1, backend='t
     rig = StereoRig.endovis_like().resized(size[1], size[0])
     scenes = SceneGenerator(rig, seed=seed, num_instruments=(2, 3))
     calibration = StereoCalibration(rig.P_left, rig.P_right)
-    perception = InstrumentPerception()
+    perception, perception_before = InstrumentPerception(), InstrumentPerception()
     tracker = Tracker()  # a second tracker fed the same instruments: its cost alone
     times, agreement, dice = {'cpu': {}, 'wall': {}}, {'parts': [], 'type': [], 'binary': []}, {}
     for i in tqdm(range(frames), desc='postprocess bench', unit='frame'):
@@ -82,14 +113,17 @@ def run(weights=None, size=(1024, 1280), frames=6, seed=5, threads=1, backend='t
         pair = [frame.left, frame.right]
         x = seg.preprocess(pair)
         logits = _timed(times, 'network (stereo batch)', seg.forward, x)
-        # The node's steps in the node's order, uninterrupted; the old method (for the accuracy
-        # comparison) only after them: its 100+ MB of upsampled logits would push the fresh maps out of
-        # the CPU's caches and slow the steps that follow it, which the node never pays.
-        results = _timed(times, 'new postprocess (network grid)', seg.postprocess, logits, size)
-        out = _timed(times, 'instruments + tracking + stereo', perception.process, results[0], results[1],
-                     calibration, i * 0.1)
-        _timed(times, 'label, instance, parts images', _images, out)
-        _timed(times, 'overlay', instrument_overlay, frame.left, out)
+        # The node's steps in the node's order, and the same work in the order before (both from the
+        # logits, each on maps of its own), which goes first alternating frame by frame; the old method
+        # (for the accuracy comparison) only after them: its 100+ MB of upsampled logits would push the
+        # fresh maps out of the CPU's caches and slow the steps that follow it, which the node never pays.
+        if i % 2:
+            _timed(times, EYES_TOGETHER, _eyes_together, perception_before, seg, logits, size, calibration,
+                   i * 0.1, frame.left)
+        results = _node_steps(times, seg, perception, logits, size, calibration, i * 0.1, frame.left)
+        if not i % 2:
+            _timed(times, EYES_TOGETHER, _eyes_together, perception_before, seg, logits, size, calibration,
+                   i * 0.1, frame.left)
         found, instance_map = find_instruments(results[0])
         _timed(times, 'of which: tracker update (left eye)', tracker.update, found, instance_map, size)
         _timed(times, 'for comparison: the same maps with torch kernels', _torch_maps, seg, logits)
@@ -104,14 +138,13 @@ def run(weights=None, size=(1024, 1280), frames=6, seed=5, threads=1, backend='t
             for c, part in ((1, 'shaft'), (2, 'wrist'), (3, 'claspers')):
                 dice.setdefault(f'{name} {part}', []).append(_dice(parts_map == c, truth['parts'] == c))
     cpu, wall = ({k: float(np.median(v)) for k, v in times[clock].items()} for clock in ('cpu', 'wall'))
-    after = [k for k in cpu if k.startswith(('new postprocess', 'instruments', 'label', 'overlay'))]
     return {
         'size': list(size), 'frames': frames, 'threads': threads, 'model': seg.describe(),
         'median_cpu_ms': cpu, 'ratio_to_network': {k: v / cpu['network (stereo batch)'] for k, v in cpu.items()},
         'median_wall_ms': wall,
         'wall_ratio_to_network': {k: v / wall['network (stereo batch)'] for k, v in wall.items()},
-        'after_network_ratio': {'cpu': sum(cpu[k] for k in after) / cpu['network (stereo batch)'],
-                                'wall': sum(wall[k] for k in after) / wall['network (stereo batch)']},
+        'after_network_ratio': {'cpu': cpu[AFTER_NETWORK_TOTAL] / cpu['network (stereo batch)'],
+                                'wall': wall[AFTER_NETWORK_TOTAL] / wall['network (stereo batch)']},
         'label_agreement_old_vs_new': {k: float(np.mean(v)) for k, v in agreement.items()},
         'dice_vs_ground_truth': {k: float(np.nanmean(v)) for k, v in dice.items()},
     }

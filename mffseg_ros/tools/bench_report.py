@@ -57,6 +57,7 @@ LOCKSTEP_COLUMNS = (('size', 'size'), ('pairs', 'pairs'), ('backend', 'backend')
                     ('threads', 'threads'), ('dds_profile', 'Fast DDS profile'), ('topics_subscribed', 'topics'),
                     ('outputs_per_pair', 'outputs/pair'),
                     ('e2e_p50_ms', 'node pub→last output p50 ms'), ('e2e_p90_ms', 'p90'),
+                    ('tips_p50_ms', 'pub→tips p50 ms'),
                     ('network_p50_ms', 'bare network p50 ms'), ('network_p90_ms', 'p90'),
                     ('ratio', 'node / network'))
 
