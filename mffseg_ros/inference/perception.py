@@ -166,7 +166,7 @@ class InstrumentPerception:
         self.tracker = self._new_tracker(config)
         # The right eye's instruments are found on a second thread. Its search is mostly Python (the GIL
         # lets one thread run it at a time) with some OpenCV, which releases the GIL: next to the left
-        # eye's own search it saves ~3 ms a pair; next to the images the node draws (OpenCV) ~5 ms
+        # eye's own search it saves ~3 ms a pair; next to the images the node draws (OpenCV) 1.5-5 ms
         # (bench_postprocess, docs/BENCHMARKS.md).
         self._right_eye = ThreadPoolExecutor(max_workers=1, thread_name_prefix='mffseg-right-eye')
 
@@ -196,9 +196,9 @@ class InstrumentPerception:
 
     def begin(self, left, right=None, calibration=None, stamp=None, *, images_first=False):
         """process() up to its 2-D outputs: instruments, tracks, tips and every image are final; the 3-D
-        tips and axes come with finish(frame). The right
-        eye's search starts now, next to the left eye's; with images_first (the caller draws the frame's
-        images between begin and finish) once the left eye's is done, so that it runs while they are drawn."""
+        tips and axes come with finish(frame). The right eye's search starts now, next to the left eye's;
+        with images_first (the caller draws the frame's images between begin and finish) once the left
+        eye's is done, so that it runs while they are drawn."""
         cfg = self.config
         limits = {'min_area': cfg.min_instance_area, 'min_part_area': cfg.min_part_area}
         stereo = right is not None and calibration is not None
