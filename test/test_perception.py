@@ -593,6 +593,20 @@ def test_a_wrist_taken_for_shaft_does_not_move_the_tip_off_the_jaws():
     assert inst.source == 'claspers' and inst.tip == pytest.approx((xs.mean(), ys.mean()), abs=1.0)
 
 
+def test_tissue_taken_for_shaft_beyond_the_jaws_does_not_pull_the_tip():
+    """A model that takes a patch of tissue next to the jaws for shaft (synthetic seed-4 and seed-9 bags):
+    more than twice the wrist's area of it lies beyond the wrist, so it is no jaw taken for shaft, and
+    the tip stays on the model's own claspers."""
+    parts = np.zeros((H, W), np.uint8)
+    cv2.circle(parts, (185, 65), 40, PART_SHAFT, -1)  # the tissue, touching the jaws
+    cv2.line(parts, (0, 160), (110, 105), PART_SHAFT, 15)
+    cv2.circle(parts, (110, 105), 8, PART_WRIST, -1)
+    cv2.line(parts, (118, 101), (145, 88), PART_CLASPERS, 9)
+    ys, xs = np.nonzero(parts == PART_CLASPERS)
+    (inst,) = process(np.where(parts > 0, 4, 0).astype(np.uint8), parts).instruments
+    assert inst.source == 'claspers' and inst.tip == pytest.approx((xs.mean(), ys.mean()), abs=1.0)
+
+
 def test_articulated_jaws_labelled_shaft_are_not_a_second_instrument():
     """Jaws bent 35 degrees at the wrist, labelled shaft: a shaft piece that does not reach the border
     seeds no instrument of its own (shafts come in from outside the view)."""

@@ -43,6 +43,11 @@ _BRIDGE = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
 # Shafts within asin(0.25) = 14.5 degrees of the image rows get a taper: stereo._axis_3d needs it below
 # 0.12 (rectified rows are the epipolar lines; the margin covers rectification's small rotations).
 _TAPER_MAX_SIN = 0.25
+# Jaws are about as large as the wrist they hang on (a vessel sealer's long jaws up to about twice): more
+# than this many wrist areas of non-clasper pixels beyond it is no jaw taken for shaft but tissue taken
+# for instrument, joined to the tool (synthetic bags: 1 already lost gold jaws' tips on seed 11, 2.5
+# kept more false tips on seed 9; docs/TIPS_AND_STEREO.md).
+_MAX_JAWS_PER_WRIST = 2.0
 # How close to the field stop (network pixels) a region's pixels are counted as lying along its edge.
 _FIELD_STOP_REACH = cv2.getStructuringElement(cv2.MORPH_RECT, (9, 9))
 
@@ -213,7 +218,8 @@ def _around(mask, align=1):
 def jaw_parts(mask, parts, *, shape=None, origin=(0, 0), min_part_area=DEFAULT_MIN_PART_AREA):
     """`parts` with the instrument's jaws labelled claspers: every pixel of `mask` beyond the far edge
     of its wrist (along the instrument's axis, pointing away from where it enters the view) that is not
-    wrist, unless the model's own claspers are plainly the jaws (see _jaw_parts). Jaws are distal to
+    wrist, unless the model's own claspers are plainly the jaws (see _jaw_parts) or there is more of it
+    than jaws could be (_MAX_JAWS_PER_WRIST: tissue taken for instrument). Jaws are distal to
     the wrist whatever a model calls them (it may take gold jaws for shaft, and put its few clasper
     pixels on the wrist's pulleys). On exact label maps nothing but claspers lies beyond the wrist, so
     ground-truth parts come back unchanged."""
@@ -237,8 +243,8 @@ def _jaw_parts(mask, parts, pix, shape, origin, min_part_area):
         axis = -axis
     along = _centred(pix.pts, centre) @ axis
     beyond = (along > (_centred(wrist, centre) @ axis).max()) & (part_at != PART_WRIST)
-    if not beyond.any():
-        return parts
+    if not beyond.any() or np.count_nonzero(beyond & (part_at != PART_CLASPERS)) > _MAX_JAWS_PER_WRIST * len(wrist):
+        return parts  # nothing beyond the wrist, or too much to be jaws
     claspers = _main_part(pix, part_at == PART_CLASPERS, mask.shape)
     if (len(claspers) >= max(min_part_area, len(wrist))
             and np.count_nonzero(beyond & (part_at != PART_CLASPERS)) > len(claspers)
