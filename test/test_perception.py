@@ -99,6 +99,21 @@ def test_a_shuffled_type_map_still_gives_one_instance_per_instrument():
     assert len(np.unique(pixel.labels_image())) == 8  # raw per-pixel types on request
 
 
+def test_a_region_the_model_half_believes_in_is_no_instrument():
+    """Mean P(instrument) below min_instrument_score (tissue the model takes for metal at 0.6): dropped,
+    from the instruments and the instance map; a lower threshold keeps it."""
+    type_map, parts_map = blank()
+    draw_instrument(type_map, parts_map, 3, (80, 60), (0, 20))
+    draw_instrument(type_map, parts_map, 5, (170, 120), (W - 1, H - 1))
+    faint = result(type_map, parts_map)
+    faint.foreground[type_map == 5] = 0.6  # still above 0.5: in the instrument mask
+    frame = InstrumentPerception(CONFIG).process(faint)
+    assert [i.type_id for i in frame.instruments] == [3] and frame.instruments[0].score == 1.0
+    assert set(np.unique(frame.instance_ids_image())) == {0, frame.instruments[0].track_id}
+    kept = InstrumentPerception(replace(CONFIG, min_instrument_score=0.5)).process(faint)
+    assert sorted(i.type_id for i in kept.instruments) == [3, 5]
+
+
 def test_a_mostly_right_vote_wins():
     type_map, parts_map = blank()
     draw_instrument(type_map, parts_map, 4, (120, 90), (0, 10))

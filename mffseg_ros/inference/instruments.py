@@ -33,6 +33,10 @@ from mffseg_ros.model.classes import PART_CLASPERS, PART_SHAFT, PART_WRIST
 UNKNOWN_TYPE = 255  # type id of an instrument whose type vote is below the confidence threshold
 DEFAULT_MIN_AREA = 200  # input px; below this a region is noise (also the node default and the ground truth)
 DEFAULT_MIN_PART_AREA = 10  # input px of claspers/wrist needed before they define the tip
+# Mean P(instrument) over a region below which it is no instrument: on real video (Cholec80 VID03, six
+# ways) and synthetic bags every true instrument scored 0.73 or more, half the false ones less (tissue
+# the model half believes is metal). docs/TIPS_AND_STEREO.md has the figures.
+DEFAULT_MIN_SCORE = 0.65
 # Tip source -> code published in the tips cloud: the part that gave the tip (0: the whole instance).
 SOURCE_CODES = {'claspers': PART_CLASPERS, 'wrist': PART_WRIST, 'shaft_end': PART_SHAFT, 'instance_end': 0}
 SOURCE_NAMES = {code: name for name, code in SOURCE_CODES.items()}
@@ -678,12 +682,14 @@ def _mean_vote(probs):
         return np.cumsum(np.where(finite, probs, np.float32(0)), axis=1)[:, -1] / finite.sum(axis=1)
 
 
-def find_instruments(result, *, min_area=DEFAULT_MIN_AREA, min_part_area=DEFAULT_MIN_PART_AREA, geometry_only=False):
+def find_instruments(result, *, min_area=DEFAULT_MIN_AREA, min_part_area=DEFAULT_MIN_PART_AREA,
+                     min_score=DEFAULT_MIN_SCORE, geometry_only=False):
     """(instruments, instance map) of one SegmentationResult (inference/results.py), computed on the
     network's grid. The instance map (uint16, network resolution) holds each instrument's `index`;
-    instruments come largest first. Areas are in input pixels, as are tips and axes. geometry_only:
-    regions, tips and axes only, what stereo matching takes from the second eye (type_votes None, score
-    NaN, no shaft taper)."""
+    instruments come largest first. Areas are in input pixels, as are tips and axes. Regions whose mean
+    P(instrument) is below `min_score` are no instruments. geometry_only: regions, tips and axes only,
+    what stereo matching takes from the second eye (type_votes None, score NaN, no shaft taper, no
+    region dropped for its score: an extra candidate there is matched to nothing)."""
     fg = result.net_binary
     parts = result.net_parts
     shape = fg.shape
@@ -717,11 +723,18 @@ def find_instruments(result, *, min_area=DEFAULT_MIN_AREA, min_part_area=DEFAULT
 
     instance_map = np.zeros(shape, np.uint16)
     instruments = []
-    for index, (area, _, region, x0, y0) in enumerate(found, start=1):
+    for area, _, region, x0, y0 in found:
         h, w = region.shape
         box = np.s_[y0:y0 + h, x0:x0 + w]
-        instance_map[box][region] = index
         pix = _Pixels.of(region)
+        score, at = math.nan, None
+        if not geometry_only:
+            at = (pix.ys + y0) * shape[1] + pix.xs + x0  # its pixels in the frame (flat), in a boolean mask's order
+            score = float(result.foreground.reshape(-1).take(at).mean())
+            if score < min_score:
+                continue
+        index = len(instruments) + 1
+        instance_map[box][region] = index
         crop_parts = part_at = None
         if parts is not None:  # jaws labelled shaft must not tilt the shaft axis either
             crop_parts = _jaw_parts(region, parts[box], pix, shape, (x0, y0), min_part_net)
@@ -731,12 +744,10 @@ def find_instruments(result, *, min_area=DEFAULT_MIN_AREA, min_part_area=DEFAULT
         tip_in, point_in = to_input_coords([[u, v], centre + (x0, y0)], shape, result.size)
         direction = np.array([axis[0] * sx, axis[1] * sy])
         direction /= max(np.linalg.norm(direction), 1e-12)
-        votes, score, taper = None, math.nan, None
+        votes, taper = None, None
         if not geometry_only:
-            at = (pix.ys + y0) * shape[1] + pix.xs + x0  # its pixels in the frame (flat), in a boolean mask's order
             if result.type_probs is not None:
                 votes = _mean_vote(result.type_probs.reshape(len(result.type_probs), -1).take(at, axis=1))
-            score = float(result.foreground.reshape(-1).take(at).mean())
             taper = _taper(pix, part_at, shape, (x0, y0), axis, result.size)
         instruments.append(Instrument(index, result.input_area(area), score, votes, tuple(tip_in),
                                       source, tuple(point_in), tuple(direction), taper))

@@ -24,6 +24,7 @@ import numpy as np
 from mffseg_ros.inference.instruments import (
     DEFAULT_MIN_AREA,
     DEFAULT_MIN_PART_AREA,
+    DEFAULT_MIN_SCORE,
     SOURCE_CODES,
     UNKNOWN_TYPE,
     find_instruments,
@@ -37,7 +38,8 @@ LABEL_MODES = ('instance', 'pixel')
 
 @dataclass(frozen=True)
 class PerceptionConfig:
-    """min_instance_area, min_part_area: input px. min_type_score: below it a type is UNKNOWN_TYPE.
+    """min_instance_area, min_part_area: input px. min_instrument_score: a region whose mean P(instrument)
+    is below it is no instrument. min_type_score: below it a type is UNKNOWN_TYPE.
     labels_mode: 'instance' paints each instrument with its voted type, 'pixel' the raw per-pixel types.
     track_max_missed: processed frames a track survives unseen; track_max_distance: tip gate, fraction
     of the image diagonal; track_min_frames: consecutive frames a new instrument must be seen before it
@@ -45,6 +47,7 @@ class PerceptionConfig:
     min_depth, max_depth (m), max_epipolar_px (input px), max_area_ratio: stereo matching."""
     min_instance_area: float = DEFAULT_MIN_AREA
     min_part_area: float = DEFAULT_MIN_PART_AREA
+    min_instrument_score: float = DEFAULT_MIN_SCORE
     min_type_score: float = 0.5
     labels_mode: str = 'instance'
     track_max_missed: int = 5
@@ -200,7 +203,8 @@ class InstrumentPerception:
         with images_first (the caller draws the frame's images between begin and finish) once the left
         eye's is done, so that it runs while they are drawn."""
         cfg = self.config
-        limits = {'min_area': cfg.min_instance_area, 'min_part_area': cfg.min_part_area}
+        limits = {'min_area': cfg.min_instance_area, 'min_part_area': cfg.min_part_area,
+                  'min_score': cfg.min_instrument_score}
         stereo = right is not None and calibration is not None
 
         def search_right_eye():

@@ -60,6 +60,7 @@ class NodeConfig:
     sync_slop: float = 0.01
     # Post-processing: defaults are the library's own (inference.perception.PerceptionConfig).
     min_instance_area: int = DEFAULT_MIN_AREA
+    min_instrument_score: float = _PERCEPTION.min_instrument_score
     min_type_score: float = _PERCEPTION.min_type_score
     labels_mode: str = _PERCEPTION.labels_mode
     track_max_missed: int = _PERCEPTION.track_max_missed
@@ -95,7 +96,8 @@ class NodeConfig:
     def perception(self):
         """The post-processing settings (inference.perception.PerceptionConfig) of this configuration."""
         return PerceptionConfig(
-            min_instance_area=self.min_instance_area, min_type_score=self.min_type_score,
+            min_instance_area=self.min_instance_area, min_instrument_score=self.min_instrument_score,
+            min_type_score=self.min_type_score,
             labels_mode=self.labels_mode, track_max_missed=self.track_max_missed,
             track_max_distance=self.track_max_distance, track_min_frames=self.track_min_frames,
             smoothing=self.tip_smoothing,
@@ -131,6 +133,7 @@ DESCRIPTIONS = {
     'sync_queue_size': 'frames buffered per camera while waiting for the partner image',
     'sync_slop': 'largest left/right stamp difference (s) still paired; 0 = exact stamps only',
     'min_instance_area': 'instrument regions smaller than this (input px) are not instruments',
+    'min_instrument_score': 'instrument regions whose mean P(instrument) is below this are not instruments',
     'min_type_score': 'an instrument whose accumulated type vote is below this is published as type 255 (unknown)',
     'labels_mode': 'instance: ~/labels paints each instrument with its voted type | pixel: raw per-pixel types',
     'track_max_missed': 'processed frames a track survives without being seen before its id is retired',
@@ -166,6 +169,7 @@ RANGES = {
     'sync_queue_size': IntegerRange(from_value=1, to_value=100),
     'sync_slop': FloatingPointRange(from_value=0.0, to_value=1.0),
     'min_instance_area': IntegerRange(from_value=1, to_value=10_000_000),
+    'min_instrument_score': FloatingPointRange(from_value=0.0, to_value=1.0),
     'min_type_score': FloatingPointRange(from_value=0.0, to_value=1.0),
     'track_max_missed': IntegerRange(from_value=0, to_value=1000),
     'track_max_distance': FloatingPointRange(from_value=0.0, to_value=2.0),
