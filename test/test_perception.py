@@ -643,7 +643,7 @@ def test_articulated_jaws_labelled_shaft_are_not_a_second_instrument():
 def test_pieces_that_do_not_enter_the_view_join_a_neighbour_stay_as_large_bands_or_go():
     """Regions that do not reach the border: a nearby piece is part of the nearest instrument, a far
     long band is an instrument of its own (a grasper whose shaft is hidden by tissue, all labelled
-    jaws), a far blob is noise."""
+    jaws, or a shaft), a far blob is noise, large or small, with or without shaft pixels."""
     type_map, parts_map = blank()
     draw_instrument(type_map, parts_map, 2, (90, 96), (0, 96))
     alone = process(type_map, parts_map).instruments[0].area_px
@@ -669,6 +669,14 @@ def test_pieces_that_do_not_enter_the_view_join_a_neighbour_stay_as_large_bands_
     result.net_dark = np.zeros((H, W), bool)
     result.net_dark[25:40, 198:] = True  # the field stop, 3 px from it
     assert len(InstrumentPerception(CONFIG).process(result).instruments) == 2
+    # A large far blob with shaft in it is no instrument either (tissue taken for metal): only a band is.
+    parts_map[30:36, 180:195], type_map[30:36, 180:195] = 0, 0
+    cv2.circle(parts_map, (200, 40), 12, PART_SHAFT, -1)  # 450 px: over 4 x min_instance_area, round
+    cv2.circle(type_map, (200, 40), 12, 2, -1)
+    assert len(process(type_map, parts_map).instruments) == 1
+    parts_map[25:55, 170:235], type_map[25:55, 170:235] = 0, 0
+    parts_map[30:40, 170:230], type_map[30:40, 170:230] = PART_SHAFT, 2  # the same area as a band
+    assert len(process(type_map, parts_map).instruments) == 2
 
 
 def test_a_band_along_the_field_stop_is_not_an_instrument():

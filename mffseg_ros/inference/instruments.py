@@ -567,7 +567,7 @@ def _rejoin_inner(regions, enters):
 
 def _attach_orphans(found, parts, shape, min_part_area, min_area, stop_near=None, reach=0.08, orphan_area=4.0):
     """Regions that come into view (touching the image border or the field stop, `stop_near`) are
-    instruments; so are large regions with a shaft (`orphan_area` times the smallest instrument). The
+    instruments; so are large bands with a shaft (`orphan_area` times the smallest instrument). The
     others may be pieces of one: jaws cut off from their wrist by a segmentation gap join the instrument
     nearest to them (within `reach` of the image diagonal). Farther ones stay instruments of their own
     when they are long bands of `orphan_area` times the smallest instrument (a tool whose shaft is hidden
@@ -593,7 +593,8 @@ def _attach_orphans(found, parts, shape, min_part_area, min_area, stop_near=None
         if stop_near is not None and np.count_nonzero(stop_near[y0:y0 + h, x0:x0 + w] & region):
             return True  # it comes in across the field stop
         return (f[0] >= orphan_area * min_area
-                and np.count_nonzero((parts[y0:y0 + h, x0:x0 + w] == PART_SHAFT) & region) >= min_part_area)
+                and np.count_nonzero((parts[y0:y0 + h, x0:x0 + w] == PART_SHAFT) & region) >= min_part_area
+                and _elongated(_Pixels.of(region).pts))
 
     anchors = [anchored(f) for f in found]
     keep = [f for f, a in zip(found, anchors) if a]
