@@ -17,8 +17,13 @@ pytestmark = pytest.mark.filterwarnings('ignore:default weights')
 
 
 @pytest.fixture(scope='module')
-def out(tmp_path_factory):
-    return tmp_path_factory.mktemp('demo')
+def demo_run(tmp_path_factory):
+    """The README's demo command in a short mode, run once for the tests that need it: (process, its
+    output folder)."""
+    out = tmp_path_factory.mktemp('demo')
+    cmd = [sys.executable, '-m', 'mffseg_ros.cli', 'demo', '--frames', '3', '--size', '128x160',
+           '--rate', '2', '--device', 'cpu', '--out', str(out)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300), out
 
 
 def check_summary(summary, frames):
@@ -30,10 +35,8 @@ def check_summary(summary, frames):
     assert summary['node_diagnostics'] is not None and 'device' in summary['node_diagnostics']
 
 
-def test_demo_command_short_mode(out):
-    cmd = [sys.executable, '-m', 'mffseg_ros.cli', 'demo', '--frames', '3', '--size', '128x160',
-           '--rate', '2', '--device', 'cpu', '--out', str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+def test_demo_command_short_mode(demo_run):
+    proc, out = demo_run
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert '[demo] summary' in proc.stdout and 'Dice' in proc.stdout
     check_summary(json.loads((out / 'summary.json').read_text()), 3)
@@ -64,8 +67,9 @@ def test_demo_bad_setup_is_one_line_before_any_work(tmp_path):
         assert not (tmp_path / 'o' / 'synth_bag').exists()
 
 
-def test_scoring_the_ground_truth_against_itself_is_perfect(out):
+def test_scoring_the_ground_truth_against_itself_is_perfect(demo_run):
     """Dice 1, every visible instrument found at 0 px / 0 mm / 0 degrees, no false positive."""
+    _, out = demo_run
     gt = ground_truth(out / 'synth_bag')
     scorer = InstrumentScorer(match_px=5)
     for frame in gt.values():
