@@ -395,12 +395,15 @@ def _band(pts):
     return centre, axis, length, len(pts) / length
 
 
-def _elongated(pts, ratio=2.5):
-    """Whether a piece (Nx2 pixels) is a band at least `ratio` times longer than wide (as a shaft is)."""
-    if len(pts) < 2:
-        return False
-    _, _, length, width = _band(pts)
+def _is_band(band, ratio=2.5):
+    """Whether a _band (centre, axis, length, width) is at least `ratio` times longer than wide (as a shaft is)."""
+    _, _, length, width = band
     return length >= ratio * width
+
+
+def _elongated(pts, ratio=2.5):
+    """Whether a piece (Nx2 pixels) is a band at least `ratio` times longer than wide."""
+    return len(pts) >= 2 and _is_band(_band(pts), ratio)
 
 
 def _drop_slivers(shafts, pts, ratio=0.35):
@@ -421,9 +424,12 @@ def _two_heads(a, b, min_angle_deg=30.0, off_line=1.5):
     off, while the demo's crossing heads are 51-56 degrees apart and 2.5 widths or more off).
     Each piece's own principal axis is used, not its _head_line: a shaft crossing next to the heads
     tilts those towards each other (55 degrees apart measured as 28 in the generated crossing test)."""
-    if not (_elongated(a) and _elongated(b)):
+    if len(a) < 2 or len(b) < 2:
+        return False
+    band_a, band_b = _band(a), _band(b)
+    if not (_is_band(band_a) and _is_band(band_b)):
         return False  # a blob has no axis of its own to tell it apart
-    (centre_a, axis_a, _, width_a), (centre_b, axis_b, _, width_b) = _band(a), _band(b)
+    (centre_a, axis_a, _, width_a), (centre_b, axis_b, _, width_b) = band_a, band_b
     if abs(axis_a @ axis_b) >= math.cos(math.radians(min_angle_deg)):
         return False
     for centre, axis, width, other in ((centre_a, axis_a, width_a, centre_b), (centre_b, axis_b, width_b, centre_a)):
@@ -470,7 +476,9 @@ def _one_per_shaft_line(heads, shaft, pts, max_angle_deg=30.0):
         return heads
     centre, axis, _, width = _band(shaft)
     head_pts = [_select(pts, h) for h in heads]
-    across = [_elongated(p) and abs(_band(p)[1] @ axis) < math.cos(math.radians(max_angle_deg)) for p in head_pts]
+    bands = [_band(p) if len(p) >= 2 else None for p in head_pts]
+    across = [b is not None and _is_band(b) and abs(b[1] @ axis) < math.cos(math.radians(max_angle_deg))
+              for b in bands]
     on_line = []
     for k, p in enumerate(head_pts):
         rel = _mean(p) - centre
