@@ -163,3 +163,16 @@ def test_segment_cli_errors_name_the_path(tiny_weights, tmp_path, capsys):
                  '--device', 'cpu']) == 2
     err = capsys.readouterr().err
     assert str(broken) in err and 'Traceback' not in err
+    assert main(['segment', '--min-score', '1.5', '--weights', str(tiny_weights), '--out', str(tmp_path)]) == 2
+    assert '--min-score must be between 0 and 1, got 1.5' in capsys.readouterr().err
+
+
+def test_segment_cli_min_score_drops_faint_instruments(tiny_weights, tmp_path, capsys):
+    """The tiny test model's P(instrument) is low: at 0 its regions are instruments, at 1 none is."""
+    from mffseg_ros.cli import main
+    counts = {}
+    for score in ('0', '1'):
+        assert main(['segment', '--weights', str(tiny_weights), '--out', str(tmp_path / score), '--device', 'cpu',
+                     '--min-score', score]) == 0
+        counts[score] = capsys.readouterr().out.count(' tip at ')
+    assert counts['0'] >= 1 and counts['1'] == 0

@@ -27,6 +27,9 @@ def add_arguments(parser):
                         help="network input scale relative to the frame (default: the weights' own)")
     parser.add_argument('--min-area', type=int, default=None,
                         help='smallest instrument instance in pixels that gets a tip')
+    parser.add_argument('--min-score', type=float, default=None,
+                        help='mean P(instrument) a region needs to be an instrument (default '
+                             f'{PerceptionConfig.min_instrument_score}; the node parameter min_instrument_score)')
     parser.add_argument('--seed', type=int, default=0, help='seed of the generated frame')
 
 
@@ -53,10 +56,12 @@ def generated_sample(seed=0, height=512, width=640):
     return next((s for s in scenes if (s['parts'] == 3).any()), scenes[0])
 
 
-def _instruments(result, min_area):
+def _instruments(result, args):
     """One image's instruments (a fresh perception per image: separate images share no tracks)."""
-    config = PerceptionConfig(min_instance_area=DEFAULT_MIN_AREA if min_area is None else min_area)
-    return InstrumentPerception(config).process(result)
+    options = {'min_instance_area': DEFAULT_MIN_AREA if args.min_area is None else args.min_area}
+    if args.min_score is not None:
+        options['min_instrument_score'] = args.min_score
+    return InstrumentPerception(PerceptionConfig(**options)).process(result)
 
 
 def write_result(out_dir, stem, rgb, result, frame, ground_truth=None):
@@ -86,13 +91,15 @@ def run(args):
 
     if args.min_area is not None and args.min_area < 1:
         raise MffsegError(f'--min-area must be at least 1 pixel, got {args.min_area}')
+    if args.min_score is not None and not 0.0 <= args.min_score <= 1.0:
+        raise MffsegError(f'--min-score must be between 0 and 1, got {args.min_score}')
     files = expand_images(args.images)
     segmenter = Segmenter.load(args.weights, device=args.device, input_scale=args.input_scale)
     log.info('%s', segmenter.describe())
     if not files:
         sample = generated_sample(args.seed)
         result = segmenter.segment(sample['image'])
-        frame = _instruments(result, args.min_area)
+        frame = _instruments(result, args)
         paths = write_result(args.out, sample['name'], sample['image'], result, frame, ground_truth=sample)
         print(f'generated frame {sample["image"].shape[1]}x{sample["image"].shape[0]}: {_describe(frame)}')
         print('wrote ' + ', '.join(map(str, paths)))
@@ -101,7 +108,7 @@ def run(args):
     for path in tqdm(files, desc='segment', unit='image', disable=len(files) < 2):
         rgb = load_rgb(path)
         result = segmenter.segment(rgb)
-        frame = _instruments(result, args.min_area)
+        frame = _instruments(result, args)
         stem = path.stem if path.stem not in stems else f'{path.parent.name}_{path.stem}'
         stems[stem] = path
         paths = write_result(args.out, stem, rgb, result, frame)
