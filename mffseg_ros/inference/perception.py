@@ -265,7 +265,6 @@ class InstrumentPerception:
         return out
 
 
-
 def _published(instruments, tracks):
     """The instruments a frame publishes, ordered by track id: tentative tracks (track_min_frames) are
     not, neither in the tips nor painted in an instance image."""
