@@ -247,11 +247,12 @@ def _jaw_parts(mask, parts, pix, shape, origin, min_part_area):
         axis = -axis
     along = _centred(pix.pts, centre) @ axis
     beyond = (along > (_centred(wrist, centre) @ axis).max()) & (part_at != PART_WRIST)
-    if not beyond.any() or np.count_nonzero(beyond & (part_at != PART_CLASPERS)) > _MAX_JAWS_PER_WRIST * len(wrist):
+    unlabelled_jaws = np.count_nonzero(beyond & (part_at != PART_CLASPERS))  # beyond, not called claspers
+    if not beyond.any() or unlabelled_jaws > _MAX_JAWS_PER_WRIST * len(wrist):
         return parts  # nothing beyond the wrist, or too much to be jaws
     claspers = _main_part(pix, part_at == PART_CLASPERS, mask.shape)
     if (len(claspers) >= max(min_part_area, len(wrist))
-            and np.count_nonzero(beyond & (part_at != PART_CLASPERS)) > len(claspers)
+            and unlabelled_jaws > len(claspers)
             and (_centred(claspers, centre) @ axis).max() >= along.max() - max(2.0, 0.25 * math.sqrt(len(claspers)))):
         # The model's own claspers reach the distal end and are no smaller than its wrist, and more
         # than as much again lies between them and its wrist: that is no jaw base taken for shaft but
@@ -591,6 +592,14 @@ def _attach_orphans(found, parts, shape, min_part_area, min_area, stop_near=None
             cache[id(f)] = np.column_stack([xs + x0, ys + y0])
         return cache[id(f)]
 
+    shapes = {}
+
+    def long_band(f):
+        """Whether a region is a long band, found once (anchoring and the far orphans both ask)."""
+        if id(f) not in shapes:
+            shapes[id(f)] = _elongated(_Pixels.of(f[2]).pts)
+        return shapes[id(f)]
+
     def anchored(f):
         _, _, region, x0, y0 = f
         h, w = region.shape
@@ -602,12 +611,12 @@ def _attach_orphans(found, parts, shape, min_part_area, min_area, stop_near=None
             return True  # it comes in across the field stop
         return (f[0] >= orphan_area * min_area
                 and np.count_nonzero((parts[y0:y0 + h, x0:x0 + w] == PART_SHAFT) & region) >= min_part_area
-                and _elongated(_Pixels.of(region).pts))
+                and long_band(f))
 
     anchors = [anchored(f) for f in found]
     keep = [f for f, a in zip(found, anchors) if a]
     orphans = [f for f, a in zip(found, anchors) if not a]
-    bands = {id(f): f for f in orphans if f[0] >= orphan_area * min_area and _elongated(_Pixels.of(f[2]).pts)}
+    bands = {id(f): f for f in orphans if f[0] >= orphan_area * min_area and long_band(f)}
     if not orphans or not keep:
         return keep + list(bands.values())
     limit = reach * math.hypot(height, width)
