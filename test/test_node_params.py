@@ -93,18 +93,21 @@ def _string(name, value):
 def test_run_time_change_is_applied(running):
     node, client, call = running
     result = call(client.set_parameters([_double('sync_slop', 0.05), _integer('min_instance_area', 50),
-                                         _integer('track_min_frames', 3), _double('min_instrument_score', 0.8)]))
+                                         _integer('track_min_frames', 3), _double('min_instrument_score', 0.8),
+                                         _integer('max_instruments', 2)]))
     assert all(r.successful for r in result.results)
     assert node.cfg.sync_slop == 0.05 and node.pairer.slop_ns == 50_000_000
     assert node.cfg.min_instance_area == 50
     assert node.perception.config.min_instance_area == 50 and node.perception.tracker.min_frames == 3
     assert node.perception.config.min_instrument_score == 0.8
+    assert node.perception.config.max_instruments == 2
 
 
 @pytest.mark.parametrize('parameter,reason', [
     (_double('sync_slop', -0.1), 'sync_slop'),
     (_integer('min_instance_area', 0), 'min_instance_area'),
     (_double('min_instrument_score', 1.5), 'min_instrument_score'),
+    (_integer('max_instruments', -1), 'max_instruments'),
     (_string('device', 'cuda:0'), 'read-only'),
     (_string('min_instance_area', 'many'), 'type'),
 ])

@@ -313,6 +313,35 @@ def test_with_track_min_frames_a_one_frame_speck_never_gets_an_id():
     assert [[i.track_id for i in frame(10 + k, second=True).instruments] for k in range(3)] == [[3], [3], [3, 4]]
 
 
+def test_max_instruments_publishes_the_most_believed_tracks():
+    """Two of three regions published: the two whose tracks the model believes in most (mean score over
+    their lives), not the first seen nor the largest; the choice holds from frame to frame."""
+    perception = InstrumentPerception(PerceptionConfig(min_instance_area=30, max_instruments=2))
+
+    def frame(third=False, doubted=0.7):
+        type_map, parts_map = blank()
+        draw_instrument(type_map, parts_map, 3, (60, 60), (0, 20))
+        draw_instrument(type_map, parts_map, 6, (180, 130), (W - 1, H - 1), width=15)  # the largest region
+        if third:
+            draw_instrument(type_map, parts_map, 1, (120, 40), (W - 1, 0))
+        seen = result(type_map, parts_map)
+        seen.foreground[type_map == 6] = doubted  # tissue the model takes for metal, seen from the start
+        return perception.process(seen)
+
+    first = frame().instruments  # ids go largest first: the doubted region is track 1
+    assert [(i.track_id, i.type_id) for i in first] == [(1, 6), (2, 3)]
+    for _ in range(3):  # a third, fully believed instrument comes and stays: it replaces the doubted one
+        shown = frame(third=True)
+        assert [(i.track_id, i.type_id) for i in shown.instruments] == [(2, 3), (3, 1)]
+        assert set(np.unique(shown.instance_ids_image())) == {0, 2, 3}  # nor is the doubted one painted
+    assert len(find_instruments(shown.result, min_area=30)[0]) == 3  # found, only not published
+    # A frame in which the doubted region scores higher does not swap them back: its mean stays lower.
+    assert [i.track_id for i in frame(third=True, doubted=0.99).instruments] == [2, 3]
+    # The limit is a run-time parameter: tracks are kept, and 0 publishes every instrument.
+    perception.reconfigure(replace(perception.config, max_instruments=0))
+    assert [i.track_id for i in frame(third=True).instruments] == [1, 2, 3]
+
+
 def test_tip_smoothing_reduces_jitter_of_a_still_tool():
     def run(smoothing):
         perception = InstrumentPerception(PerceptionConfig(min_instance_area=30, smoothing=smoothing,

@@ -43,8 +43,11 @@ class PerceptionConfig:
     labels_mode: 'instance' paints each instrument with its voted type, 'pixel' the raw per-pixel types.
     track_max_missed: processed frames a track survives unseen; track_max_distance: tip gate, fraction
     of the image diagonal; track_min_frames: consecutive frames a new instrument must be seen before it
-    is published (1: at once; inference/tracking.py). smoothing: One-Euro filter on the tips (min_cutoff Hz, beta).
-    min_depth, max_depth (m), max_epipolar_px (input px), max_area_ratio: stereo matching."""
+    is published (1: at once; inference/tracking.py). max_instruments: at most this many instruments
+    published per frame (0: no limit), those whose tracks are the most believed (mean score over the
+    track's life): a robot with two instrument arms cannot show three. smoothing: One-Euro filter on
+    the tips (min_cutoff Hz, beta). min_depth, max_depth (m), max_epipolar_px (input px),
+    max_area_ratio: stereo matching."""
     min_instance_area: float = DEFAULT_MIN_AREA
     min_part_area: float = DEFAULT_MIN_PART_AREA
     min_instrument_score: float = DEFAULT_MIN_SCORE
@@ -53,6 +56,7 @@ class PerceptionConfig:
     track_max_missed: int = 5
     track_max_distance: float = 0.2
     track_min_frames: int = 1
+    max_instruments: int = 0
     smoothing: bool = False
     smoothing_min_cutoff: float = 1.0
     smoothing_beta: float = 0.05
@@ -226,7 +230,8 @@ class InstrumentPerception:
                                                  index=inst.index, colour=track.colour))
         if stereo and right_job is None:
             right_job = search_right_eye()
-        frame = FramePerception(left, _published(instruments, tracks), instance_map, cfg.labels_mode)
+        frame = FramePerception(left, _published(instruments, tracks, cfg.max_instruments), instance_map,
+                                cfg.labels_mode)
         if stereo:
             frame._stereo = _PendingStereo(found, tracks, instruments, right, calibration, stamp, right_job)
         return frame
@@ -246,7 +251,7 @@ class InstrumentPerception:
                 instruments = self._add_3d(pending.instruments, pending.found, frame.instance_map, right,
                                            found_right, map_right, pending.calibration, pending.tracks,
                                            pending.stamp)
-                frame.instruments = _published(instruments, pending.tracks)
+                frame.instruments = _published(instruments, pending.tracks, self.config.max_instruments)
         except Exception as e:  # noqa: BLE001 - a 3-D failure must never cost the frame's 2-D outputs
             frame.stereo_error = f'{type(e).__name__}: {e}'
         return frame
@@ -265,7 +270,13 @@ class InstrumentPerception:
         return out
 
 
-def _published(instruments, tracks):
+def _published(instruments, tracks, limit=0):
     """The instruments a frame publishes, ordered by track id: tentative tracks (track_min_frames) are
-    not, neither in the tips nor painted in an instance image."""
-    return sorted((i for i, track in zip(instruments, tracks) if track.confirmed), key=lambda i: i.track_id)
+    not, neither in the tips nor painted in an instance image. With a `limit` (max_instruments), the
+    `limit` whose tracks have the highest mean score over their lives, ties to the older id: a mean over
+    the track rather than this frame's score, so that the choice does not hop between two tracks from
+    frame to frame, and rather than track age, so that tissue seen first does not outrank a tool."""
+    confirmed = [(i, track) for i, track in zip(instruments, tracks) if track.confirmed]
+    if limit:
+        confirmed = sorted(confirmed, key=lambda p: (-p[1].mean_score(), p[0].track_id))[:limit]
+    return sorted((i for i, _ in confirmed), key=lambda i: i.track_id)

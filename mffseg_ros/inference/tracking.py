@@ -5,7 +5,8 @@ network-resolution masks) + tip distance / max_distance; a pair is allowed when 
 the tips are closer than max_distance (the node may skip frames, so masks of a fast tool may not
 overlap). Unmatched instruments start new tracks; a track missed for more than `max_missed`
 processed frames is retired. A track's type is the vote accumulated over its whole life: an
-instrument does not change type mid-procedure.
+instrument does not change type mid-procedure; so is its score (mean P(instrument)), by which a
+frame's instruments are ranked when only some may be published (PerceptionConfig.max_instruments).
 
 With `min_frames` > 1 a new track is tentative until it has been seen in that many consecutive frames
 (the instruments of the tracker's first frame excepted: there is no history to doubt them); a
@@ -68,6 +69,8 @@ class Track:
     colour: int = 0  # overlay palette index, kept for the track's life
     filters: dict = field(default_factory=dict)
     hits: int = 1  # consecutive frames seen since it started (counted while tentative)
+    score_sum: float = 0.0  # summed per-frame scores (mean P(instrument)) of its detections
+    scored: int = 0  # frames whose score is in score_sum
 
     @property
     def confirmed(self):
@@ -80,6 +83,15 @@ class Track:
         mean = self.votes_sum / self.frames
         best = int(np.argmax(mean))
         return best + 1, float(mean[best])
+
+    def mean_score(self):
+        """Mean P(instrument) of its detections over its life (0.0 before any was scored)."""
+        return self.score_sum / self.scored if self.scored else 0.0
+
+    def add_score(self, score):
+        if math.isfinite(score):  # a region scored NaN (broken probabilities) must not poison the mean
+            self.score_sum += score
+            self.scored += 1
 
 
 class Tracker:
@@ -159,6 +171,7 @@ class Tracker:
                 if votes is not None:
                     track.votes_sum = votes if track.votes_sum is None else track.votes_sum + votes
                     track.frames += 1
+            track.add_score(inst.score)
             if not track.confirmed and (track.hits >= self.min_frames or self.frames_seen == 1):
                 self._confirm(track, tracks + assigned)
         for i, track in enumerate(tracks):

@@ -66,6 +66,7 @@ class NodeConfig:
     track_max_missed: int = _PERCEPTION.track_max_missed
     track_max_distance: float = _PERCEPTION.track_max_distance
     track_min_frames: int = _PERCEPTION.track_min_frames
+    max_instruments: int = _PERCEPTION.max_instruments
     tip_smoothing: bool = _PERCEPTION.smoothing
     smoothing_min_cutoff: float = _PERCEPTION.smoothing_min_cutoff
     smoothing_beta: float = _PERCEPTION.smoothing_beta
@@ -100,7 +101,7 @@ class NodeConfig:
             min_type_score=self.min_type_score,
             labels_mode=self.labels_mode, track_max_missed=self.track_max_missed,
             track_max_distance=self.track_max_distance, track_min_frames=self.track_min_frames,
-            smoothing=self.tip_smoothing,
+            max_instruments=self.max_instruments, smoothing=self.tip_smoothing,
             smoothing_min_cutoff=self.smoothing_min_cutoff, smoothing_beta=self.smoothing_beta,
             min_depth=self.min_depth, max_depth=self.max_depth, max_epipolar_px=self.max_epipolar_px)
 
@@ -140,6 +141,8 @@ DESCRIPTIONS = {
     'track_max_distance': 'largest tip jump (fraction of the image diagonal) still associated with a track',
     'track_min_frames': 'consecutive processed frames a new instrument must be seen before it is published '
                         '(1 = at once; 2 hides one-frame false instruments but delays new ones by a frame)',
+    'max_instruments': 'at most this many instruments published per frame, the longest tracked first '
+                       '(0 = no limit; e.g. 2 for a dVRK with two PSMs)',
     'tip_smoothing': 'One-Euro filter on the tips (2-D and 3-D) of each track',
     'smoothing_min_cutoff': 'One-Euro cutoff at rest (Hz): lower = smoother, more lag',
     'smoothing_beta': 'One-Euro speed coefficient: higher = less lag when the tip moves',
@@ -174,6 +177,7 @@ RANGES = {
     'track_max_missed': IntegerRange(from_value=0, to_value=1000),
     'track_max_distance': FloatingPointRange(from_value=0.0, to_value=2.0),
     'track_min_frames': IntegerRange(from_value=1, to_value=100),
+    'max_instruments': IntegerRange(from_value=0, to_value=100),
     'smoothing_min_cutoff': FloatingPointRange(from_value=0.001, to_value=100.0),
     'smoothing_beta': FloatingPointRange(from_value=0.0, to_value=100.0),
     'min_depth': FloatingPointRange(from_value=0.0, to_value=10.0),
