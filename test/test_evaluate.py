@@ -11,6 +11,7 @@ from mffseg_ros.cli import main
 from mffseg_ros.errors import MffsegError
 from mffseg_ros.evaluation.evaluate import evaluate, format_report, resolve_tasks
 from mffseg_ros.evaluation.metrics import score_image
+from mffseg_ros.inference.perception import PerceptionConfig
 from mffseg_ros.inference.segmenter import SegmentationResult, Segmenter
 from mffseg_ros.model import MFFNet, save_weights
 
@@ -80,6 +81,10 @@ def test_perfect_predictions_score_perfectly(samples):
     assert tracks['precision'] == tracks['recall'] == tracks['frames_with_exact_count'] == 1.0
     assert tracks['track_ids'] == tracks['true_instruments'] == 1 and tracks['track_id_switches'] == 0
     assert 'instruments and tracks' in format_report(report)
+    # The post-processing settings (mffseg evaluate --max-instruments) reach the node's instruments.
+    nothing = evaluate(GroundTruthSegmenter(samples), samples, worst=0, progress=False,
+                       config=PerceptionConfig(min_instance_area=10**9))
+    assert nothing['instruments']['videos']['vid1']['recall'] == 0.0
 
 
 def test_instance_scores_count_false_instruments_misses_and_id_switches():
@@ -220,3 +225,10 @@ def test_evaluate_bag_scores_every_frame_and_draws_the_worst(tmp_path):
     assert all(f['matched'] + f['missed'] == f['visible'] for f in frames)
     sheet = cv2.imread(str(out / 'worst_frames.png'))
     assert sheet is not None and sheet.shape[0] > 192 and sheet.shape[1] > 3 * 240
+    # The node's max_instruments, scored: never more than one instrument a frame.
+    assert main(['evaluate', '--bag', str(bag), '--out', str(out), '--device', 'cpu', '--max-instruments', '1']) == 0
+    capped = json.loads((out / 'bag_scores.json').read_text())
+    assert capped['max_instruments'] == 1 and scores['max_instruments'] == 0
+    assert any(f['instruments'] > 1 for f in frames)  # uncapped, some frame had more
+    assert all(f['instruments'] <= 1 for f in capped['frames'])
+    assert main(['evaluate', '--bag', str(bag), '--out', str(out), '--max-instruments', '-1']) == 2

@@ -120,7 +120,7 @@ def evaluate_bag(segmenter, bag, *, config=None, limit=None, stereo=True, worst=
                      _with_truth(instrument_overlay(left, frame), truth, scorer.match_px))
             (heapq.heappush if len(worst_frames) < worst else heapq.heapreplace)(worst_frames, entry)
     scores = {
-        'bag': str(bag), 'model': segmenter.describe(),
+        'bag': str(bag), 'model': segmenter.describe(), 'max_instruments': perception.config.max_instruments,
         'dice_binary_mean': float(np.mean([r['dice_binary'] for r in rows])),
         'dice_parts_mean': float(np.mean([r['dice_parts'] for r in rows if 'dice_parts' in r]))
         if any('dice_parts' in r for r in rows) else None,
@@ -133,7 +133,8 @@ def evaluate_bag(segmenter, bag, *, config=None, limit=None, stereo=True, worst=
 def run(args, segmenter):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    scores = evaluate_bag(segmenter, args.bag, limit=args.limit, worst=WORST_FRAMES)
+    config = PerceptionConfig(max_instruments=args.max_instruments)
+    scores = evaluate_bag(segmenter, args.bag, config=config, limit=args.limit, worst=WORST_FRAMES)
     worst = scores.pop('worst')
     (out / 'bag_scores.json').write_text(json.dumps(scores, indent=1))
     if worst:

@@ -6,6 +6,7 @@ from mffseg_ros.data.datasets import build_datasets
 from mffseg_ros.errors import MffsegError
 from mffseg_ros.evaluation import bag_eval
 from mffseg_ros.evaluation.evaluate import evaluate, format_report
+from mffseg_ros.inference.perception import PerceptionConfig
 from mffseg_ros.inference.segmenter import Segmenter
 from mffseg_ros.sizes import parse_size
 
@@ -23,6 +24,9 @@ def add_arguments(parser):
                         help='instead of --data: a stereo bag with ground truth (mffseg bag synth); scores what '
                              'the node publishes (instruments, tips, tracks, 3-D, axes) and writes bag_scores.json')
     parser.add_argument('--limit', type=int, default=None, help='with --bag: score only the first N frames')
+    parser.add_argument('--max-instruments', type=int, default=0, metavar='N',
+                        help='instruments published per frame at most, as the node parameter max_instruments '
+                             '(default 0: no limit)')
     parser.add_argument('--task', default='all', choices=('parts', 'type', 'binary', 'all'),
                         help='task to score (default: every task the model answers)')
     parser.add_argument('--out', required=True, type=Path, help='output folder')
@@ -41,6 +45,8 @@ def run(args):
         raise MffsegError('give --data SPEC (segmentation metrics) or --bag BAG (instrument-level scores)')
     if args.worst < 0:
         raise MffsegError(f'--worst must be >= 0, got {args.worst}')
+    if args.max_instruments < 0:
+        raise MffsegError(f'--max-instruments must be >= 0 (0: no limit), got {args.max_instruments}')
     if args.out.exists() and not args.out.is_dir():  # fail now, not after scoring every frame
         raise MffsegError(f'{args.out}: exists and is not a folder (--out is the output folder)')
     input_size = parse_size(args.input_size, what='--input-size', multiple=32) if args.input_size else None
@@ -52,8 +58,10 @@ def run(args):
     log.info('%s; %d frames', segmenter.describe(), len(samples))
     meta = segmenter.metadata
     info = {'weights': str(args.weights), 'data': ' + '.join(args.data), 'model': segmenter.describe(),
+            'max_instruments': args.max_instruments,
             'weights_git_revision': meta.provenance.git_revision, 'train_recipe': meta.recipe}
-    report = evaluate(segmenter, samples, tasks=args.task, worst=args.worst, out_dir=args.out, info=info)
+    report = evaluate(segmenter, samples, tasks=args.task, worst=args.worst, out_dir=args.out, info=info,
+                      config=PerceptionConfig(max_instruments=args.max_instruments))
     print(format_report(report))
     print(f'\nwrote {args.out / "metrics.json"}, {args.out / "metrics.md"}'
           + (f' and {len(report["worst"])} worst-frame PNGs in {args.out / "worst"}' if report['worst'] else ''))

@@ -110,15 +110,16 @@ class InstrumentTracks:
     them (instance_tracks.py). Frames that stand alone (synthetic scenes) are scored one by one: their
     instrument counts mean something, their track ids do not, so tracks are scored per video only."""
 
-    def __init__(self):
+    def __init__(self, config=None):
         self.videos, self.pooled = {}, InstanceTrackScorer(tracks=False)
         self._sequence, self._perception = None, None
+        self.config = config  # PerceptionConfig (None: the node's defaults)
 
     def add(self, sample, result):
         truth = sample.get('instance')
         sequence = sequence_name(sample)
         if self._perception is None or sequence is None or sequence != self._sequence:
-            self._perception, self._sequence = InstrumentPerception(), sequence
+            self._perception, self._sequence = InstrumentPerception(self.config), sequence
         tracks = self._perception.process(result).instance_ids_image()
         if truth is None or not truth.any():
             return  # no instance labels in this frame: it only moves the tracks on
@@ -133,15 +134,16 @@ class InstrumentTracks:
                 'videos': {name: scorer.summary() for name, scorer in self.videos.items()}}
 
 
-def evaluate(segmenter, samples, *, tasks='all', worst=8, out_dir=None, progress=True, info=None):
+def evaluate(segmenter, samples, *, tasks='all', worst=8, out_dir=None, progress=True, info=None, config=None):
     """Scores `segmenter` on `samples` (a sequence of sample dicts). Returns the report dict; with
     `out_dir`, also writes metrics.json, metrics.md and worst/NN_<name>.png (the `worst` lowest
     frames by their mean paper IoU over the scored tasks). Where samples carry instrument instances,
-    the report also has 'instruments': the node's instruments and tracks scored against them."""
+    the report also has 'instruments': the node's instruments and tracks (post-processing settings
+    `config`, a PerceptionConfig; default the node's) scored against them."""
     task_list = resolve_tasks(tasks, segmenter)
     meters = {t: TaskMeter(t, TASK_CLASSES[t]) for t in task_list}
     instrument_types = InstrumentTypeMeter() if 'type' in task_list else None
-    instrument_tracks = InstrumentTracks()
+    instrument_tracks = InstrumentTracks(config)
     worst_heap = []  # (-score, index, sample, result): a max-heap of the K lowest scores
     frame_scores = []
     total = len(samples)
