@@ -80,6 +80,7 @@ class SegmentationResult:
     class_names: dict = field(default_factory=dict)
     parts_probs: np.ndarray | None = None  # P(part | instrument), 3 x h x w: smooth part boundaries on upsampling
     net_dark: np.ndarray | None = None  # bool h x w: near-black input pixels (the field stop), when known
+    image: np.ndarray | None = None  # the input frame (H x W x 3, RGB), when known: stereo refines tips on it
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod

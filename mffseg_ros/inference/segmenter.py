@@ -172,8 +172,11 @@ class Segmenter:
 
     def preprocess(self, frames):
         """Frames (same size) -> normalised (B, 3, h, w) tensor on the device, in the model's dtype."""
-        h, w = frames[0].shape[:2]
-        return self._normalise(self._resized(frames, *self.network_size(h, w)))
+        return self._normalise(self.resize(frames))
+
+    def resize(self, frames):
+        """Frames (same size) -> (B, h, w, 3) uint8 at the network's input size."""
+        return self._resized(frames, *self.network_size(*frames[0].shape[:2]))
 
     @staticmethod
     def _resized(frames, height, width):
@@ -217,11 +220,20 @@ class Segmenter:
         if any(f.shape[:2] != size for f in frames):
             raise MffsegError(f'frames of one batch must have the same size, got {[f.shape for f in frames]}')
         if self._fast_path is not None:
-            return self._fast_path.segment_batch(frames)
-        resized = self._resized(frames, *self.network_size(*size))
-        results = self.postprocess(self.forward(self._normalise(resized)), size)
-        for result, dark in zip(results, dark_pixels(resized)):
-            result.net_dark = dark
+            results = self._fast_path.segment_batch(frames)
+            for result, frame in zip(results, frames):
+                result.image = frame
+            return results
+        resized = self.resize(frames)
+        return self.results(self.forward(self._normalise(resized)), frames, resized)
+
+    def results(self, logits, frames, resized):
+        """postprocess() of the logits of `frames` (their `resized` batch went in), with what the
+        instrument search needs besides: each frame's near-black pixels on the network's grid (the field
+        stop) and the frame itself (a reference: stereo refines the tips' depth on the images)."""
+        results = self.postprocess(logits, frames[0].shape[:2])
+        for result, dark, frame in zip(results, dark_pixels(resized), frames):
+            result.net_dark, result.image = dark, frame
         return results
 
     def segment(self, rgb):

@@ -5,9 +5,10 @@
    bilinearly, labels from the nearest network pixel inside it): per-task label agreement, and Dice of
    both against the synthetic ground truth.
 2. CPU and wall time, per stereo frame, side by side in one run (one torch thread): the network alone,
-   then the node's steps in its order (AFTER_NETWORK: the maps on the network grid; the left eye's
-   instruments and tracks, the right eye's search starting on a second thread; the label/instance/parts
-   images and the overlay, drawn while it runs; stereo, which waits for it), then for comparison the
+   then the node's steps in its order (AFTER_NETWORK: the maps on the network grid and the near-black
+   pixels, as Segmenter.segment_batch makes them; the left eye's instruments and tracks, the right eye's
+   search starting on a second thread; the label/instance/parts images and the overlay, drawn while it
+   runs; stereo, which waits for it and refines the tips' depth on the images), then for comparison the
    same work in the order before (both eyes searched together, then the images), the same maps with
    torch's kernels and the old postprocess.
 
@@ -66,8 +67,9 @@ def _timed(times, key, fn, *args):
 
 
 # The node's steps after the network, in its order (ros/segment_node.py): their sum is what it adds.
-AFTER_NETWORK = ('maps on the network grid', 'left eye: instruments + tracking (right eye started)',
-                 'label, instance, parts images', 'overlay', 'stereo: waits for the right eye, matches, triangulates')
+AFTER_NETWORK = ('maps on the network grid (+ near-black pixels)',
+                 'left eye: instruments + tracking (right eye started)', 'label, instance, parts images', 'overlay',
+                 'stereo: waits for the right eye, matches, triangulates (tip depth from the images)')
 AFTER_NETWORK_TOTAL = 'after the network: the steps above, in all'
 EYES_TOGETHER = 'for comparison: the same in the order before (both eyes searched at once, then the images)'
 
@@ -76,26 +78,26 @@ def _images(frame):
     return frame.labels_image(), frame.instance_ids_image(), frame.parts_image()
 
 
-def _node_steps(times, seg, perception, logits, size, calibration, stamp, rgb):
+def _node_steps(times, seg, perception, logits, pair, resized, calibration, stamp):
     """The node's steps after the network, each timed, and their sum per frame; returns the maps."""
     maps, begin, images, overlay, stereo = AFTER_NETWORK
-    results = _timed(times, maps, seg.postprocess, logits, size)
+    results = _timed(times, maps, seg.results, logits, pair, resized)
     frame = _timed(times, begin,
                    lambda: perception.begin(results[0], results[1], calibration, stamp, images_first=True))
     _timed(times, images, _images, frame)
-    _timed(times, overlay, instrument_overlay, rgb, frame)
+    _timed(times, overlay, instrument_overlay, pair[0], frame)
     _timed(times, stereo, perception.finish, frame)
     for clock in ('cpu', 'wall'):  # the median of per-frame sums, as the comparison is timed
         times[clock].setdefault(AFTER_NETWORK_TOTAL, []).append(sum(times[clock][k][-1] for k in AFTER_NETWORK))
     return results
 
 
-def _eyes_together(perception, seg, logits, size, calibration, stamp, rgb):
+def _eyes_together(perception, seg, logits, pair, resized, calibration, stamp):
     """The order before: the maps, both eyes searched at once (process()), then the images and the overlay."""
-    results = seg.postprocess(logits, size)
+    results = seg.results(logits, pair, resized)
     frame = perception.process(results[0], results[1], calibration, stamp)
     _images(frame)
-    instrument_overlay(rgb, frame)
+    instrument_overlay(pair[0], frame)
 
 
 def run(weights=None, size=(1024, 1280), frames=6, seed=5, threads=1, backend='torch'):
@@ -111,6 +113,7 @@ def run(weights=None, size=(1024, 1280), frames=6, seed=5, threads=1, backend='t
     for i in tqdm(range(frames), desc='postprocess bench', unit='frame'):
         frame = scenes.frame(i * 7)
         pair = [frame.left, frame.right]
+        resized = seg.resize(pair)
         x = seg.preprocess(pair)
         logits = _timed(times, 'network (stereo batch)', seg.forward, x)
         # The node's steps in the node's order, and the same work in the order before (both from the
@@ -118,12 +121,12 @@ def run(weights=None, size=(1024, 1280), frames=6, seed=5, threads=1, backend='t
         # (for the accuracy comparison) only after them: its 100+ MB of upsampled logits would push the
         # fresh maps out of the CPU's caches and slow the steps that follow it, which the node never pays.
         if i % 2:
-            _timed(times, EYES_TOGETHER, _eyes_together, perception_before, seg, logits, size, calibration,
-                   i * 0.1, frame.left)
-        results = _node_steps(times, seg, perception, logits, size, calibration, i * 0.1, frame.left)
+            _timed(times, EYES_TOGETHER, _eyes_together, perception_before, seg, logits, pair, resized,
+                   calibration, i * 0.1)
+        results = _node_steps(times, seg, perception, logits, pair, resized, calibration, i * 0.1)
         if not i % 2:
-            _timed(times, EYES_TOGETHER, _eyes_together, perception_before, seg, logits, size, calibration,
-                   i * 0.1, frame.left)
+            _timed(times, EYES_TOGETHER, _eyes_together, perception_before, seg, logits, pair, resized,
+                   calibration, i * 0.1)
         found, instance_map = find_instruments(results[0])
         _timed(times, 'of which: tracker update (left eye)', tracker.update, found, instance_map, size)
         _timed(times, 'for comparison: the same maps with torch kernels', _torch_maps, seg, logits)
