@@ -392,6 +392,35 @@ def test_3d_tips_and_shaft_axes_from_projected_stereo_without_types():
         assert cos > 0.98
 
 
+def test_3d_tips_are_refined_on_the_images_when_the_eyes_place_their_tips_apart():
+    """The right eye's tip found 2 px off (as a segmentation error would): triangulated from the two
+    tips, the tip is millimetres too far; with the frames in the results (the Segmenter puts them
+    there), the disparity at the tip comes from the images and the tip is put back."""
+    xyz = np.array([0.004, -0.002, F * BASELINE / 20.0])  # 20 px of disparity: 62.5 mm away
+    left_uv, right_uv = project(P_LEFT, xyz), project(P_RIGHT, xyz)
+    assert left_uv[0] - right_uv[0] == pytest.approx(20.0)
+    maps = {}
+    for side, uv in (('left', left_uv), ('right', right_uv + (2.0, 0.0))):
+        type_map, parts_map = blank()
+        draw_instrument(type_map, parts_map, 3, uv, (0, 30))
+        maps[side] = result(type_map, parts_map)
+    rng = np.random.default_rng(5)
+    tool = cv2.GaussianBlur(rng.uniform(0, 255, (H, W + 40, 3)).astype(np.float32), (0, 0), 1.5).astype(np.uint8)
+    tissue = cv2.GaussianBlur(rng.uniform(0, 255, (H, W + 40, 3)).astype(np.float32), (0, 0), 3).astype(np.uint8)
+    on_tool = maps['left'].foreground > 0
+    # The tool 20 px to the left in the right eye, the tissue behind it 12 px.
+    images = {'left': np.where(on_tool[..., None], tool[:, :W], tissue[:, :W]),
+              'right': np.where(np.roll(on_tool, -20, axis=1)[..., None], tool[:, 20:W + 20], tissue[:, 12:W + 12])}
+    calibration = StereoCalibration(P_LEFT, P_RIGHT)
+    (from_tips,) = InstrumentPerception(CONFIG).process(maps['left'], maps['right'], calibration).instruments
+    assert np.linalg.norm(np.asarray(from_tips.xyz) - xyz) > 0.005
+    for side in maps:
+        maps[side].image = images[side]
+    (from_images,) = InstrumentPerception(CONFIG).process(maps['left'], maps['right'], calibration).instruments
+    assert np.linalg.norm(np.asarray(from_images.xyz) - xyz) < 0.0005
+    assert from_images.tip == from_tips.tip  # the 2-D tip is the left eye's, as before
+
+
 def test_begin_gives_the_2d_outputs_and_finish_the_same_frame_as_process():
     truth = [(3, np.array([-0.012, -0.004, 0.07]), (0, 0)),
              (5, np.array([0.010, 0.006, 0.09]), (W - 1, H - 1))]

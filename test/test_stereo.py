@@ -17,6 +17,7 @@ from mffseg_ros.inference.stereo import (
     projection_from_camera_info,
     triangulate,
 )
+from mffseg_ros.inference.tip_disparity import tip_disparity
 
 W, H = 1280, 1024
 F_PX, BASELINE = 1050.0, 0.0044  # a da Vinci endoscope: ~1050 px focal length, 4.4 mm baseline
@@ -227,3 +228,52 @@ def test_a_shaft_along_the_baseline_gets_its_3d_axis_from_the_taper():
     no_taper = [Instrument(**{**found['left'].__dict__, 'shaft_taper': None})]
     (m,) = match_instruments(no_taper, [found['right']], calib)
     assert math.degrees(math.acos(np.clip(np.dot(m.axis_xyz, truth), -1, 1))) > 30.0
+
+
+def textured(shape, seed, blur=2.0):
+    """Smooth random colour texture (uint8): what block matching needs to find a place again."""
+    noise = np.random.default_rng(seed).uniform(0, 255, (*shape, 3)).astype(np.float32)
+    smooth = cv2.GaussianBlur(noise, (0, 0), blur)
+    return np.clip((smooth - smooth.mean()) / smooth.std() * 40 + 128, 0, 255).astype(np.uint8)
+
+
+def tool_in_front_of_tissue(disparity, tissue_disparity, size=(240, 320), fine=4):
+    """(left, right, network instance map at half resolution, tip): a textured tool (instance 1) over
+    textured tissue, the tool at `disparity` and the tissue behind it at `tissue_disparity` (px, in
+    steps of 1/fine). Drawn `fine` times larger, moved by whole pixels there and shrunk, as a camera
+    would image it (pixels on the tool's edge are a mix of tool and tissue in both eyes)."""
+    h, w = size[0] * fine, size[1] * fine
+    tool_mask = np.zeros((h, w), np.uint8)
+    cv2.line(tool_mask, (0, 40 * fine), (170 * fine, 120 * fine), 1, 14 * fine)
+    cv2.circle(tool_mask, (172 * fine, 121 * fine), 11 * fine, 1, -1)
+    tool, tissue = textured((h, w), 1, blur=2.0 * fine), textured((h, w), 2, blur=3.0 * fine)
+
+    def eye(shift, tissue_shift):  # the scene moved left by `shift` px (of the final image)
+        move = lambda img, d: np.roll(img, -round(d * fine), axis=1)  # noqa: E731
+        scene = np.where(move(tool_mask, shift)[..., None] > 0, move(tool, shift), move(tissue, tissue_shift))
+        return cv2.resize(scene, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+
+    net = cv2.resize(tool_mask.astype(np.float32), (size[1] // 2, size[0] // 2), interpolation=cv2.INTER_AREA)
+    return eye(0, 0), eye(disparity, tissue_disparity), (net > 0.5).astype(np.uint16), (178.0, 124.0)
+
+
+@pytest.mark.parametrize('disparity', [20.0, 23.5, 31.75])
+def test_tip_disparity_is_found_to_a_fraction_of_a_pixel_on_the_images(disparity):
+    """The tips' disparity 3 px off, the tissue behind the tip 8 px further: block matching on the tool's
+    own pixels (its mask at half the image's resolution, as the network gives it) finds the tool's
+    disparity to a twentieth of a pixel; the whole window, tissue included, would be pulled off."""
+    left, right, net, tip = tool_in_front_of_tissue(disparity, disparity - 8)
+    assert tip_disparity(left, right, net, 1, tip, disparity + 3) == pytest.approx(disparity, abs=0.05)
+    assert tip_disparity(left, right, net, 1, tip, disparity - 3) == pytest.approx(disparity, abs=0.05)
+    whole_window = tip_disparity(left, right, np.ones_like(net), 1, tip, disparity + 3)
+    assert abs(whole_window - disparity) > 0.15
+
+
+def test_tip_disparity_declines_what_the_images_cannot_tell():
+    left, right, net, tip = tool_in_front_of_tissue(20.0, 12.0)
+    flat = np.full_like(left, 90)
+    assert tip_disparity(flat, flat, net, 1, tip, 20.0) is None  # no texture
+    assert tip_disparity(left, right, net, 1, tip, 40.0) is None  # the true disparity is beyond the search
+    assert tip_disparity(left, right, net, 2, tip, 20.0) is None  # no pixels of that instrument there
+    assert tip_disparity(left, textured(left.shape[:2], 9), net, 1, tip, 20.0) is None  # another scene
+    assert tip_disparity(left, right, net, 1, (5000.0, 5000.0), 20.0) is None  # a tip off the image

@@ -30,6 +30,7 @@ from mffseg_ros.inference.instruments import (
     find_instruments,
 )
 from mffseg_ros.inference.stereo import match_instruments
+from mffseg_ros.inference.tip_disparity import tip_disparity
 from mffseg_ros.inference.tracking import Tracker
 
 NAN3 = (math.nan, math.nan, math.nan)
@@ -248,7 +249,7 @@ class InstrumentPerception:
             if tuple(right.size) != tuple(left.size) or right.net_size != left.net_size:
                 raise ValueError(f'left {left.size} and right {right.size} images differ in size')
             if pending.found:
-                instruments = self._add_3d(pending.instruments, pending.found, frame.instance_map, right,
+                instruments = self._add_3d(pending.instruments, pending.found, frame.instance_map, left, right,
                                            found_right, map_right, pending.calibration, pending.tracks,
                                            pending.stamp)
                 frame.instruments = _published(instruments, pending.tracks, self.config.max_instruments)
@@ -256,18 +257,33 @@ class InstrumentPerception:
             frame.stereo_error = f'{type(e).__name__}: {e}'
         return frame
 
-    def _add_3d(self, instruments, found, instance_map, right, found_right, map_right, calibration, tracks, stamp):
+    def _add_3d(self, instruments, found, instance_map, left, right, found_right, map_right, calibration, tracks,
+                stamp):
         cfg = self.config
         net_scale = right.scale[0]  # input px per network px, horizontally (the disparity's direction)
         matches = match_instruments(found, found_right, calibration, left_map=instance_map, right_map=map_right,
                                     net_scale=net_scale, max_epipolar_px=cfg.max_epipolar_px,
                                     min_depth=cfg.min_depth, max_depth=cfg.max_depth,
-                                    max_area_ratio=cfg.max_area_ratio)
+                                    max_area_ratio=cfg.max_area_ratio,
+                                    refine_disparity=_image_disparity(left, right, instance_map, calibration))
         out = list(instruments)
         for m in matches:
             xyz = self.tracker.smooth(tracks[m.left], 'xyz', m.tip_xyz, stamp)
             out[m.left] = replace(out[m.left], xyz=tuple(xyz), axis_xyz=m.axis_xyz)
         return out
+
+
+def _image_disparity(left, right, instance_map, calibration):
+    """The tips' disparity refined on the two images (tip_disparity.py), or None where it cannot be: an
+    eye without its image (results made from labels), or raw images (their epipolar lines are no rows)."""
+    if left.image is None or right.image is None or left.image.shape != right.image.shape:
+        return None
+    if calibration.rectify_left is not None or calibration.rectify_right is not None:
+        return None
+    if calibration.disparity_range(1.0, 2.0) is None:
+        return None  # not a horizontal rig
+    return lambda instrument, disparity: tip_disparity(left.image, right.image, instance_map, instrument.index,
+                                                       instrument.tip, disparity)
 
 
 def _published(instruments, tracks, limit=0):

@@ -172,6 +172,7 @@ class StereoMatch:
     tip_xyz: tuple  # metres, left optical frame
     axis_xyz: tuple | None  # unit shaft axis pointing to the tip; None when not observable
     axis_from_stereo: bool  # False: the axis is the image-plane axis at the tip's depth
+    tip_from_images: bool = False  # True: the tip's disparity was refined on the images (tip_disparity.py)
 
 
 def _shifted_iou(mask_left, mask_right, shift):
@@ -220,15 +221,30 @@ def _axis_3d(calib, tip_xyz, point_left, point_right, dir_right, taper=None, min
     return (tuple(axis / norm), False) if norm > 1e-9 else (None, False)
 
 
+def _refined_tip(calib, tip_left, refine_disparity, instrument, disparity, min_depth, max_depth):
+    """The left tip (rectified) triangulated with the disparity refine_disparity gives, or None (no
+    refinement, or one that leaves the depth range)."""
+    if refine_disparity is None:
+        return None
+    refined = refine_disparity(instrument, float(disparity))
+    if refined is None:
+        return None
+    xyz = triangulate(calib.P_left, calib.P_right, [tip_left], [(tip_left[0] - refined, tip_left[1])])[0]
+    depth = depth_in(calib.P_left, xyz[None])[0]
+    return xyz if np.all(np.isfinite(xyz)) and min_depth <= depth <= max_depth else None
+
+
 def match_instruments(left, right, calib, *, left_map=None, right_map=None, net_scale=1.0,
                       max_epipolar_px=DEFAULT_MAX_EPIPOLAR_PX, min_depth=0.005, max_depth=0.5,
-                      max_area_ratio=DEFAULT_MAX_AREA_RATIO, min_mask_iou=0.05):
+                      max_area_ratio=DEFAULT_MAX_AREA_RATIO, min_mask_iou=0.05, refine_disparity=None):
     """Pairs left and right instruments (inference/instruments.Instrument) without looking at types:
     tips within `max_epipolar_px` of the epipolar line (rectified), a disparity that puts the tip between
     min_depth and max_depth (m), areas within `max_area_ratio`, and, with the network-resolution
     instance maps, masks that overlap once shifted by the disparity (`net_scale`: input px per network px).
     One-to-one (Hungarian) on epipolar distance + area mismatch + (1 - shifted IoU); each pair's tip is
-    triangulated and its shaft axis estimated. Returns [StereoMatch] sorted by left index."""
+    triangulated and its shaft axis estimated. refine_disparity(left instrument, disparity of the two
+    tips) -> a better disparity of the left tip or None (tip_disparity.py, on rectified images): the tip
+    is then triangulated from the left tip and that disparity. Returns [StereoMatch] sorted by left index."""
     if not left or not right:
         return []
     tips_l = calib.rectified('left', [i.tip for i in left])
@@ -267,7 +283,10 @@ def match_instruments(left, right, calib, *, left_map=None, right_map=None, net_
         if taper is not None:
             near, far = calib.rectified('left', [taper.near, taper.far])
             taper = (near, far, taper.width_ratio)
-        axis, from_stereo = _axis_3d(calib, xyz[k], point_l, ends_r[0], ends_r[1] - ends_r[0], taper)
-        matches.append(StereoMatch(int(a), int(b), float(distance[k]), tuple(float(c) for c in xyz[k]),
-                                   axis, from_stereo))
+        tip_xyz = _refined_tip(calib, tips_l[a], refine_disparity, left[a], disparity[k], min_depth, max_depth)
+        from_images = tip_xyz is not None
+        tip_xyz = tip_xyz if from_images else xyz[k]
+        axis, from_stereo = _axis_3d(calib, tip_xyz, point_l, ends_r[0], ends_r[1] - ends_r[0], taper)
+        matches.append(StereoMatch(int(a), int(b), float(distance[k]), tuple(float(c) for c in tip_xyz),
+                                   axis, from_stereo, from_images))
     return sorted(matches, key=lambda m: m.left)
