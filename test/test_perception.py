@@ -421,6 +421,37 @@ def test_3d_tips_are_refined_on_the_images_when_the_eyes_place_their_tips_apart(
     assert from_images.tip == from_tips.tip  # the 2-D tip is the left eye's, as before
 
 
+def test_an_instrument_whose_eyes_disagree_on_its_tip_is_matched_by_its_masks_and_images():
+    """The right eye takes a patch of the shaft for the claspers: its tip lies 40 px up the shaft, far
+    off the left tip's epipolar line, so the tips cannot be paired. The masks still agree along the rows
+    and the images confirm the disparity at the left tip: the instrument gets its 3-D tip."""
+    xyz = np.array([0.002, 0.004, F * BASELINE / 24.0])  # 24 px of disparity
+    left_uv, right_uv = project(P_LEFT, xyz), project(P_RIGHT, xyz)
+    maps = {}
+    for side, uv in (('left', left_uv), ('right', right_uv)):
+        type_map, parts_map = blank()
+        draw_instrument(type_map, parts_map, 3, uv, (uv[0] - 12, 0))
+        if side == 'right':  # the claspers called wrist, a larger patch of the shaft called claspers
+            parts_map[parts_map == PART_CLASPERS] = PART_WRIST
+            cv2.circle(parts_map, (round(uv[0] - 5), round(uv[1] - 40)), 5, PART_CLASPERS, -1)
+            parts_map[type_map == 0] = 0
+        maps[side] = result(type_map, parts_map)
+    rng = np.random.default_rng(8)
+    tool = cv2.GaussianBlur(rng.uniform(0, 255, (H, W + 40, 3)).astype(np.float32), (0, 0), 1.5).astype(np.uint8)
+    tissue = cv2.GaussianBlur(rng.uniform(0, 255, (H, W + 40, 3)).astype(np.float32), (0, 0), 3).astype(np.uint8)
+    on_tool = maps['left'].foreground > 0
+    maps['left'].image = np.where(on_tool[..., None], tool[:, :W], tissue[:, :W])
+    maps['right'].image = np.where(np.roll(on_tool, -24, axis=1)[..., None], tool[:, 24:W + 24], tissue[:, 10:W + 10])
+    calibration = StereoCalibration(P_LEFT, P_RIGHT)
+    (inst,) = InstrumentPerception(CONFIG).process(maps['left'], maps['right'], calibration).instruments
+    assert np.linalg.norm(np.asarray(inst.xyz) - xyz) < 0.0005
+    assert inst.axis_xyz is not None
+    # Without the images nothing confirms the pair: no 3-D rather than a guess.
+    maps['right'].image = None
+    (blind,) = InstrumentPerception(CONFIG).process(maps['left'], maps['right'], calibration).instruments
+    assert np.isnan(blind.xyz).all()
+
+
 def test_begin_gives_the_2d_outputs_and_finish_the_same_frame_as_process():
     truth = [(3, np.array([-0.012, -0.004, 0.07]), (0, 0)),
              (5, np.array([0.010, 0.006, 0.09]), (W - 1, H - 1))]

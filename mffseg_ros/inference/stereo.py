@@ -8,6 +8,7 @@ camera's optical frame in metres, since P_right = [fx 0 cx Tx; 0 fy cy 0; 0 0 1 
 import math
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
@@ -15,6 +16,7 @@ from mffseg_ros.errors import DataError
 
 DEFAULT_MAX_EPIPOLAR_PX = 10.0  # tip centroids of one instrument in two views: segmentation and distortion
 DEFAULT_MAX_AREA_RATIO = 3.0  # one instrument seen by two cameras 4 mm apart has a similar area
+_TIP_REACH = 0.04  # the part of a mask slid along the rows to match it: this far around its tip (of the width)
 _INFEASIBLE = 1e6
 
 
@@ -234,6 +236,54 @@ def _refined_tip(calib, tip_left, refine_disparity, instrument, disparity, min_d
     return xyz if np.all(np.isfinite(xyz)) and min_depth <= depth <= max_depth else None
 
 
+def _matched_by_masks(left, right, calib, matched, tips_l, left_map, right_map, net_scale, limits,
+                      refine_disparity, max_area_ratio, min_depth, max_depth, min_cover=0.5):
+    """[(left index, right index, tip xyz)] for instruments the tips left unmatched: the two eyes may put
+    one instrument's tip in different places (its claspers taken for wrist in one of them), yet its
+    masks agree. The left mask near the tip is slid along the rows of each unmatched right mask through
+    the disparity range; where it is covered (`min_cover`) the images refine the disparity at the tip,
+    and only a pair the images confirm is matched (greedy, best covered first)."""
+    used_left, used_right = {a for a, _ in matched}, {b for _, b in matched}
+    free_left = [a for a in range(len(left)) if a not in used_left]
+    free_right = [b for b in range(len(right)) if b not in used_right]
+    low, high = (math.floor(limits[0] / net_scale), math.ceil(limits[1] / net_scale))  # network px
+    h, w = left_map.shape
+    reach = max(4, round(_TIP_REACH * w))
+    candidates = []
+    for a in free_left:
+        u, v = ((np.asarray(left[a].tip) + 0.5) / net_scale - 0.5).round().astype(int)
+        rows, cols = slice(max(v - reach, 0), min(v + reach + 1, h)), slice(max(u - reach, 0), min(u + reach + 1, w))
+        near_tip = (left_map[rows, cols] == left[a].index).astype(np.float32)
+        pixels = float(near_tip.sum())
+        if pixels < 4:
+            continue
+        for b in free_right:
+            if abs(math.log(max(left[a].area_px, 1.0) / max(right[b].area_px, 1.0))) > math.log(max_area_ratio):
+                continue
+            # The right mask's rows of the window, from column cols.start - high to cols.stop - low.
+            strip = np.zeros((near_tip.shape[0], near_tip.shape[1] + high - low), np.float32)
+            x0 = cols.start - high
+            src = slice(max(x0, 0), min(cols.stop - low, w))
+            if src.start < src.stop:
+                strip[:, src.start - x0:src.stop - x0] = right_map[rows, src] == right[b].index
+            overlap = cv2.matchTemplate(strip, near_tip, cv2.TM_CCORR)[0]  # index j: a shift of high - j
+            j = int(np.argmax(overlap))
+            cover = overlap[j] / pixels
+            if cover < min_cover:
+                continue
+            tip_xyz = _refined_tip(calib, tips_l[a], refine_disparity, left[a], (high - j) * net_scale,
+                                   min_depth, max_depth)
+            if tip_xyz is not None:
+                candidates.append((-cover, a, b, tip_xyz))
+    out = []
+    for _, a, b, tip_xyz in sorted(candidates, key=lambda c: c[:3]):
+        if a not in used_left and b not in used_right:
+            used_left.add(a)
+            used_right.add(b)
+            out.append((a, b, tip_xyz))
+    return out
+
+
 def match_instruments(left, right, calib, *, left_map=None, right_map=None, net_scale=1.0,
                       max_epipolar_px=DEFAULT_MAX_EPIPOLAR_PX, min_depth=0.005, max_depth=0.5,
                       max_area_ratio=DEFAULT_MAX_AREA_RATIO, min_mask_iou=0.05, refine_disparity=None):
@@ -244,7 +294,9 @@ def match_instruments(left, right, calib, *, left_map=None, right_map=None, net_
     One-to-one (Hungarian) on epipolar distance + area mismatch + (1 - shifted IoU); each pair's tip is
     triangulated and its shaft axis estimated. refine_disparity(left instrument, disparity of the two
     tips) -> a better disparity of the left tip or None (tip_disparity.py, on rectified images): the tip
-    is then triangulated from the left tip and that disparity. Returns [StereoMatch] sorted by left index."""
+    is then triangulated from the left tip and that disparity; with it, instruments whose tips cannot be
+    paired are also matched by their masks, where the images confirm them (_matched_by_masks).
+    Returns [StereoMatch] sorted by left index."""
     if not left or not right:
         return []
     tips_l = calib.rectified('left', [i.tip for i in left])
@@ -271,11 +323,18 @@ def match_instruments(left, right, calib, *, left_map=None, right_map=None, net_
         feasible &= overlap >= min_mask_iou
     cost = np.where(feasible, distance / max_epipolar_px + area / log_ratio + (1.0 - overlap), _INFEASIBLE)
     cost = cost.reshape(len(left), len(right))
-    matches = []
+    tips = {}  # (left, right) -> (tip xyz, from the images)
     for a, b in zip(*linear_sum_assignment(cost)):
         k = a * len(right) + b
-        if not feasible[k]:
-            continue
+        if feasible[k]:
+            tip_xyz = _refined_tip(calib, tips_l[a], refine_disparity, left[a], disparity[k], min_depth, max_depth)
+            tips[a, b] = (xyz[k], False) if tip_xyz is None else (tip_xyz, True)
+    if refine_disparity is not None and left_map is not None and right_map is not None and limits is not None:
+        for a, b, tip_xyz in _matched_by_masks(left, right, calib, tips, tips_l, left_map, right_map, net_scale,
+                                               limits, refine_disparity, max_area_ratio, min_depth, max_depth):
+            tips[a, b] = (tip_xyz, True)
+    matches = []
+    for (a, b), (tip_xyz, from_images) in tips.items():
         point_l = calib.rectified('left', [left[a].axis_point])[0]
         ends_r = calib.rectified('right', [right[b].axis_point,
                                            np.add(right[b].axis_point, np.multiply(right[b].axis_dir, 20.0))])
@@ -283,10 +342,9 @@ def match_instruments(left, right, calib, *, left_map=None, right_map=None, net_
         if taper is not None:
             near, far = calib.rectified('left', [taper.near, taper.far])
             taper = (near, far, taper.width_ratio)
-        tip_xyz = _refined_tip(calib, tips_l[a], refine_disparity, left[a], disparity[k], min_depth, max_depth)
-        from_images = tip_xyz is not None
-        tip_xyz = tip_xyz if from_images else xyz[k]
         axis, from_stereo = _axis_3d(calib, tip_xyz, point_l, ends_r[0], ends_r[1] - ends_r[0], taper)
-        matches.append(StereoMatch(int(a), int(b), float(distance[k]), tuple(float(c) for c in tip_xyz),
-                                   axis, from_stereo, from_images))
+        tip_r = calib.rectified('right', [right[b].tip])
+        epipolar = float(epipolar_distance(calib.F, tips_l[a:a + 1], tip_r)[0])
+        matches.append(StereoMatch(int(a), int(b), epipolar, tuple(float(c) for c in tip_xyz), axis, from_stereo,
+                                   from_images))
     return sorted(matches, key=lambda m: m.left)
