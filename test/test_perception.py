@@ -392,6 +392,18 @@ def test_3d_tips_and_shaft_axes_from_projected_stereo_without_types():
         assert cos > 0.98
 
 
+def stereo_images(on_tool, disparity, tissue_disparity, seed):
+    """(left, right) RGB images of a textured tool (the left eye's `on_tool` pixels) over textured tissue:
+    in the right eye the tool lies `disparity` px to the left, the tissue behind it `tissue_disparity`."""
+    rng = np.random.default_rng(seed)
+    tool, tissue = (cv2.GaussianBlur(rng.uniform(0, 255, (H, W + 40, 3)).astype(np.float32), (0, 0), blur)
+                    .astype(np.uint8) for blur in (1.5, 3.0))
+    left = np.where(on_tool[..., None], tool[:, :W], tissue[:, :W])
+    right = np.where(np.roll(on_tool, -disparity, axis=1)[..., None], tool[:, disparity:W + disparity],
+                     tissue[:, tissue_disparity:W + tissue_disparity])
+    return left, right
+
+
 def test_3d_tips_are_refined_on_the_images_when_the_eyes_place_their_tips_apart():
     """The right eye's tip found 2 px off (as a segmentation error would): triangulated from the two
     tips, the tip is millimetres too far; with the frames in the results (the Segmenter puts them
@@ -404,18 +416,11 @@ def test_3d_tips_are_refined_on_the_images_when_the_eyes_place_their_tips_apart(
         type_map, parts_map = blank()
         draw_instrument(type_map, parts_map, 3, uv, (0, 30))
         maps[side] = result(type_map, parts_map)
-    rng = np.random.default_rng(5)
-    tool = cv2.GaussianBlur(rng.uniform(0, 255, (H, W + 40, 3)).astype(np.float32), (0, 0), 1.5).astype(np.uint8)
-    tissue = cv2.GaussianBlur(rng.uniform(0, 255, (H, W + 40, 3)).astype(np.float32), (0, 0), 3).astype(np.uint8)
-    on_tool = maps['left'].foreground > 0
-    # The tool 20 px to the left in the right eye, the tissue behind it 12 px.
-    images = {'left': np.where(on_tool[..., None], tool[:, :W], tissue[:, :W]),
-              'right': np.where(np.roll(on_tool, -20, axis=1)[..., None], tool[:, 20:W + 20], tissue[:, 12:W + 12])}
+    images = stereo_images(maps['left'].foreground > 0, 20, 12, seed=5)
     calibration = StereoCalibration(P_LEFT, P_RIGHT)
     (from_tips,) = InstrumentPerception(CONFIG).process(maps['left'], maps['right'], calibration).instruments
     assert np.linalg.norm(np.asarray(from_tips.xyz) - xyz) > 0.005
-    for side in maps:
-        maps[side].image = images[side]
+    maps['left'].image, maps['right'].image = images
     (from_images,) = InstrumentPerception(CONFIG).process(maps['left'], maps['right'], calibration).instruments
     assert np.linalg.norm(np.asarray(from_images.xyz) - xyz) < 0.0005
     assert from_images.tip == from_tips.tip  # the 2-D tip is the left eye's, as before
@@ -436,12 +441,7 @@ def test_an_instrument_whose_eyes_disagree_on_its_tip_is_matched_by_its_masks_an
             cv2.circle(parts_map, (round(uv[0] - 5), round(uv[1] - 40)), 5, PART_CLASPERS, -1)
             parts_map[type_map == 0] = 0
         maps[side] = result(type_map, parts_map)
-    rng = np.random.default_rng(8)
-    tool = cv2.GaussianBlur(rng.uniform(0, 255, (H, W + 40, 3)).astype(np.float32), (0, 0), 1.5).astype(np.uint8)
-    tissue = cv2.GaussianBlur(rng.uniform(0, 255, (H, W + 40, 3)).astype(np.float32), (0, 0), 3).astype(np.uint8)
-    on_tool = maps['left'].foreground > 0
-    maps['left'].image = np.where(on_tool[..., None], tool[:, :W], tissue[:, :W])
-    maps['right'].image = np.where(np.roll(on_tool, -24, axis=1)[..., None], tool[:, 24:W + 24], tissue[:, 10:W + 10])
+    maps['left'].image, maps['right'].image = stereo_images(maps['left'].foreground > 0, 24, 10, seed=8)
     calibration = StereoCalibration(P_LEFT, P_RIGHT)
     (inst,) = InstrumentPerception(CONFIG).process(maps['left'], maps['right'], calibration).instruments
     assert np.linalg.norm(np.asarray(inst.xyz) - xyz) < 0.0005

@@ -141,8 +141,8 @@ DESCRIPTIONS = {
     'track_max_distance': 'largest tip jump (fraction of the image diagonal) still associated with a track',
     'track_min_frames': 'consecutive processed frames a new instrument must be seen before it is published '
                         '(1 = at once; 2 hides one-frame false instruments but delays new ones by a frame)',
-    'max_instruments': 'at most this many instruments published per frame, the longest tracked first '
-                       '(0 = no limit; e.g. 2 for a dVRK with two PSMs)',
+    'max_instruments': 'at most this many instruments published per frame, those whose tracks have the highest '
+                       'mean P(instrument) over their lives (0 = no limit; e.g. 2 for a dVRK with two PSMs)',
     'tip_smoothing': 'One-Euro filter on the tips (2-D and 3-D) of each track',
     'smoothing_min_cutoff': 'One-Euro cutoff at rest (Hz): lower = smoother, more lag',
     'smoothing_beta': 'One-Euro speed coefficient: higher = less lag when the tip moves',
