@@ -265,7 +265,7 @@ class InstrumentPerception:
                                     net_scale=net_scale, max_epipolar_px=cfg.max_epipolar_px,
                                     min_depth=cfg.min_depth, max_depth=cfg.max_depth,
                                     max_area_ratio=cfg.max_area_ratio,
-                                    refine_disparity=_image_disparity(left, right, instance_map, calibration))
+                                    refine_disparity=_image_disparity(left, right, instance_map))
         out = list(instruments)
         for m in matches:
             xyz = self.tracker.smooth(tracks[m.left], 'xyz', m.tip_xyz, stamp)
@@ -273,15 +273,11 @@ class InstrumentPerception:
         return out
 
 
-def _image_disparity(left, right, instance_map, calibration):
-    """The tips' disparity refined on the two images (tip_disparity.py), or None where it cannot be: an
-    eye without its image (results made from labels), or raw images (their epipolar lines are no rows)."""
+def _image_disparity(left, right, instance_map):
+    """The tips' disparity refined on the two images (tip_disparity.py), or None without them (results
+    made from labels). match_instruments uses it where the rig allows (rectified, horizontal)."""
     if left.image is None or right.image is None or left.image.shape != right.image.shape:
         return None
-    if calibration.rectify_left is not None or calibration.rectify_right is not None:
-        return None
-    if calibration.disparity_range(1.0, 2.0) is None:
-        return None  # not a horizontal rig
     return lambda instrument, disparity: tip_disparity(left.image, right.image, instance_map, instrument.index,
                                                        instrument.tip, disparity)
 

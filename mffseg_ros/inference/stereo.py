@@ -237,12 +237,13 @@ def _refined_tip(calib, tip_left, refine_disparity, instrument, disparity, min_d
 
 
 def _matched_by_masks(left, right, calib, matched, tips_l, left_map, right_map, net_scale, limits,
-                      refine_disparity, max_area_ratio, min_depth, max_depth, min_cover=0.5):
+                      refine_disparity, similar_area, min_depth, max_depth, min_cover=0.5):
     """[(left index, right index, tip xyz)] for instruments the tips left unmatched: the two eyes may put
     one instrument's tip in different places (its claspers taken for wrist in one of them), yet its
     masks agree. The left mask near the tip is slid along the rows of each unmatched right mask through
     the disparity range; where it is covered (`min_cover`) the images refine the disparity at the tip,
-    and only a pair the images confirm is matched (greedy, best covered first)."""
+    and only a pair the images confirm is matched (greedy, best covered first). similar_area[a, b]:
+    the pair's areas are within match_instruments' max_area_ratio."""
     used_left, used_right = {a for a, _ in matched}, {b for _, b in matched}
     free_left = [a for a in range(len(left)) if a not in used_left]
     free_right = [b for b in range(len(right)) if b not in used_right]
@@ -258,7 +259,7 @@ def _matched_by_masks(left, right, calib, matched, tips_l, left_map, right_map, 
         if pixels < 4:
             continue
         for b in free_right:
-            if abs(math.log(max(left[a].area_px, 1.0) / max(right[b].area_px, 1.0))) > math.log(max_area_ratio):
+            if not similar_area[a, b]:
                 continue
             # The right mask's rows of the window, from column cols.start - high to cols.stop - low.
             strip = np.zeros((near_tip.shape[0], near_tip.shape[1] + high - low), np.float32)
@@ -293,7 +294,8 @@ def match_instruments(left, right, calib, *, left_map=None, right_map=None, net_
     instance maps, masks that overlap once shifted by the disparity (`net_scale`: input px per network px).
     One-to-one (Hungarian) on epipolar distance + area mismatch + (1 - shifted IoU); each pair's tip is
     triangulated and its shaft axis estimated. refine_disparity(left instrument, disparity of the two
-    tips) -> a better disparity of the left tip or None (tip_disparity.py, on rectified images): the tip
+    tips) -> a better disparity of the left tip or None (tip_disparity.py; used for a horizontal rig
+    whose images are rectified, as the search runs along rows): the tip
     is then triangulated from the left tip and that disparity; with it, instruments whose tips cannot be
     paired are also matched by their masks, where the images confirm them (_matched_by_masks).
     Returns [StereoMatch] sorted by left index."""
@@ -312,6 +314,8 @@ def match_instruments(left, right, calib, *, left_map=None, right_map=None, net_
                     & (d1 >= min_depth) & (d1 <= max_depth) & (d2 > 0))
     disparity = tips_l[li, 0] - tips_r[rj, 0]
     limits = calib.disparity_range(min_depth, max_depth)
+    if limits is None or calib.rectify_left is not None or calib.rectify_right is not None:
+        refine_disparity = None  # the images are searched along rows: a horizontal rig, rectified images only
     if limits is not None:
         feasible &= (disparity >= limits[0] - max_epipolar_px) & (disparity <= limits[1] + max_epipolar_px)
     overlap = np.ones(len(li))
@@ -329,9 +333,10 @@ def match_instruments(left, right, calib, *, left_map=None, right_map=None, net_
         if feasible[k]:
             tip_xyz = _refined_tip(calib, tips_l[a], refine_disparity, left[a], disparity[k], min_depth, max_depth)
             tips[a, b] = (xyz[k], False) if tip_xyz is None else (tip_xyz, True)
-    if refine_disparity is not None and left_map is not None and right_map is not None and limits is not None:
+    if refine_disparity is not None and left_map is not None and right_map is not None:
+        similar_area = (area <= log_ratio).reshape(len(left), len(right))
         for a, b, tip_xyz in _matched_by_masks(left, right, calib, tips, tips_l, left_map, right_map, net_scale,
-                                               limits, refine_disparity, max_area_ratio, min_depth, max_depth):
+                                               limits, refine_disparity, similar_area, min_depth, max_depth):
             tips[a, b] = (tip_xyz, True)
     matches = []
     for (a, b), (tip_xyz, from_images) in tips.items():
@@ -343,8 +348,6 @@ def match_instruments(left, right, calib, *, left_map=None, right_map=None, net_
             near, far = calib.rectified('left', [taper.near, taper.far])
             taper = (near, far, taper.width_ratio)
         axis, from_stereo = _axis_3d(calib, tip_xyz, point_l, ends_r[0], ends_r[1] - ends_r[0], taper)
-        tip_r = calib.rectified('right', [right[b].tip])
-        epipolar = float(epipolar_distance(calib.F, tips_l[a:a + 1], tip_r)[0])
-        matches.append(StereoMatch(int(a), int(b), epipolar, tuple(float(c) for c in tip_xyz), axis, from_stereo,
-                                   from_images))
+        matches.append(StereoMatch(int(a), int(b), float(distance[a * len(right) + b]),
+                                   tuple(float(c) for c in tip_xyz), axis, from_stereo, from_images))
     return sorted(matches, key=lambda m: m.left)
