@@ -69,6 +69,11 @@ def test_task_loss_values_by_hand():
     assert torch.allclose(losses.task_loss(logits, target, binary), expected)
     weighted = (-torch.log(p[1, 0]) - 3 * torch.log(1 - p[0, 1])) / 2  # binary-only pixels count 3x
     assert torch.allclose(losses.task_loss(logits, target, binary, binary_weight=3.0), weighted)
+    # class weights scale a labelled pixel's cross-entropy by its class's weight, not the binary term
+    by_class = (-2 * torch.log(p[1, 0]) - torch.log(1 - p[0, 1])) / 2
+    assert torch.allclose(losses.task_loss(logits, target, binary, class_weights=[1.0, 2.0, 5.0]), by_class)
+    assert torch.allclose(losses.segmentation_loss({'parts': logits}, {'parts': target, 'binary': binary},
+                                                   class_weights={'parts': [1.0, 2.0, 5.0]}), by_class)
     assert losses.task_loss(logits, torch.full((1, 1, 3), 255), None) == 0  # nothing supervised
     # aux ground truth: nearest downsampling of the label map
     small = losses.downsample_labels(torch.arange(16).reshape(1, 4, 4), (2, 2))
@@ -233,12 +238,19 @@ def test_committed_configs_load():
     with pytest.raises(ConfigError, match='unknown key'):
         load_config(configs[0], overrides=['recipe.itres=5'])
     assert load_config(configs[0], overrides=['recipe.iters=5'])['recipe']['iters'] == 5
+    weighted = load_config(REPO / 'configs' / 'default_multitask.yaml',
+                           overrides=['recipe.class_weights={parts: [1, 1, 1.5, 2]}'])
+    assert weighted['recipe']['class_weights'] == {'parts': [1.0, 1.0, 1.5, 2.0]}
     # YAML 1.1 reads 2e-4 as text; numbers are read as people write them, anywhere in the config
     cfg = load_config(configs[0], overrides=['recipe.lr=2e-4', 'augment.brightness=2e-1', 'recipe.iters=1e3'])
     assert cfg['recipe']['lr'] == pytest.approx(2e-4) and cfg['augment']['brightness'] == pytest.approx(0.2)
     assert cfg['recipe']['iters'] == 1000 and isinstance(cfg['recipe']['iters'], int)
     for bad, message in (('recipe.lr=fast', 'expected a number'), ('recipe.lr=true', 'expected a number'),
-                         ('seed=1.9', 'whole number'), ('recipe.iters=.inf', 'whole number')):
+                         ('seed=1.9', 'whole number'), ('recipe.iters=.inf', 'whole number'),
+                         ('recipe.class_weights={parts: [1, 2]}', 'expected 4 weights'),
+                         ('recipe.class_weights={binary: [1, 2]}', 'not trained'),
+                         ('recipe.class_weights={parts: [1, 1, 0, 2]}', 'must be positive'),
+                         ('recipe.class_weights=[1, 2]', 'expected {task')):
         with pytest.raises(ConfigError, match=message):
             load_config(configs[0], overrides=[bad])
 

@@ -32,6 +32,7 @@ DEFAULTS = {
         'lr': 1.0e-3, 'disc_lr': 1.5e-4, 'poly_power': 0.9, 'weight_decay': 5.0e-4,
         'aux': True, 'aux_weight': 0.4, 'adversarial': True, 'adv_weight': 0.01,
         'binary_weight': 1.0,  # loss weight of binary-only pixels (real frames without parts/type)
+        'class_weights': None,  # {task: [weight per class]}: e.g. parts [1, 1, 1.5, 2] for small jaws
         'amp': True,  # CUDA only
     },
     'seed': 0,
@@ -161,10 +162,30 @@ def _validate(cfg, where):
     bad = [t for t, c in cfg['tasks'].items() if NUM_CLASSES.get(t) != int(c)]
     if bad:
         raise ConfigError(f'{where}: tasks {bad}: known tasks and class counts are {NUM_CLASSES}')
+    r['class_weights'] = _class_weights(r.get('class_weights'), cfg['tasks'], where)
     if cfg.get('encoder_weights') is not None and not isinstance(cfg['encoder_weights'], str):
         raise ConfigError(f'{where}: encoder_weights must be a file path or null')
     if not cfg['data']['train']:
         raise ConfigError(f'{where}: data.train is empty (give a data spec, e.g. --data synth:?frames=64)')
+
+
+def _class_weights(value, tasks, where):
+    """recipe.class_weights: null, or {task: one positive number per class of that task}."""
+    if value is None:
+        return None
+    key = f'{where}: recipe.class_weights'
+    if not isinstance(value, dict):
+        raise ConfigError(f'{key}: expected {{task: [weight per class]}}, e.g. {{parts: [1, 1, 1.5, 2]}}, got {value!r}')
+    out = {}
+    for task, weights in value.items():
+        if task not in tasks:
+            raise ConfigError(f'{key}: task {task!r} is not trained (tasks: {sorted(tasks)})')
+        if not isinstance(weights, (list, tuple)) or len(weights) != int(tasks[task]):
+            raise ConfigError(f'{key}.{task}: expected {tasks[task]} weights (one per class), got {weights!r}')
+        out[task] = [_number(w, f'{key}.{task}', float) for w in weights]
+        if not all(math.isfinite(w) and w > 0 for w in out[task]):
+            raise ConfigError(f'{key}.{task}: weights must be positive, got {weights!r}')
+    return out
 
 
 def resolve_specs(specs, data_root):

@@ -10,12 +10,16 @@ import torch.nn.functional as F
 IGNORE = 255
 
 
-def task_loss(logits, target, binary=None, binary_weight=1.0):
+def task_loss(logits, target, binary=None, binary_weight=1.0, class_weights=None):
     """Mean over supervised pixels of cross-entropy on `target` (B, H, W; 255 = ignore) plus, where only
-    `binary` is known, `binary_weight` x BCE of P(instrument) against it. Computed in float32."""
+    `binary` is known, `binary_weight` x BCE of P(instrument) against it. Computed in float32.
+    `class_weights` (one per class) multiply each labelled pixel's cross-entropy by its class's weight;
+    the mean stays over pixels, so weights of 1 change nothing."""
     logits = logits.float()
     labelled = target != IGNORE
-    total = F.cross_entropy(logits, target.long(), ignore_index=IGNORE, reduction='sum')
+    weight = None if class_weights is None else torch.as_tensor(class_weights, dtype=logits.dtype,
+                                                                  device=logits.device)
+    total = F.cross_entropy(logits, target.long(), weight=weight, ignore_index=IGNORE, reduction='sum')
     count = labelled.sum()
     if binary is not None:
         fallback = ~labelled & (binary != IGNORE)
@@ -37,16 +41,18 @@ def downsample_labels(labels, size):
     return F.interpolate(labels[:, None].float(), size=size, mode='nearest')[:, 0].to(labels.dtype)
 
 
-def segmentation_loss(logits_by_task, targets, binary_weight=1.0):
+def segmentation_loss(logits_by_task, targets, binary_weight=1.0, class_weights=None):
     """Sum over tasks of `task_loss`; `targets` holds (B, H, W) maps per task and `binary`, at any size
     (nearest-downsampled to the logits' size, which is how the aux ground truth is made). `binary_weight`
     weighs binary-only pixels (real frames without parts/type labels), which a few real frames among
-    many synthetic ones would otherwise hardly train."""
+    many synthetic ones would otherwise hardly train. `class_weights` maps a task to its per-class
+    weights (`task_loss`); tasks it does not name are unweighted."""
     loss = 0.0
     for task, logits in logits_by_task.items():
         size = logits.shape[-2:]
         binary = downsample_labels(targets['binary'], size) if task != 'binary' else None
-        loss = loss + task_loss(logits, downsample_labels(targets[task], size), binary, binary_weight)
+        weights = (class_weights or {}).get(task)
+        loss = loss + task_loss(logits, downsample_labels(targets[task], size), binary, binary_weight, weights)
     return loss
 
 

@@ -152,10 +152,11 @@ class Trainer:
             pred = self.net(image)
         main = self.model.split(pred['out'])
         bw = float(r.get('binary_weight', 1.0))
-        terms = {'main': losses.segmentation_loss(main, targets, bw)}
+        cw = r.get('class_weights')
+        terms = {'main': losses.segmentation_loss(main, targets, bw, cw)}
         total = terms['main']
         if r['aux']:
-            terms['aux'] = losses.segmentation_loss(self.model.split(pred['aux']), targets, bw)
+            terms['aux'] = losses.segmentation_loss(self.model.split(pred['aux']), targets, bw, cw)
             total = total + r['aux_weight'] * terms['aux']
         if r['adversarial']:
             disc = self.disc if disc is None else disc  # frozen here: the plain module, no DDP sync
