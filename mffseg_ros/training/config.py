@@ -175,7 +175,8 @@ def _class_weights(value, tasks, where):
         return None
     key = f'{where}: recipe.class_weights'
     if not isinstance(value, dict):
-        raise ConfigError(f'{key}: expected {{task: [weight per class]}}, e.g. {{parts: [1, 1, 1.5, 2]}}, got {value!r}')
+        raise ConfigError(f'{key}: expected {{task: [weight per class]}}, e.g. {{parts: [1, 1, 1.5, 2]}}, '
+                          f'got {value!r}')
     out = {}
     for task, weights in value.items():
         if task not in tasks:
