@@ -123,6 +123,25 @@ def test_a_mostly_right_vote_wins():
     assert inst.type_id == 4 and 0.6 < inst.type_score < 0.8
 
 
+def test_the_vote_is_the_mean_over_the_instrument_and_skips_pixels_without_a_number():
+    """type_votes: the mean P(type | instrument) over the instrument's pixels, by type; where a network
+    gives NaN on some pixels, the mean of the others (the vote is not lost)."""
+    type_map, parts_map = blank()
+    draw_instrument(type_map, parts_map, 4, (120, 90), (0, 10))
+    res = result(type_map, parts_map)
+    inside = res.foreground > 0.5
+    rng = np.random.default_rng(3)
+    res.type_probs[:, inside] = rng.dirichlet(np.ones(7), inside.sum()).T.astype(np.float32)
+    expected = res.type_probs[:, inside].astype(np.float64).mean(axis=1)
+    (found,), _ = find_instruments(res)
+    np.testing.assert_allclose(found.type_votes, expected, rtol=1e-6)
+    ys, xs = np.nonzero(inside)
+    res.type_probs[:, ys[:50], xs[:50]] = np.nan
+    (found,), _ = find_instruments(res)
+    np.testing.assert_allclose(found.type_votes, res.type_probs[:, ys[50:], xs[50:]].astype(np.float64).mean(axis=1),
+                               rtol=1e-6)
+
+
 def test_crossing_instruments_stay_two_instances():
     type_map, parts_map = blank()
     draw_instrument(type_map, parts_map, 1, (200, 40), (0, H - 1), width=11)  # bottom-left -> top-right
@@ -471,6 +490,25 @@ def test_begin_gives_the_2d_outputs_and_finish_the_same_frame_as_process():
         assert perception.finish(frame) is frame and frame.instruments == whole.instruments  # finished once
     mono = InstrumentPerception(CONFIG).begin(maps['left'])
     assert InstrumentPerception(CONFIG).finish(mono).instruments == mono.instruments
+
+
+def test_maps_prepared_on_the_second_thread_give_the_same_images():
+    """begin(prepare=...) makes the outline and the parts at the input resolution while the left eye is
+    searched; the images are those made on demand. An unknown map is refused at once."""
+    type_map, parts_map = blank()
+    draw_instrument(type_map, parts_map, 3, (80, 60), (0, 20))
+    draw_instrument(type_map, parts_map, 5, (170, 120), (W - 1, H - 1))
+
+    def fresh():  # network grid at half the input resolution: the images are upsampled
+        return SegmentationResult.from_labels(parts_map, type_map, size=(2 * H, 2 * W))
+
+    plain = InstrumentPerception(CONFIG).begin(fresh())
+    ready = InstrumentPerception(CONFIG).begin(fresh(), prepare=('parts', 'outline'))
+    for image in ('labels_image', 'instance_ids_image', 'parts_image'):
+        a, b = getattr(plain, image)(), getattr(ready, image)()
+        assert a.shape == (2 * H, 2 * W) and a.any() and np.array_equal(a, b), image
+    with pytest.raises(ValueError, match='cannot prepare'):
+        InstrumentPerception(CONFIG).begin(fresh(), prepare=('overlay',))
 
 
 def test_a_disparity_outside_the_depth_range_is_not_matched():

@@ -688,16 +688,25 @@ def _not_black(found, dark, max_share=0.9):
     return [f for f in found if _share_in(f, dark) < max_share]
 
 
-def _mean_vote(probs):
-    """Mean of T x N type probabilities over the finite pixels (NaN when none is finite). Summed pixel after
-    pixel in float32 (the order numpy sums the pixel-major array a boolean mask of the T x H x W map
-    gives, which these figures were first computed from); cumsum runs that sum along contiguous rows."""
-    totals = np.cumsum(probs, axis=1)[:, -1]
-    if np.isfinite(totals).all():  # then every probability is (a NaN or an infinity would carry into its sum)
-        return totals / np.full(len(totals), probs.shape[1])
+def _region_means(planes, box, region):
+    """Mean of each of `planes` (C x H x W float32) over the pixels `region` (bool, the shape of the `box`
+    slice): cv2.mean, which sums in double within the box (no gathered copy of the pixels), rounded to
+    float32 as the planes are (its sum x 1/count makes a mean of ones 0.9999999999999999). NaN where a
+    plane has a NaN there."""
+    mask = region.view(np.uint8)
+    return np.array([cv2.mean(plane[box], mask=mask)[0] for plane in planes], np.float32).astype(np.float64)
+
+
+def _type_votes(type_probs, box, region):
+    """Mean P(type | instrument) over the instrument's finite pixels, types 1..T (NaN for a type none of
+    whose pixels is finite: a network that gives NaN somewhere must not lose the whole vote)."""
+    votes = _region_means(type_probs, box, region)
+    if np.isfinite(votes).all():
+        return votes
+    probs = type_probs[(slice(None), *box)][:, region]
     finite = np.isfinite(probs)
     with np.errstate(invalid='ignore', divide='ignore'):
-        return np.cumsum(np.where(finite, probs, np.float32(0)), axis=1)[:, -1] / finite.sum(axis=1)
+        return np.where(finite, probs, 0).sum(axis=1, dtype=np.float64) / finite.sum(axis=1)
 
 
 def find_instruments(result, *, min_area=DEFAULT_MIN_AREA, min_part_area=DEFAULT_MIN_PART_AREA,
@@ -745,10 +754,9 @@ def find_instruments(result, *, min_area=DEFAULT_MIN_AREA, min_part_area=DEFAULT
         h, w = region.shape
         box = np.s_[y0:y0 + h, x0:x0 + w]
         pix = _Pixels.of(region)
-        score, at = math.nan, None
+        score = math.nan
         if not geometry_only:
-            at = (pix.ys + y0) * shape[1] + pix.xs + x0  # its pixels in the frame (flat), in a boolean mask's order
-            score = float(result.foreground.reshape(-1).take(at).mean())
+            score = float(_region_means(result.foreground[None], box, region)[0])
             if score < min_score:
                 continue
         index = len(instruments) + 1
@@ -765,7 +773,7 @@ def find_instruments(result, *, min_area=DEFAULT_MIN_AREA, min_part_area=DEFAULT
         votes, taper = None, None
         if not geometry_only:
             if result.type_probs is not None:
-                votes = _mean_vote(result.type_probs.reshape(len(result.type_probs), -1).take(at, axis=1))
+                votes = _type_votes(result.type_probs, box, region)
             taper = _taper(pix, part_at, shape, (x0, y0), axis, result.size)
         instruments.append(Instrument(index, result.input_area(area), score, votes, tuple(tip_in),
                                       source, tuple(point_in), tuple(direction), taper))

@@ -202,12 +202,20 @@ class InstrumentPerception:
         stereo.StereoCalibration for 3-D (optional); stamp: seconds, for tip smoothing."""
         return self.finish(self.begin(left, right, calibration, stamp))
 
-    def begin(self, left, right=None, calibration=None, stamp=None, *, images_first=False):
+    def begin(self, left, right=None, calibration=None, stamp=None, *, images_first=False, prepare=()):
         """process() up to its 2-D outputs: instruments, tracks, tips and every image are final; the 3-D
         tips and axes come with finish(frame). The right eye's search starts now, next to the left eye's;
         with images_first (the caller draws the frame's images between begin and finish) once the left
-        eye's is done, so that it runs while they are drawn."""
+        eye's is done, so that it runs while they are drawn. `prepare`: the left result's input-resolution
+        maps the caller's images will need (SegmentationResult.prepare: e.g. ('outline',) for labels or
+        instances, ('parts',) for the parts image or the overlay), made on the second thread while the
+        left eye is searched: OpenCV work beside Python work, where that thread would otherwise wait."""
         cfg = self.config
+        if prepare:
+            unknown = [name for name in prepare if name not in left.PREPARABLE]
+            if unknown:  # said here: the thread's own errors would only resurface when a map is asked for
+                raise ValueError(f'cannot prepare {unknown}: maps are {left.PREPARABLE}')
+            self._right_eye.submit(left.prepare, tuple(prepare))
         limits = {'min_area': cfg.min_instance_area, 'min_part_area': cfg.min_part_area,
                   'min_score': cfg.min_instrument_score}
         stereo = right is not None and calibration is not None

@@ -12,7 +12,9 @@ outline never exposes a background label. Parts are the exception: their three p
 upsampled bilinearly (a thin wrist would lose a band of pixels to the nearest network pixel).
 """
 import math
+import threading
 from dataclasses import dataclass, field
+from typing import Any
 
 import cv2
 import numpy as np
@@ -82,6 +84,8 @@ class SegmentationResult:
     net_dark: np.ndarray | None = None  # bool h x w: near-black input pixels (the field stop), when known
     image: np.ndarray | None = None  # the input frame (H x W x 3, RGB), when known: stereo refines tips on it
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
+    # Maps may be made on a second thread (prepare) while the caller asks for them: each is made once.
+    _lock: Any = field(default_factory=threading.RLock, repr=False, compare=False)
 
     @classmethod
     def from_labels(cls, parts=None, type_map=None, binary=None, *, size=None, num_types=7, class_names=None):
@@ -123,13 +127,28 @@ class SegmentationResult:
         return self.size[1] / self.net_size[1], self.size[0] / self.net_size[0]
 
     def _upsampled(self, key, make):
-        if key not in self._cache:
-            self._cache[key] = make()
-        return self._cache[key]
+        with self._lock:  # a caller asking for a map another thread is making waits for it
+            if key not in self._cache:
+                self._cache[key] = make()
+            return self._cache[key]
 
     def _inside(self):
         """The instrument outline at the input resolution (bilinear P(instrument) > 0.5), made once."""
         return self._upsampled('inside', lambda: outline(self.foreground, self.size))
+
+    PREPARABLE = ('outline', 'binary', 'parts', 'type', 'confidence')
+
+    def prepare(self, names):
+        """Makes the input-resolution maps `names` (of PREPARABLE; 'outline': the instrument outline
+        every upsampled image is cut by) now, e.g. on a second thread while the caller searches the
+        instruments: they need no instruments, and OpenCV, which makes them, releases the GIL."""
+        for name in names:
+            if name not in self.PREPARABLE:
+                raise ValueError(f'cannot prepare {name!r}: one of {self.PREPARABLE}')
+            if name == 'outline':
+                self._inside()
+            else:
+                getattr(self, name)
 
     def upsample(self, labels):
         """Any net-resolution label map of this frame (e.g. an instance map) -> input resolution."""

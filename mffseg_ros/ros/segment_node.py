@@ -447,8 +447,10 @@ class SegmentNode(Node):
             header.frame_id = cfg.frame_id
         calibration = self._calibration() if res_right is not None else None
         images = any(wanted[k] for k in ('labels', 'instances', 'parts', 'masks', 'overlay'))
+        # Every image is cut by the instrument outline; the parts image and the overlay also need the parts.
+        prepare = ('parts',) if wanted['parts'] or wanted['overlay'] else ('outline',) if images else ()
         frame = self.perception.begin(res_left, res_right, calibration, conversions.stamp_ns(header) * 1e-9,
-                                      images_first=images)
+                                      images_first=images, prepare=prepare)
         if wanted['labels']:
             self._pubs['labels'].publish(conversions.image_msg(frame.labels_image(), header, 'mono8'))
         if wanted['instances']:

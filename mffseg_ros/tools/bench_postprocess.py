@@ -83,7 +83,8 @@ def _node_steps(times, seg, perception, logits, pair, resized, calibration, stam
     maps, begin, images, overlay, stereo = AFTER_NETWORK
     results = _timed(times, maps, seg.results, logits, pair, resized)
     frame = _timed(times, begin,
-                   lambda: perception.begin(results[0], results[1], calibration, stamp, images_first=True))
+                   lambda: perception.begin(results[0], results[1], calibration, stamp, images_first=True,
+                                            prepare=('parts',)))
     _timed(times, images, _images, frame)
     _timed(times, overlay, instrument_overlay, pair[0], frame)
     _timed(times, stereo, perception.finish, frame)
