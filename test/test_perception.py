@@ -511,6 +511,30 @@ def test_maps_prepared_on_the_second_thread_give_the_same_images():
         InstrumentPerception(CONFIG).begin(fresh(), prepare=('overlay',))
 
 
+def test_a_search_made_ahead_gives_the_frame_begin_would_give():
+    """search() (run while the right eye is in the network) then begin(searched=...): the same frame as
+    begin alone; a search with other limits (parameters changed meanwhile) or of another result is redone."""
+    truth = [(3, np.array([-0.012, -0.004, 0.07]), (0, 0)),
+             (5, np.array([0.010, 0.006, 0.09]), (W - 1, H - 1))]
+    maps = stereo_results(truth)
+    calibration = StereoCalibration(P_LEFT, P_RIGHT)
+    whole = InstrumentPerception(CONFIG).process(maps['left'], maps['right'], calibration, stamp=0.0)
+    perception = InstrumentPerception(CONFIG)
+    searched = perception.search(maps['left'], prepare=('outline',))
+    frame = perception.finish(perception.begin(maps['left'], maps['right'], calibration, stamp=0.0,
+                                               images_first=True, searched=searched))
+    assert frame.instruments == whole.instruments
+    assert np.array_equal(frame.instance_ids_image(), whole.instance_ids_image())
+    # Parameters changed between the search and begin: the search is redone with the new limits.
+    stale = perception.search(maps['left'])
+    perception.reconfigure(replace(CONFIG, min_instance_area=10 ** 6))
+    assert perception.begin(maps['left'], searched=stale).instruments == []
+    fresh = InstrumentPerception(CONFIG)
+    other = fresh.search(maps['right'])
+    tips = [i.tip for i in fresh.begin(maps['left'], searched=other).instruments]
+    assert tips == [i.tip for i in whole.instruments]  # the left eye's tips, not the right eye's
+
+
 def test_a_disparity_outside_the_depth_range_is_not_matched():
     maps = stereo_results([(3, np.array([0.0, 0.0, 0.08]), (0, 0))])
     near = InstrumentPerception(PerceptionConfig(min_instance_area=30, max_depth=0.05))

@@ -1,4 +1,5 @@
 """The Segmenter API: any input size, results at input resolution, weights handling, errors."""
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -22,6 +23,35 @@ def weights(tmp_path_factory):
 @pytest.fixture(scope='module')
 def seg(weights):
     return Segmenter.load(weights, device='cpu')
+
+
+def test_segment_pair_is_the_batch_with_the_left_eye_done_beside(seg):
+    """segment_pair: segment_batch's maps; early(left result) runs on the second thread (the right eye
+    is in the network meanwhile) and its value comes back; its errors are the caller's."""
+    rng = np.random.default_rng(2)
+    left, right = (rng.integers(0, 255, (96, 128, 3), dtype=np.uint8) for _ in range(2))
+    batch = seg.segment_batch([left, right])
+    threads = []
+
+    def early(result):
+        threads.append(threading.current_thread().name)
+        return result.net_parts.sum()
+
+    res_left, res_right, value = seg.segment_pair(left, right, early)
+    for got, want in zip((res_left, res_right), batch):
+        np.testing.assert_allclose(got.foreground, want.foreground, atol=1e-5)
+        assert (got.parts == want.parts).mean() > 0.999 and (got.type == want.type).mean() > 0.999
+    assert res_left.image is left and res_right.image is right and res_left.net_dark is not None
+    assert value == res_left.net_parts.sum() and threads[0] != threading.current_thread().name
+    assert seg.segment_pair(left, right)[2] is None
+
+    def broken(result):
+        raise RuntimeError('search failed')
+
+    with pytest.raises(RuntimeError, match='search failed'):
+        seg.segment_pair(left, right, broken)
+    with pytest.raises(MffsegError, match='same size'):
+        seg.segment_pair(left, right[:64])
 
 
 @pytest.mark.parametrize('shape', [(100, 130), (64, 64), (257, 311)])

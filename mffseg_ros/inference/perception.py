@@ -7,11 +7,20 @@ instruments, voted and tracked types, tips, stereo 3-D tips and shaft poses, and
     frame.labels_image()         # input-resolution images, computed on demand
 
 A caller that renders the 2-D images anyway (the node) splits process() in two, so that the right eye's
-instrument search runs while those images are drawn:
+instrument search runs while those images are drawn, and the input-resolution maps they need (outline,
+parts) are made while the left eye is searched:
 
-    frame = perception.begin(result_left, result_right, calibration, stamp_s, images_first=True)
+    frame = perception.begin(result_left, result_right, calibration, stamp_s, images_first=True,
+                             prepare=('parts',))
     frame.labels_image()         # 2-D outputs: ready now
     frame = perception.finish(frame)  # waits for the right eye; adds the 3-D tips and axes
+
+and on the CPU searches the left eye while the right eye is in the network:
+
+    search = functools.partial(perception.search, prepare=('parts',))
+    result_left, result_right, searched = segmenter.segment_pair(rgb_left, rgb_right, search)
+    frame = perception.begin(result_left, result_right, calibration, stamp_s, images_first=True,
+                             searched=searched)
 """
 import math
 from concurrent.futures import ThreadPoolExecutor
@@ -153,6 +162,15 @@ class FramePerception:
 
 
 @dataclass
+class _Searched:
+    """InstrumentPerception.search(): one eye's instruments and the limits they were found with."""
+    result: Any
+    limits: dict
+    found: list
+    instance_map: np.ndarray
+
+
+@dataclass
 class _PendingStereo:
     """What finish() needs from begin(): the left eye's instruments in find_instruments' order (with
     their tracks) and the right eye's search, running or still to start."""
@@ -202,29 +220,46 @@ class InstrumentPerception:
         stereo.StereoCalibration for 3-D (optional); stamp: seconds, for tip smoothing."""
         return self.finish(self.begin(left, right, calibration, stamp))
 
-    def begin(self, left, right=None, calibration=None, stamp=None, *, images_first=False, prepare=()):
+    def _limits(self):
+        cfg = self.config
+        return {'min_area': cfg.min_instance_area, 'min_part_area': cfg.min_part_area,
+                'min_score': cfg.min_instrument_score}
+
+    def search(self, left, prepare=()):
+        """The left eye's instruments, found ahead of begin() (which takes them as `searched`), and its
+        input-resolution maps `prepare` (SegmentationResult.prepare): what Segmenter.segment_pair runs on
+        its second thread while the right eye is in the network. Stateless: the tracks move in begin()."""
+        limits = self._limits()
+        found, instance_map = find_instruments(left, **limits)
+        left.prepare(prepare)
+        return _Searched(left, limits, found, instance_map)
+
+    def begin(self, left, right=None, calibration=None, stamp=None, *, images_first=False, prepare=(),
+              searched=None):
         """process() up to its 2-D outputs: instruments, tracks, tips and every image are final; the 3-D
         tips and axes come with finish(frame). The right eye's search starts now, next to the left eye's;
         with images_first (the caller draws the frame's images between begin and finish) once the left
         eye's is done, so that it runs while they are drawn. `prepare`: the left result's input-resolution
         maps the caller's images will need (SegmentationResult.prepare: e.g. ('outline',) for labels or
         instances, ('parts',) for the parts image or the overlay), made on the second thread while the
-        left eye is searched: OpenCV work beside Python work, where that thread would otherwise wait."""
+        left eye is searched: OpenCV work beside Python work, where that thread would otherwise wait.
+        `searched`: search(left) made earlier, used unless the limits changed since."""
         cfg = self.config
+        limits = self._limits()
+        if searched is not None and (searched.result is not left or searched.limits != limits):
+            searched = None  # another frame's, or parameters changed meanwhile: search again
         if prepare:
             unknown = [name for name in prepare if name not in left.PREPARABLE]
             if unknown:  # said here: the thread's own errors would only resurface when a map is asked for
                 raise ValueError(f'cannot prepare {unknown}: maps are {left.PREPARABLE}')
             self._right_eye.submit(left.prepare, tuple(prepare))
-        limits = {'min_area': cfg.min_instance_area, 'min_part_area': cfg.min_part_area,
-                  'min_score': cfg.min_instrument_score}
         stereo = right is not None and calibration is not None
 
         def search_right_eye():
             return self._right_eye.submit(find_instruments, right, geometry_only=True, **limits)
 
         right_job = search_right_eye() if stereo and not images_first else None
-        found, instance_map = find_instruments(left, **limits)
+        found, instance_map = (searched.found, searched.instance_map) if searched else find_instruments(left, **limits)
         tracks = self.tracker.update(found, instance_map, left.size)
         instruments = []
         for inst, track in zip(found, tracks):

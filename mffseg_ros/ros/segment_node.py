@@ -9,6 +9,7 @@ Run: `segment_node --ros-args --params-file config/segment.yaml` or
 `segment_node --lifecycle` for the managed variant (LifecycleSegmentNode, transitions in lifecycle_node.py).
 """
 import dataclasses
+import functools
 import os
 import re
 import signal
@@ -171,7 +172,7 @@ class SegmentNode(Node):
         for w in caught:
             self.get_logger().warning(str(w.message))
         # Before any subscription exists: the first real frame must not pay for export/autotuning/capture.
-        seconds = seg.warm_up(batch=2 if cfg.stereo else 1)
+        seconds = seg.warm_up(pair=cfg.stereo)
         self.get_logger().info(f'warm-up ({seg.backend_name}, one {"stereo pair" if cfg.stereo else "frame"}'
                                f' of {"x".join(map(str, EXPECTED_FRAME_SIZE))}): {seconds:.2f} s')
         return seg
@@ -413,13 +414,18 @@ class SegmentNode(Node):
         want_3d = (right is not None and all(c is not None for c in self._calibrations.values())
                    and (wanted['tips'] or wanted['tip_markers'] or wanted['tip_poses']))
         rgb_right = self._decode('right', right) if want_3d else None
+        searched = None
         if rgb_right is not None and rgb_right.shape == rgb_left.shape:
-            res_left, res_right = self.segmenter.segment_batch([rgb_left, rgb_right])
+            if hasattr(self.segmenter, 'segment_pair'):  # the left eye searched while the right one is segmented
+                early = functools.partial(self.perception.search, prepare=_maps_to_prepare(wanted))
+                res_left, res_right, searched = self.segmenter.segment_pair(rgb_left, rgb_right, early)
+            else:  # a stand-in model (tests) with segment_batch only
+                res_left, res_right = self.segmenter.segment_batch([rgb_left, rgb_right])
             self.stats.add('segmented_pairs')
         else:
             res_left = self.segmenter.segment_batch([rgb_left])[0]
             res_right = self.segmenter.segment_batch([rgb_right])[0] if rgb_right is not None else None
-        self._publish(left, rgb_left, res_left, res_right, wanted, cfg)
+        self._publish(left, rgb_left, res_left, res_right, wanted, cfg, searched)
         self.stats.processed(time.monotonic() - left.received)
 
     def _calibration(self):
@@ -439,18 +445,18 @@ class SegmentNode(Node):
             self.stats.error(f'3-D: {cached[3]}')
         return cached[2]
 
-    def _publish(self, left, rgb_left, res_left, res_right, wanted, cfg):
+    def _publish(self, left, rgb_left, res_left, res_right, wanted, cfg, searched=None):
         """The 2-D images first, drawn while the right eye's instruments are searched on a second thread;
-        then the outputs that carry 3-D (tips, poses, markers), once stereo has matched the eyes."""
+        then the outputs that carry 3-D (tips, poses, markers), once stereo has matched the eyes.
+        searched: the left eye's instruments and maps, found while the right eye was segmented."""
         header = left.msg.header
         if not header.frame_id and cfg.frame_id:
             header.frame_id = cfg.frame_id
         calibration = self._calibration() if res_right is not None else None
-        images = any(wanted[k] for k in ('labels', 'instances', 'parts', 'masks', 'overlay'))
-        # Every image is cut by the instrument outline; the parts image and the overlay also need the parts.
-        prepare = ('parts',) if wanted['parts'] or wanted['overlay'] else ('outline',) if images else ()
+        images = any(wanted[k] for k in IMAGE_OUTPUTS)
         frame = self.perception.begin(res_left, res_right, calibration, conversions.stamp_ns(header) * 1e-9,
-                                      images_first=images, prepare=prepare)
+                                      images_first=images, prepare=() if searched else _maps_to_prepare(wanted),
+                                      searched=searched)
         if wanted['labels']:
             self._pubs['labels'].publish(conversions.image_msg(frame.labels_image(), header, 'mono8'))
         if wanted['instances']:
@@ -525,6 +531,17 @@ class LifecycleSegmentNode(ManagedTransitions, SegmentNode, LifecycleNode):
         LifecycleNode.__init__(self, node_name, **node_kwargs)  # not SegmentNode's: nothing starts yet
         self._given_segmenter = segmenter
         self._prepare()
+
+
+IMAGE_OUTPUTS = ('labels', 'instances', 'parts', 'masks', 'overlay')
+
+
+def _maps_to_prepare(wanted):
+    """The input-resolution maps the watched images need, made beside the instrument search: every
+    image is cut by the instrument outline; the parts image and the overlay also need the parts."""
+    if wanted['parts'] or wanted['overlay']:
+        return ('parts',)
+    return ('outline',) if any(wanted[k] for k in IMAGE_OUTPUTS) else ()
 
 
 def default_threads():

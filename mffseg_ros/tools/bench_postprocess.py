@@ -4,17 +4,19 @@
    then argmax) against the new way (argmax and instances on the network grid; P(instrument) upsampled
    bilinearly, labels from the nearest network pixel inside it): per-task label agreement, and Dice of
    both against the synthetic ground truth.
-2. CPU and wall time, per stereo frame, side by side in one run (one torch thread): the network alone,
-   then the node's steps in its order (AFTER_NETWORK: the maps on the network grid and the near-black
-   pixels, as Segmenter.segment_batch makes them; the left eye's instruments and tracks, the right eye's
-   search starting on a second thread; the label/instance/parts images and the overlay, drawn while it
-   runs; stereo, which waits for it and refines the tips' depth on the images), then for comparison the
-   same work in the order before (both eyes searched together, then the images), the same maps with
-   torch's kernels and the old postprocess.
+2. CPU and wall time, per stereo frame, side by side in one run (one torch thread): the network alone
+   (one batch of the pair: the ratios' denominator), then the node's steps in its order
+   (Segmenter.segment_pair: the left eye through the network, then the right eye while the left eye's
+   maps, instruments, outline and parts are made on the second thread; AFTER_NETWORK: the right eye's
+   maps and near-black pixels, the tracks, the label/instance/parts images and the overlay drawn while
+   the right eye is searched, stereo, which waits for it and refines the tips' depth on the images),
+   then for comparison the same work in the order before (one batch, then everything after it), the
+   same maps with torch's kernels and the old postprocess.
 
     python -m mffseg_ros.tools.bench_postprocess --size 1024x1280 --frames 6
 """
 import argparse
+import functools
 import json
 import time
 from pathlib import Path
@@ -66,45 +68,61 @@ def _timed(times, key, fn, *args):
     return out
 
 
-# The node's steps after the network, in its order (ros/segment_node.py): their sum is what it adds.
-AFTER_NETWORK = ('maps on the network grid (+ near-black pixels)',
-                 'left eye: instruments + tracking (right eye started)', 'label, instance, parts images', 'overlay',
+# The node's steps, in its order (ros/segment_node.py, Segmenter.segment_pair): the left eye through the
+# network, then the right eye while the left eye's maps and instruments (and the outline and parts its
+# images need) are made on the second thread; after the network, the steps below. Their sum is what the
+# node adds to the network.
+NETWORK_EYE_BY_EYE = "network, eye by eye (the left eye's maps and instruments beside the right eye's pass)"
+AFTER_NETWORK = ("right eye's maps (+ near-black pixels)", "left eye's search (made beside the network), waited for",
+                 'tracking (right eye search started)', 'label, instance, parts images', 'overlay',
                  'stereo: waits for the right eye, matches, triangulates (tip depth from the images)')
 AFTER_NETWORK_TOTAL = 'after the network: the steps above, in all'
-EYES_TOGETHER = 'for comparison: the same in the order before (both eyes searched at once, then the images)'
+ONE_BATCH = ('for comparison: the order before (one batch through the network, then the maps, the left eye '
+             'searched, the images drawn as the right eye is searched), after the network')
 
 
 def _images(frame):
     return frame.labels_image(), frame.instance_ids_image(), frame.parts_image()
 
 
-def _node_steps(times, seg, perception, logits, pair, resized, calibration, stamp):
-    """The node's steps after the network, each timed, and their sum per frame; returns the maps."""
-    maps, begin, images, overlay, stereo = AFTER_NETWORK
-    results = _timed(times, maps, seg.results, logits, pair, resized)
-    frame = _timed(times, begin,
-                   lambda: perception.begin(results[0], results[1], calibration, stamp, images_first=True,
-                                            prepare=('parts',)))
+def _node_steps(times, seg, perception, x, pair, resized, calibration, stamp):
+    """The node's steps, each timed (segment_pair's, taken apart to time them), and the sum of those after
+    the network per frame; returns the maps."""
+    right_maps, waited, begin, images, overlay, stereo = AFTER_NETWORK
+    early = functools.partial(perception.search, prepare=('parts',))
+
+    def network():
+        beside = seg.results_beside(seg.forward(x[:1]), pair[:1], resized[:1], early)
+        return beside, seg.forward(x[1:])
+
+    beside, right_logits = _timed(times, NETWORK_EYE_BY_EYE, network)
+    res_right = _timed(times, right_maps, lambda: seg.results(right_logits, pair[1:], resized[1:])[0])
+    res_left, searched = _timed(times, waited, beside.result)
+    frame = _timed(times, begin, lambda: perception.begin(res_left, res_right, calibration, stamp, images_first=True,
+                                                          searched=searched))
     _timed(times, images, _images, frame)
     _timed(times, overlay, instrument_overlay, pair[0], frame)
     _timed(times, stereo, perception.finish, frame)
     for clock in ('cpu', 'wall'):  # the median of per-frame sums, as the comparison is timed
         times[clock].setdefault(AFTER_NETWORK_TOTAL, []).append(sum(times[clock][k][-1] for k in AFTER_NETWORK))
-    return results
+    return [res_left, res_right]
 
 
-def _eyes_together(perception, seg, logits, pair, resized, calibration, stamp):
-    """The order before: the maps, both eyes searched at once (process()), then the images and the overlay."""
+def _one_batch(perception, seg, logits, pair, resized, calibration, stamp):
+    """The order before: the pair's logits of one batch, their maps, the left eye searched (the outline
+    and parts made beside it), the images drawn while the right eye is searched, then stereo."""
     results = seg.results(logits, pair, resized)
-    frame = perception.process(results[0], results[1], calibration, stamp)
+    frame = perception.begin(results[0], results[1], calibration, stamp, images_first=True, prepare=('parts',))
     _images(frame)
     instrument_overlay(pair[0], frame)
+    perception.finish(frame)
 
 
 def run(weights=None, size=(1024, 1280), frames=6, seed=5, threads=1, backend='torch'):
     torch.set_num_threads(threads)
     seg = Segmenter.load(weights, device='cpu', backend=backend, threads=threads)
-    seg.warm_up(size, batch=2)  # as the node does at start: ONNX export and session, not timed
+    seg.warm_up(size, batch=2)  # ONNX export and session of both shapes (a batch, one eye), not timed
+    seg.warm_up(size, pair=True)
     rig = StereoRig.endovis_like().resized(size[1], size[0])
     scenes = SceneGenerator(rig, seed=seed, num_instruments=(2, 3))
     calibration = StereoCalibration(rig.P_left, rig.P_right)
@@ -117,17 +135,15 @@ def run(weights=None, size=(1024, 1280), frames=6, seed=5, threads=1, backend='t
         resized = seg.resize(pair)
         x = seg.preprocess(pair)
         logits = _timed(times, 'network (stereo batch)', seg.forward, x)
-        # The node's steps in the node's order, and the same work in the order before (both from the
-        # logits, each on maps of its own), which goes first alternating frame by frame; the old method
+        # The node's steps in the node's order, and the same work in the order before (after one batch,
+        # from its logits, on maps of its own), which goes first alternating frame by frame; the old method
         # (for the accuracy comparison) only after them: its 100+ MB of upsampled logits would push the
         # fresh maps out of the CPU's caches and slow the steps that follow it, which the node never pays.
         if i % 2:
-            _timed(times, EYES_TOGETHER, _eyes_together, perception_before, seg, logits, pair, resized,
-                   calibration, i * 0.1)
-        results = _node_steps(times, seg, perception, logits, pair, resized, calibration, i * 0.1)
+            _timed(times, ONE_BATCH, _one_batch, perception_before, seg, logits, pair, resized, calibration, i * 0.1)
+        results = _node_steps(times, seg, perception, x, pair, resized, calibration, i * 0.1)
         if not i % 2:
-            _timed(times, EYES_TOGETHER, _eyes_together, perception_before, seg, logits, pair, resized,
-                   calibration, i * 0.1)
+            _timed(times, ONE_BATCH, _one_batch, perception_before, seg, logits, pair, resized, calibration, i * 0.1)
         found, instance_map = find_instruments(results[0])
         _timed(times, 'of which: tracker update (left eye)', tracker.update, found, instance_map, size)
         _timed(times, 'for comparison: the same maps with torch kernels', _torch_maps, seg, logits)
