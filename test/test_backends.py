@@ -115,7 +115,7 @@ def test_onnx_runtime_threads_sleep_between_inferences(model):
 
 def test_node_warms_up_before_its_first_frame():
     """A node that loads its own model has the ONNX session for a stereo pair of the expected frame
-    size before any frame arrives (backend auto on the CPU)."""
+    size before any frame arrives (backend auto on the CPU): one eye at a time, as segment_pair runs."""
     from mffseg_ros.inference.segmenter import EXPECTED_FRAME_SIZE
     from mffseg_ros.ros.harness import RosHarness
     with RosHarness() as ros:
@@ -123,4 +123,4 @@ def test_node_warms_up_before_its_first_frame():
         seg = node.segmenter
         assert seg.backend_name == backends.CPU_AUTO_BACKEND
         if seg.backend_name == 'onnx':
-            assert list(seg._backend.sessions) == [(2, *seg.network_size(*EXPECTED_FRAME_SIZE))]
+            assert list(seg._backend.sessions) == [(1, *seg.network_size(*EXPECTED_FRAME_SIZE))]

@@ -127,8 +127,9 @@ def test_plain_unet_shapes():
 
 
 def test_bench_postprocess_reports_cpu_and_wall_ratios_of_one_run():
-    from mffseg_ros.tools.bench_postprocess import AFTER_NETWORK, AFTER_NETWORK_TOTAL, run
-    report = run(None, (128, 160), frames=1)
+    from mffseg_ros.tools.bench_postprocess import AFTER_NETWORK, AFTER_NETWORK_TOTAL, ONE_BATCH, run
+    report = run(None, (128, 160), frames=1, backend='onnx')
+    assert report['node_order'] == 'eye by eye'  # ONNX Runtime: the left eye searched during the right's pass
     for times, ratios in (('median_cpu_ms', 'ratio_to_network'), ('median_wall_ms', 'wall_ratio_to_network')):
         assert set(report[times]) == set(report[ratios]) and report[ratios]['network (stereo batch)'] == 1.0
         assert all(v >= 0 for v in report[times].values())
@@ -136,3 +137,6 @@ def test_bench_postprocess_reports_cpu_and_wall_ratios_of_one_run():
         assert report[times][AFTER_NETWORK_TOTAL] == pytest.approx(sum(report[times][k] for k in AFTER_NETWORK))
     assert report['after_network_ratio']['cpu'] == pytest.approx(report['ratio_to_network'][AFTER_NETWORK_TOTAL])
     assert report['after_network_ratio']['wall'] == pytest.approx(report['wall_ratio_to_network'][AFTER_NETWORK_TOTAL])
+    eager = run(None, (128, 160), frames=1, backend='torch')  # the node takes one batch: that order's total
+    assert eager['node_order'] == 'one batch'
+    assert eager['after_network_ratio']['wall'] == pytest.approx(eager['wall_ratio_to_network'][ONE_BATCH])

@@ -25,9 +25,11 @@ def seg(weights):
     return Segmenter.load(weights, device='cpu')
 
 
-def test_segment_pair_is_the_batch_with_the_left_eye_done_beside(seg):
-    """segment_pair: segment_batch's maps; early(left result) runs on the second thread (the right eye
-    is in the network meanwhile) and its value comes back; its errors are the caller's."""
+def test_segment_pair_is_the_batch_with_the_left_eye_done_beside(weights):
+    """segment_pair: segment_batch's maps; with ONNX Runtime (the node's CPU default) early(left result)
+    runs on the second thread (the right eye is in the network meanwhile), with eager torch after one
+    batch on the calling thread; its value comes back; its errors are the caller's."""
+    seg = Segmenter.load(weights, device='cpu', backend='onnx')
     rng = np.random.default_rng(2)
     left, right = (rng.integers(0, 255, (96, 128, 3), dtype=np.uint8) for _ in range(2))
     batch = seg.segment_batch([left, right])
@@ -52,6 +54,10 @@ def test_segment_pair_is_the_batch_with_the_left_eye_done_beside(seg):
         seg.segment_pair(left, right, broken)
     with pytest.raises(MffsegError, match='same size'):
         seg.segment_pair(left, right[:64])
+    eager = Segmenter.load(weights, device='cpu', backend='torch')
+    threads.clear()
+    res_left, _, value = eager.segment_pair(left, right, early)
+    assert threads == [threading.current_thread().name] and value == res_left.net_parts.sum()
 
 
 @pytest.mark.parametrize('shape', [(100, 130), (64, 64), (257, 311)])

@@ -253,6 +253,10 @@ class BackendSpec:
     modules: tuple = ()        # Python packages it needs (any one of them)
     options: tuple = ()        # constructor options beyond model/metadata/device/precision/branch
     help: str = ''
+    # The whole forward pass in native code without the GIL, so Python threads run beside it at full
+    # speed (Segmenter.segment_pair searches one eye during the other's pass only then: beside eager
+    # torch, whose every op needs the GIL to start, the Python search slowed the pass as much as it saved).
+    releases_gil: bool = False
 
     def missing(self, device='cpu', precision='fp32'):
         """Why this backend cannot run `precision` on `device` here ('' when it can)."""
@@ -277,7 +281,7 @@ BACKENDS = {spec.name: spec for spec in (
                 options=('channels_last', 'mode'), help='torch.compile'),
     BackendSpec('onnx', OnnxRuntimeBackend, ('fp32', 'int8'), ('cpu', 'cuda'), modules=('onnxruntime',),
                 options=('threads', 'onnx_path', 'cache_dir', 'providers', 'calibration'),
-                help='ONNX Runtime (int8: static quantisation, CPU)'),
+                help='ONNX Runtime (int8: static quantisation, CPU)', releases_gil=True),
     BackendSpec('tensorrt', TensorRTBackend, ('fp32', 'fp16'), ('cuda',),
                 modules=('torch_tensorrt', 'onnxruntime'), options=('threads', 'onnx_path', 'cache_dir'),
                 help='torch-tensorrt, else ONNX Runtime\'s TensorRT provider'),

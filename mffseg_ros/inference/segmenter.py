@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from mffseg_ros.errors import MffsegError
-from mffseg_ros.inference.backends import make_backend, precision_dtype, resolve_backend
+from mffseg_ros.inference.backends import BACKENDS, make_backend, precision_dtype, resolve_backend
 from mffseg_ros.inference.fast_path import FastPath
 from mffseg_ros.inference.results import (  # noqa: F401
     SegmentationResult,
@@ -232,12 +232,13 @@ class Segmenter:
 
     def segment_pair(self, left, right, early=None):
         """A stereo pair -> (left result, right result, the value of early(left result), None without
-        `early`): segment_batch's maps, up to the network's rounding. On the CPU the two eyes go through
-        the network one after the other (as fast as one batch of two: 214 against 216 ms a 384x480 pair
-        here) and the left eye's maps, then `early` (the node: the left eye's instrument search), run on a
-        second thread while the right eye is in the network, on a core the network leaves free (the node
-        gives it every core but one). Elsewhere one batch, then `early`."""
-        if self._fast_path is not None or self.device.type != 'cpu':
+        `early`): segment_batch's maps, up to the network's rounding. On the CPU with a backend that runs
+        its pass without the GIL (ONNX Runtime, BackendSpec.releases_gil) the two eyes go through the
+        network one after the other (as fast as one batch of two: 214 against 216 ms a 384x480 pair here)
+        and the left eye's maps, then `early` (the node: the left eye's instrument search), run on a second
+        thread while the right eye is in the network, on a core the network leaves free (the node gives it
+        every core but one). Otherwise one batch, then `early`."""
+        if self.device.type != 'cpu' or not BACKENDS[self.backend_name].releases_gil:
             res_left, res_right = self.segment_batch([left, right])
             return res_left, res_right, early(res_left) if early else None
         frames = [left, right]

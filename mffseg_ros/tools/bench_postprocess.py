@@ -11,7 +11,9 @@
    maps and near-black pixels, the tracks, the label/instance/parts images and the overlay drawn while
    the right eye is searched, stereo, which waits for it and refines the tips' depth on the images),
    then for comparison the same work in the order before (one batch, then everything after it), the
-   same maps with torch's kernels and the old postprocess.
+   same maps with torch's kernels and the old postprocess. `after_network_ratio` is that of the order the
+   node takes with the backend: eye by eye with ONNX Runtime, one batch with eager torch (whose ops
+   need the GIL that the search beside them holds).
 
     python -m mffseg_ros.tools.bench_postprocess --size 1024x1280 --frames 6
 """
@@ -27,6 +29,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from mffseg_ros.data.synth import SceneGenerator, StereoRig
+from mffseg_ros.inference.backends import BACKENDS
 from mffseg_ros.inference.instruments import find_instruments
 from mffseg_ros.inference.perception import InstrumentPerception
 from mffseg_ros.inference.results import network_maps
@@ -158,13 +161,18 @@ def run(weights=None, size=(1024, 1280), frames=6, seed=5, threads=1, backend='t
             for c, part in ((1, 'shaft'), (2, 'wrist'), (3, 'claspers')):
                 dice.setdefault(f'{name} {part}', []).append(_dice(parts_map == c, truth['parts'] == c))
     cpu, wall = ({k: float(np.median(v)) for k, v in times[clock].items()} for clock in ('cpu', 'wall'))
+    # The order the node takes with this backend (Segmenter.segment_pair): eye by eye where the network's
+    # pass leaves the GIL to the search beside it, else one batch. Both are timed above, for comparison.
+    eye_by_eye = BACKENDS[seg.backend_name].releases_gil
+    node_total = AFTER_NETWORK_TOTAL if eye_by_eye else ONE_BATCH
     return {
         'size': list(size), 'frames': frames, 'threads': threads, 'model': seg.describe(),
+        'node_order': 'eye by eye' if eye_by_eye else 'one batch',
         'median_cpu_ms': cpu, 'ratio_to_network': {k: v / cpu['network (stereo batch)'] for k, v in cpu.items()},
         'median_wall_ms': wall,
         'wall_ratio_to_network': {k: v / wall['network (stereo batch)'] for k, v in wall.items()},
-        'after_network_ratio': {'cpu': cpu[AFTER_NETWORK_TOTAL] / cpu['network (stereo batch)'],
-                                'wall': wall[AFTER_NETWORK_TOTAL] / wall['network (stereo batch)']},
+        'after_network_ratio': {'cpu': cpu[node_total] / cpu['network (stereo batch)'],
+                                'wall': wall[node_total] / wall['network (stereo batch)']},
         'label_agreement_old_vs_new': {k: float(np.mean(v)) for k, v in agreement.items()},
         'dice_vs_ground_truth': {k: float(np.nanmean(v)) for k, v in dice.items()},
     }
