@@ -27,8 +27,8 @@ def seg(weights):
 
 def test_segment_pair_is_the_batch_with_the_left_eye_done_beside(weights):
     """segment_pair: segment_batch's maps; with ONNX Runtime (the node's CPU default) early(left result)
-    runs on the second thread (the right eye is in the network meanwhile), with eager torch after one
-    batch on the calling thread; its value comes back; its errors are the caller's."""
+    runs on the second thread (the right eye is in the network meanwhile) and its value comes back; its
+    errors are the caller's. With eager torch, one batch and no early work (nothing runs beside it)."""
     seg = Segmenter.load(weights, device='cpu', backend='onnx')
     rng = np.random.default_rng(2)
     left, right = (rng.integers(0, 255, (96, 128, 3), dtype=np.uint8) for _ in range(2))
@@ -57,7 +57,7 @@ def test_segment_pair_is_the_batch_with_the_left_eye_done_beside(weights):
     eager = Segmenter.load(weights, device='cpu', backend='torch')
     threads.clear()
     res_left, _, value = eager.segment_pair(left, right, early)
-    assert threads == [threading.current_thread().name] and value == res_left.net_parts.sum()
+    assert threads == [] and value is None and res_left.net_dark is not None
 
 
 @pytest.mark.parametrize('shape', [(100, 130), (64, 64), (257, 311)])

@@ -231,16 +231,17 @@ class Segmenter:
         return self.results(self.forward(self._normalise(resized)), frames, resized)
 
     def segment_pair(self, left, right, early=None):
-        """A stereo pair -> (left result, right result, the value of early(left result), None without
-        `early`): segment_batch's maps, up to the network's rounding. On the CPU with a backend that runs
-        its pass without the GIL (ONNX Runtime, BackendSpec.releases_gil) the two eyes go through the
-        network one after the other (as fast as one batch of two: 214 against 216 ms a 384x480 pair here)
-        and the left eye's maps, then `early` (the node: the left eye's instrument search), run on a second
-        thread while the right eye is in the network, on a core the network leaves free (the node gives it
-        every core but one). Otherwise one batch, then `early`."""
+        """A stereo pair -> (left result, right result, the value of early(left result) or None):
+        segment_batch's maps, up to the network's rounding. On the CPU with a backend that runs its pass
+        without the GIL (ONNX Runtime, BackendSpec.releases_gil) the two eyes go through the network one
+        after the other (as fast as one batch of two: 214 against 216 ms a 384x480 pair here) and the left
+        eye's maps, then `early` (the node: the left eye's instrument search), run on a second thread while
+        the right eye is in the network, on a core the network leaves free (the node gives it every core
+        but one). Otherwise one batch, and `early` is not called (None: the caller does that work its
+        usual way; nothing would run beside it)."""
         if self.device.type != 'cpu' or not BACKENDS[self.backend_name].releases_gil:
             res_left, res_right = self.segment_batch([left, right])
-            return res_left, res_right, early(res_left) if early else None
+            return res_left, res_right, None
         frames = [left, right]
         self._check_batch(frames)
         resized = self.resize(frames)

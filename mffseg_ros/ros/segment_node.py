@@ -414,9 +414,9 @@ class SegmentNode(Node):
         want_3d = (right is not None and all(c is not None for c in self._calibrations.values())
                    and (wanted['tips'] or wanted['tip_markers'] or wanted['tip_poses']))
         rgb_right = self._decode('right', right) if want_3d else None
-        searched = None
+        searched = None  # the left eye's instruments, when found while the right eye was in the network
         if rgb_right is not None and rgb_right.shape == rgb_left.shape:
-            if hasattr(self.segmenter, 'segment_pair'):  # the left eye searched while the right one is segmented
+            if hasattr(self.segmenter, 'segment_pair'):
                 early = functools.partial(self.perception.search, prepare=_maps_to_prepare(wanted))
                 res_left, res_right, searched = self.segmenter.segment_pair(rgb_left, rgb_right, early)
             else:  # a stand-in model (tests) with segment_batch only
