@@ -309,6 +309,46 @@ def test_stereo_with_camera_info_segments_both_images_and_publishes_markers(ros,
     assert len(spheres) == int(np.isfinite(points['z']).sum())  # a sphere per 3-D tip
 
 
+def test_stereo_with_onnx_runtime_searches_the_left_eye_beside_the_right_eyes_pass(ros):
+    """backend auto on the CPU (ONNX Runtime): each pair goes eye by eye through the network, the left
+    eye's instruments found on the segmenter's second thread meanwhile; the outputs arrive as ever, the
+    ids of ~/instances those of ~/tips."""
+    import threading
+    import warnings
+
+    from mffseg_ros.inference.segmenter import Segmenter
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        seg = Segmenter.load(None, device='cpu', backend='onnx', threads=1)
+    ns = f'/t{next(_namespaces)}'
+    node = ros.start_node(namespace=ns, segmenter=seg,
+                          parameters={'stereo': True, 'min_instance_area': 20, 'diagnostics_period': 0.2})
+    searches, search = [], node.perception.search
+
+    def spied_search(*args, **kwargs):  # the real search, noting the thread it runs on
+        searches.append(threading.current_thread().name)
+        return search(*args, **kwargs)
+
+    node.perception.search = spied_search
+    tips = ros.collect(f'{ns}/mffseg/tips', PointCloud2)
+    instances = ros.collect(f'{ns}/mffseg/instances', Image)
+    overlay = ros.collect(f'{ns}/mffseg/overlay', Image)
+    left, right = stereo_pubs(ros, ns)
+    infos = [ros.publisher(f'{ns}/stereo/{side}/camera_info', CameraInfo) for side in ('left', 'right')]
+    assert all(ros.wait_matched(p) for p in infos)
+    header, _ = stamp_header()
+    infos[0].publish(camera_info(header))
+    infos[1].publish(camera_info(header, baseline_px_m=200.0 * 0.005))
+    assert ros.wait_for(lambda: all(c is not None for c in node._calibrations.values()))
+    for seed in range(2):
+        stamp = publish_pair(left, right, rgb=frame(seed))
+        assert ros.wait_for(lambda s=stamp: tips.stamped(s) and instances.stamped(s) and overlay.stamped(s))
+        ids = set(np.unique(image_array(instances.stamped(stamp)[0]))) - {0}
+        assert ids == set(conversions.cloud_to_tips(tips.stamped(stamp)[0])['instance_id'].tolist())
+    assert len(searches) == 2 and all(name.startswith('mffseg-maps') for name in searches)
+    assert node.snapshot()['counts'].get('segmented_pairs') == 2
+
+
 def test_lazy_outputs_cost_nothing_while_unwatched(ros, start):
     node, ns = start(stereo=False)
     left = ros.publisher(f'{ns}/stereo/left/image_raw', Image)
