@@ -81,6 +81,18 @@ def stereo_pubs(ros, ns, reliability='reliable'):
     return left, right
 
 
+def calibrated_stereo_pubs(ros, ns, node):
+    """stereo_pubs, once the node has installed a rectified pair of camera_infos (a 5 mm baseline)."""
+    left, right = stereo_pubs(ros, ns)
+    infos = [ros.publisher(f'{ns}/stereo/{side}/camera_info', CameraInfo) for side in ('left', 'right')]
+    assert all(ros.wait_matched(p) for p in infos)
+    header, _ = stamp_header()
+    infos[0].publish(camera_info(header))
+    infos[1].publish(camera_info(header, baseline_px_m=200.0 * 0.005))
+    assert ros.wait_for(lambda: all(c is not None for c in node._calibrations.values()))
+    return left, right
+
+
 def test_outputs_carry_the_input_header_at_input_resolution(ros, start):
     _node, ns = start(stereo=True)
     labels = ros.collect(f'{ns}/mffseg/labels', Image)
@@ -292,13 +304,7 @@ def test_stereo_with_camera_info_segments_both_images_and_publishes_markers(ros,
     node, ns = start(stereo=True, min_instance_area=20)
     tips = ros.collect(f'{ns}/mffseg/tips', PointCloud2)
     markers = ros.collect(f'{ns}/mffseg/tip_markers', MarkerArray)
-    left, right = stereo_pubs(ros, ns)
-    infos = [ros.publisher(f'{ns}/stereo/{side}/camera_info', CameraInfo) for side in ('left', 'right')]
-    assert all(ros.wait_matched(p) for p in infos)
-    header, _ = stamp_header()
-    infos[0].publish(camera_info(header))
-    infos[1].publish(camera_info(header, baseline_px_m=200.0 * 0.005))
-    assert ros.wait_for(lambda: all(c is not None for c in node._calibrations.values()))
+    left, right = calibrated_stereo_pubs(ros, ns, node)
     stamp = publish_pair(left, right)
     assert ros.wait_for(lambda: tips.stamped(stamp) and markers.messages)
     assert node.snapshot()['counts'].get('segmented_pairs') == 1  # left + right in one forward pass
@@ -333,13 +339,7 @@ def test_stereo_with_onnx_runtime_searches_the_left_eye_beside_the_right_eyes_pa
     tips = ros.collect(f'{ns}/mffseg/tips', PointCloud2)
     instances = ros.collect(f'{ns}/mffseg/instances', Image)
     overlay = ros.collect(f'{ns}/mffseg/overlay', Image)
-    left, right = stereo_pubs(ros, ns)
-    infos = [ros.publisher(f'{ns}/stereo/{side}/camera_info', CameraInfo) for side in ('left', 'right')]
-    assert all(ros.wait_matched(p) for p in infos)
-    header, _ = stamp_header()
-    infos[0].publish(camera_info(header))
-    infos[1].publish(camera_info(header, baseline_px_m=200.0 * 0.005))
-    assert ros.wait_for(lambda: all(c is not None for c in node._calibrations.values()))
+    left, right = calibrated_stereo_pubs(ros, ns, node)
     for seed in range(2):
         stamp = publish_pair(left, right, rgb=frame(seed))
         assert ros.wait_for(lambda s=stamp: tips.stamped(s) and instances.stamped(s) and overlay.stamped(s))
