@@ -3,7 +3,8 @@
 For each of N pairs: publish the pair and its camera_infos (reliable), wait until every output the
 node publishes for it has arrived (every output topic is subscribed, so nothing is skipped as unwatched),
 then time the bare network (`Segmenter.forward`, same weights, backend and threads as the node) on the
-same pair, batched as the node batches it. Nothing overlaps: the node and the bare network never run at
+same pair, as one batch (with ONNX Runtime the node passes the eyes one at a time, which costs the same
+network time: docs/BENCHMARKS.md). Nothing overlaps: the node and the bare network never run at
 the same time, and they alternate pair by pair, so load from other processes hits both alike and the
 ratio of the medians holds. Latency = the pair's publish (its header stamp) -> the last output received;
 also to the tips (what a tool tracker waits for).
