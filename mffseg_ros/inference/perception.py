@@ -249,9 +249,7 @@ class InstrumentPerception:
         if searched is not None and (searched.result is not left or searched.limits != limits):
             searched = None  # another frame's, or parameters changed meanwhile: search again
         if prepare:
-            unknown = [name for name in prepare if name not in left.PREPARABLE]
-            if unknown:  # said here: the thread's own errors would only resurface when a map is asked for
-                raise ValueError(f'cannot prepare {unknown}: maps are {left.PREPARABLE}')
+            left.check_preparable(prepare)  # here: the thread's errors would only resurface when a map is asked for
             self._right_eye.submit(left.prepare, tuple(prepare))
         stereo = right is not None and calibration is not None
 

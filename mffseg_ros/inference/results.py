@@ -138,13 +138,19 @@ class SegmentationResult:
 
     PREPARABLE = ('outline', 'binary', 'parts', 'type', 'confidence')
 
+    @classmethod
+    def check_preparable(cls, names):
+        """ValueError unless every one of `names` is a map prepare() makes."""
+        unknown = [name for name in names if name not in cls.PREPARABLE]
+        if unknown:
+            raise ValueError(f'cannot prepare {unknown}: maps are {cls.PREPARABLE}')
+
     def prepare(self, names):
         """Makes the input-resolution maps `names` (of PREPARABLE; 'outline': the instrument outline
         every upsampled image is cut by) now, e.g. on a second thread while the caller searches the
         instruments: they need no instruments, and OpenCV, which makes them, releases the GIL."""
+        self.check_preparable(names)
         for name in names:
-            if name not in self.PREPARABLE:
-                raise ValueError(f'cannot prepare {name!r}: one of {self.PREPARABLE}')
             if name == 'outline':
                 self._inside()
             else:

@@ -230,6 +230,12 @@ class Segmenter:
         resized = self.resize(frames)
         return self.results(self.forward(self._normalise(resized)), frames, resized)
 
+    @property
+    def pairs_eye_by_eye(self):
+        """Whether segment_pair passes a pair's eyes one at a time (the CPU, a backend that runs its pass
+        without the GIL) rather than in one batch."""
+        return self.device.type == 'cpu' and BACKENDS[self.backend_name].releases_gil
+
     def segment_pair(self, left, right, early=None):
         """A stereo pair -> (left result, right result, the value of early(left result) or None):
         segment_batch's maps, up to the network's rounding. On the CPU with a backend that runs its pass
@@ -239,7 +245,7 @@ class Segmenter:
         the right eye is in the network, on a core the network leaves free (the node gives it every core
         but one). Otherwise one batch, and `early` is not called (None: the caller does that work its
         usual way; nothing would run beside it)."""
-        if self.device.type != 'cpu' or not BACKENDS[self.backend_name].releases_gil:
+        if not self.pairs_eye_by_eye:
             res_left, res_right = self.segment_batch([left, right])
             return res_left, res_right, None
         frames = [left, right]

@@ -29,7 +29,6 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from mffseg_ros.data.synth import SceneGenerator, StereoRig
-from mffseg_ros.inference.backends import BACKENDS
 from mffseg_ros.inference.instruments import find_instruments
 from mffseg_ros.inference.perception import InstrumentPerception
 from mffseg_ros.inference.results import network_maps
@@ -163,7 +162,7 @@ def run(weights=None, size=(1024, 1280), frames=6, seed=5, threads=1, backend='t
     cpu, wall = ({k: float(np.median(v)) for k, v in times[clock].items()} for clock in ('cpu', 'wall'))
     # The order the node takes with this backend (Segmenter.segment_pair): eye by eye where the network's
     # pass leaves the GIL to the search beside it, else one batch. Both are timed above, for comparison.
-    eye_by_eye = BACKENDS[seg.backend_name].releases_gil
+    eye_by_eye = seg.pairs_eye_by_eye
     node_total = AFTER_NETWORK_TOTAL if eye_by_eye else ONE_BATCH
     return {
         'size': list(size), 'frames': frames, 'threads': threads, 'model': seg.describe(),
